@@ -1,0 +1,71 @@
+"""The integration hub's public API: the workflow SDK and the ``Hub`` that runs it."""
+
+from hub.engine.context import Container as Container
+from hub.engine.context import StepContext as StepContext
+from hub.engine.hub import ExecutionEvent as ExecutionEvent
+from hub.engine.hub import Hub as Hub
+from hub.engine.run import Run as Run
+from hub.engine.run import RunStatus as RunStatus
+from hub.engine.run import StepRun as StepRun
+from hub.engine.run import StepState as StepState
+from hub.errors import DefinitionError as DefinitionError
+from hub.errors import ExecutionNotFound as ExecutionNotFound
+from hub.errors import HubError as HubError
+from hub.errors import InputValidationError as InputValidationError
+from hub.errors import InvalidTransition as InvalidTransition
+from hub.errors import PayloadTooLarge as PayloadTooLarge
+from hub.errors import PermanentConnectorError as PermanentConnectorError
+from hub.errors import PermanentStepError as PermanentStepError
+from hub.errors import StepError as StepError
+from hub.errors import TransientConnectorError as TransientConnectorError
+from hub.errors import UnknownWorkflow as UnknownWorkflow
+from hub.errors import WorkflowFailed as WorkflowFailed
+from hub.sdk.compose import parallelize as parallelize
+from hub.sdk.compose import transform as transform
+from hub.sdk.compose import when as when
+from hub.sdk.hooks import create_hook as create_hook
+from hub.sdk.locks import acquire_lock_step as acquire_lock_step
+from hub.sdk.locks import release_lock_step as release_lock_step
+from hub.sdk.response import StepResponse as StepResponse
+from hub.sdk.response import WorkflowResponse as WorkflowResponse
+from hub.sdk.step import StepDefinition as StepDefinition
+from hub.sdk.step import create_step as create_step
+from hub.sdk.workflow import WorkflowDefinition as WorkflowDefinition
+from hub.sdk.workflow import create_workflow as create_workflow
+from hub.settings import HubSettings as HubSettings
+
+__all__ = [
+    "Container",
+    "DefinitionError",
+    "ExecutionEvent",
+    "ExecutionNotFound",
+    "Hub",
+    "HubError",
+    "HubSettings",
+    "InputValidationError",
+    "InvalidTransition",
+    "PayloadTooLarge",
+    "PermanentConnectorError",
+    "PermanentStepError",
+    "Run",
+    "RunStatus",
+    "StepContext",
+    "StepDefinition",
+    "StepError",
+    "StepResponse",
+    "StepRun",
+    "StepState",
+    "TransientConnectorError",
+    "UnknownWorkflow",
+    "WorkflowDefinition",
+    "WorkflowFailed",
+    "WorkflowResponse",
+    "acquire_lock_step",
+    "create_hook",
+    "create_step",
+    "create_workflow",
+    "parallelize",
+    "release_lock_step",
+    "transform",
+    "when",
+]

@@ -1,0 +1,1 @@
+"""The engine: graphs, executions, leases and recovery on top of the store."""

@@ -1,0 +1,722 @@
+"""The executor: advances the executions this worker holds, one checkpoint per transition.
+
+Each execution is driven by one task. A loop plans what may run now (conditions, retries,
+compensations), checkpoints the plan together with the outcomes that led to it (so a step's
+success and the next step's start cost one round trip), then runs the planned steps. A
+crash therefore re-runs at most the steps that were in flight, with the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from hub.engine.checkpoint import Batcher
+from hub.engine.context import Container, StepContext
+from hub.engine.execution import Execution, ResolveError
+from hub.engine.graph import StepNode
+from hub.engine.payload import Unserializable, encode, to_json
+from hub.engine.registry import Registry
+from hub.engine.run import Run, RunStatus, StepState
+from hub.errors import LeaseLost, PayloadTooLarge, UnknownWorkflow
+from hub.settings import HubSettings
+from hub.store.store import CheckpointRow, Store
+from hub.types import JSON
+
+log = structlog.get_logger("hub.executor")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one invocation (or compensation) of a step came to."""
+
+    kind: str  # ok | skip | retryable | permanent | timeout
+    output: JSON = None
+    compensate_input: JSON = None
+    error: dict[str, Any] | None = None
+
+
+def _error(step: str, exc: BaseException | str, attempt: int, **extra: Any) -> dict[str, Any]:
+    if isinstance(exc, str):
+        return {"step": step, "message": exc, "type": "StepFailure", "attempt": attempt,
+                **extra}
+    message = str(exc) or repr(exc)
+    return {
+        "step": step,
+        "message": message[:4000],
+        "type": type(exc).__name__,
+        "attempt": attempt,
+        "traceback": "".join(traceback.format_exception(exc))[-4000:],
+        **extra,
+    }
+
+
+class Executor:
+    """Drives held executions; owns the claim loop, the lease heartbeat and local timers."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        container: Container,
+        settings: HubSettings,
+        on_settled: Callable[[Run, bool], None],
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.container = container
+        self.settings = settings
+        self.owner = settings.worker_id
+        self.lease = settings.lease_seconds
+        self._on_settled = on_settled
+        self.owned: dict[uuid.UUID, Execution] = {}
+        self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._wakes: dict[uuid.UUID, asyncio.Event] = {}
+        self._timers: dict[uuid.UUID, asyncio.TimerHandle] = {}
+        self._poke = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.checkpoints: Batcher[CheckpointRow, uuid.UUID] = Batcher(
+            store.checkpoint_batch, lambda r: r.id
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._background = [
+            asyncio.create_task(self._claim_loop(), name="hub-claim"),
+            asyncio.create_task(self._heartbeat_loop(), name="hub-heartbeat"),
+        ]
+
+    async def close(self) -> None:
+        """Stop driving; hand what we hold to the next worker at once."""
+        self._closing = True
+        for t in self._background:
+            t.cancel()
+        for timer in self._timers.values():
+            timer.cancel()
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        for t in [*self._background, *tasks]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        held = [(ex.id, ex.epoch) for ex in self.owned.values() if not ex.finished]
+        if held:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.store.release_leases(held), 5)
+        self.owned.clear()
+
+    def poke(self) -> None:
+        """Claim due executions now (a notification said some are)."""
+        self._poke.set()
+
+    def wake(self, execution_id: uuid.UUID) -> None:
+        """A signal arrived for an execution we may hold."""
+        ev = self._wakes.get(execution_id)
+        if ev is not None:
+            ev.set()
+        elif not self._closing:
+            self._schedule_claim(execution_id, 0.0)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._tasks)
+
+    # -- adopting executions -------------------------------------------------------------
+    def adopt(self, row: dict[str, Any], *, from_claim: bool) -> Execution | None:
+        try:
+            spec = self.registry.get(row["workflow"], row["version"])
+        except UnknownWorkflow as exc:
+            task = asyncio.create_task(self._park(row, str(exc)))
+            self._background.append(task)
+            return None
+        ex = Execution(row, spec)
+        self.owned[ex.id] = ex
+        self._wakes[ex.id] = asyncio.Event()
+        if from_claim:
+            self._wakes[ex.id].set()  # read signals left while nobody held it
+        self._tasks[ex.id] = asyncio.create_task(self._drive(ex), name=f"hub-ex-{ex.sid}")
+        return ex
+
+    async def _park(self, row: dict[str, Any], message: str) -> None:
+        log.error("execution_parked", execution_id=str(row["id"]), workflow=row["workflow"],
+                  version=row["version"], reason=message)
+        await self.store.park(row["id"], row["epoch"], message)
+
+    async def _claim_loop(self) -> None:
+        last_purge = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), self.settings.poll_interval)
+            self._poke.clear()
+            try:
+                room = self.settings.max_executions - len(self._tasks)
+                if room > 0:
+                    rows = await self.store.claim_due(self.owner, self.lease, min(room, 100))
+                    for row in rows:
+                        log.info("execution_claimed", execution_id=str(row["id"]),
+                                 workflow=row["workflow"], epoch=row["epoch"])
+                        self.adopt(row, from_claim=True)
+                    if len(rows) == min(room, 100):
+                        self._poke.set()
+                if time.monotonic() - last_purge > 300:
+                    last_purge = time.monotonic()
+                    await self.store.purge_finished()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("claim_failed", error=repr(exc)[:300])
+
+    def _schedule_claim(self, execution_id: uuid.UUID, delay: float) -> None:
+        old = self._timers.pop(execution_id, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.pop(execution_id, None)
+            if execution_id not in self._tasks and not self._closing:
+                t = loop.create_task(self._claim_one(execution_id))
+                self._background.append(t)
+                t.add_done_callback(
+                    lambda d: self._background.remove(d) if d in self._background else None
+                )
+
+        self._timers[execution_id] = loop.call_later(max(0.0, delay), fire)
+
+    async def _claim_one(self, execution_id: uuid.UUID) -> None:
+        row = await self.store.claim_one(self.owner, self.lease, execution_id)
+        if row is not None:
+            self.adopt(row, from_claim=True)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            held = [(ex.id, ex.epoch) for ex in self.owned.values() if not ex.finished]
+            if not held:
+                continue
+            try:
+                kept = await self.store.renew_leases(held, self.lease)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("lease_renew_failed", error=repr(exc)[:300])
+                continue
+            for ex_id, _ in held:
+                if ex_id not in kept and ex_id in self.owned:
+                    log.warning("lease_lost", execution_id=str(ex_id))
+                    task = self._tasks.get(ex_id)
+                    if task is not None:
+                        task.cancel()
+
+    # -- driving -------------------------------------------------------------------------
+    async def _drive(self, ex: Execution) -> None:
+        running: dict[str, asyncio.Task[Outcome]] = {}
+        try:
+            await self._loop(ex, running)
+        except LeaseLost:
+            log.warning("execution_abandoned", execution_id=ex.sid, reason="lease lost")
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            log.error("engine_error", execution_id=ex.sid, error=repr(exc),
+                      traceback=traceback.format_exc()[-2000:])
+            with contextlib.suppress(Exception):
+                await self.store.park(ex.id, ex.epoch, f"engine error: {exc!r}")
+        finally:
+            for t in running.values():
+                t.cancel()
+            self.owned.pop(ex.id, None)
+            self._tasks.pop(ex.id, None)
+            self._wakes.pop(ex.id, None)
+
+    async def _loop(self, ex: Execution, running: dict[str, asyncio.Task[Outcome]]) -> None:
+        wake = self._wakes[ex.id]
+        while True:
+            if wake.is_set():
+                wake.clear()
+                await self._apply_signals(ex, running)
+            launches = self._plan(ex, running)
+            if ex.finished:
+                await self._finish(ex)
+                return
+            idle = not running and not launches
+            if idle:
+                due = ex.next_due()
+                now = time.time()
+                if due is None or due - now > self.settings.hold_timer_seconds:
+                    await self._release(ex, due)
+                    return
+                if ex.dirty or ex.status_dirty:
+                    await self._checkpoint(ex, running_now=False)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), max(0.0, due - now))
+                continue
+            if ex.dirty or ex.status_dirty:
+                await self._checkpoint(ex, running_now=True)
+            for node, compensating in launches:
+                attempt = int(ex.step(node.id).get(
+                    "comp_attempts" if compensating else "attempts", 1))
+                coro = (self._compensate(ex, node, attempt) if compensating
+                        else self._invoke(ex, node, attempt))
+                running[node.id] = asyncio.create_task(coro)
+                if node.options.background_execution and not compensating:
+                    self._on_settled(ex.snapshot(), False)
+            waiters: set[asyncio.Future[Any]] = set(running.values())
+            wake_task = asyncio.ensure_future(wake.wait())
+            waiters.add(wake_task)
+            due = ex.next_due()
+            timeout = None if due is None else max(0.0, due - time.time())
+            done, _ = await asyncio.wait(waiters, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            wake_task.cancel()
+            for step_id, task in list(running.items()):
+                if task in done:
+                    del running[step_id]
+                    node = ex.graph.steps[step_id]
+                    outcome = task.result()
+                    if ex.state(step_id) == StepState.COMPENSATING:
+                        self._on_compensated(ex, node, outcome)
+                    else:
+                        self._on_invoked(ex, node, outcome)
+
+    # -- planning ------------------------------------------------------------------------
+    def _plan(
+        self, ex: Execution, running: dict[str, asyncio.Task[Outcome]]
+    ) -> list[tuple[StepNode, bool]]:
+        if ex.finished:
+            return []
+        if ex.phase == "forward":
+            return self._plan_forward(ex, running)
+        return self._plan_compensation(ex, running)
+
+    def _plan_forward(
+        self, ex: Execution, running: dict[str, asyncio.Task[Outcome]]
+    ) -> list[tuple[StepNode, bool]]:
+        launches: list[tuple[StepNode, bool]] = []
+        now = time.time()
+        cache: dict[str, JSON] = {}
+        changed = True
+        while changed:
+            changed = False
+            for node in ex.graph.steps.values():
+                state = ex.state(node.id)
+                if node.id in running:
+                    continue
+                if state == StepState.NOT_STARTED:
+                    if not all(ex.settled(a) for a in node.after):
+                        continue
+                    try:
+                        holds = ex.condition_holds(node, cache)
+                    except ResolveError as exc:
+                        ex.fail(_error(node.id, str(exc), 0))
+                        return self._plan_compensation(ex, running)
+                    if not holds:
+                        ex.set_step(node.id, "step_skipped", state=StepState.SKIPPED,
+                                    finished_at=now)
+                        changed = True
+                        continue
+                    launches.append((node, False))
+                    ex.set_step(node.id, "step_begin", state=StepState.INVOKING,
+                                attempts=int(ex.step(node.id).get("attempts", 0)) + 1,
+                                started_at=now, due=None)
+                elif state == StepState.INVOKING:
+                    # held by us but not running: the previous owner died mid-step
+                    launches.append((node, False))
+                    ex.set_step(node.id, "step_begin",
+                                attempts=int(ex.step(node.id).get("attempts", 0)) + 1,
+                                started_at=now)
+                elif state == StepState.TEMP_FAILURE:
+                    due = ex.step(node.id).get("due")
+                    if due is not None and due <= now:
+                        launches.append((node, False))
+                        ex.set_step(node.id, "step_begin", state=StepState.INVOKING,
+                                    attempts=int(ex.step(node.id).get("attempts", 0)) + 1,
+                                    started_at=now, due=None)
+                elif state == StepState.WAITING:
+                    due = ex.step(node.id).get("due")
+                    if due is not None and due <= now:
+                        ex.set_step(node.id, "step_failure", state=StepState.TIMEOUT, due=None,
+                                    error=_error(node.id, "async step timed out after "
+                                                 f"{node.options.timeout}s", ex.step(node.id)
+                                                 .get("attempts", 1)), finished_at=now)
+                        self._on_permanent(ex, node, ex.step(node.id)["error"])
+                        if ex.phase != "forward":
+                            return self._plan_compensation(ex, running)
+                        changed = True
+        if ex.phase != "forward":
+            return self._plan_compensation(ex, running)
+        if not launches and not running and all(ex.settled(s) for s in ex.graph.steps):
+            try:
+                result = to_json(ex.resolve(ex.graph.result, cache), "the workflow's result")
+                encode(result, f"result of workflow {ex.workflow!r}",
+                       self.settings.max_payload_bytes)
+            except (ResolveError, Unserializable, PayloadTooLarge) as exc:
+                ex.fail(_error("", str(exc), 0))
+                return self._plan_compensation(ex, running)
+            ex.result = result
+            ex.finish(RunStatus.SUCCEEDED)
+            return []
+        status = self._live_status(ex, bool(running or launches))
+        if status != ex.status:
+            if ex.status == RunStatus.PENDING:
+                ex.events.insert(0, ["begin", ""])
+            ex.status = status
+            ex.status_dirty = True
+        return launches
+
+    def _plan_compensation(
+        self, ex: Execution, running: dict[str, asyncio.Task[Outcome]]
+    ) -> list[tuple[StepNode, bool]]:
+        if ex.phase == "cancelling":
+            for step_id, task in running.items():
+                if ex.state(step_id) == StepState.INVOKING:
+                    task.cancel()
+        if any(ex.state(s) == StepState.INVOKING for s in running):
+            ex.status, ex.status_dirty = RunStatus.RUNNING, True
+            return []  # let in-flight steps land first: a success must be compensated too
+        now = time.time()
+        order = sorted(
+            (s for s, st in ex.steps.items()
+             if st.get("seq") is not None and self._compensable(ex.graph.steps[s])),
+            key=lambda s: ex.steps[s]["seq"], reverse=True,
+        )
+        for step_id in order:
+            state = ex.state(step_id)
+            node = ex.graph.steps[step_id]
+            if state == StepState.REVERTED:
+                continue
+            if state == StepState.FAILED:
+                if ex.status != RunStatus.COMPENSATION_FAILED:
+                    ex.finish(RunStatus.COMPENSATION_FAILED)
+                return []
+            if step_id in running or state == StepState.WAITING_TO_COMPENSATE:
+                status = RunStatus.RUNNING if step_id in running else RunStatus.WAITING
+                if ex.status != status:
+                    ex.status, ex.status_dirty = status, True
+                return []
+            st = ex.step(step_id)
+            if state == StepState.COMPENSATING and st.get("due") and st["due"] > now:
+                return []  # a compensation retry is scheduled
+            ex.set_step(step_id, "compensate_step_begin", state=StepState.COMPENSATING,
+                        comp_attempts=int(st.get("comp_attempts", 0)) + 1, due=None)
+            if ex.status != RunStatus.RUNNING:
+                ex.status, ex.status_dirty = RunStatus.RUNNING, True
+            return [(node, True)]
+        ex.finish(RunStatus.CANCELLED if ex.phase == "cancelling" else RunStatus.COMPENSATED)
+        return []
+
+    @staticmethod
+    def _compensable(node: StepNode) -> bool:
+        return node.compensate is not None and not node.options.no_compensation
+
+    @staticmethod
+    def _live_status(ex: Execution, active: bool) -> str:
+        if active:
+            return RunStatus.RUNNING
+        if ex.awaiting_outside():
+            return RunStatus.WAITING
+        return RunStatus.RUNNING
+
+    # -- outcomes ------------------------------------------------------------------------
+    def _on_invoked(self, ex: Execution, node: StepNode, outcome: Outcome) -> None:
+        st = ex.step(node.id)
+        attempts = int(st.get("attempts", 1))
+        now = time.time()
+        opts = node.options
+        if ex.phase == "cancelling" and outcome.kind != "ok":
+            ex.set_step(node.id, None, state=StepState.NOT_STARTED, due=None)
+            return
+        if outcome.kind == "ok":
+            if opts.is_async:
+                due = st["started_at"] + opts.timeout if opts.timeout else None
+                ex.set_step(node.id, "step_awaiting", state=StepState.WAITING, due=due)
+                log.info("step_awaiting", execution_id=ex.sid, step=node.id)
+            else:
+                ex.complete(node.id, outcome.output, outcome.compensate_input)
+                log.debug("step_succeeded", execution_id=ex.sid, step=node.id, attempt=attempts)
+            return
+        if outcome.kind == "skip":
+            ex.set_step(node.id, "step_skipped", state=StepState.SKIPPED, finished_at=now)
+            return
+        error = outcome.error or _error(node.id, "unknown failure", attempts)
+        if outcome.kind == "retryable" and attempts <= opts.max_retries:
+            due = now + opts.retry_delay(attempts) if opts.auto_retry else None
+            ex.set_step(node.id, "step_failure", state=StepState.TEMP_FAILURE, error=error,
+                        due=due)
+            log.warning("step_retry_scheduled", execution_id=ex.sid, step=node.id,
+                        attempt=attempts, delay_s=None if due is None else round(due - now, 3),
+                        error=error["message"][:200])
+            return
+        state = StepState.TIMEOUT if outcome.kind == "timeout" else StepState.PERMANENT_FAILURE
+        ex.set_step(node.id, "step_failure", state=state, error=error, finished_at=now, due=None)
+        log.warning("step_failed", execution_id=ex.sid, step=node.id, attempt=attempts,
+                    error=error["message"][:200], state=state)
+        self._on_permanent(ex, node, error)
+
+    def _on_permanent(self, ex: Execution, node: StepNode, error: dict[str, Any]) -> None:
+        opts = node.options
+        if opts.continue_on_permanent_failure:
+            return
+        skip = opts.skip_on_permanent_failure
+        if skip:
+            target = skip if isinstance(skip, str) else None
+            keep: set[str] = set()
+            if target is not None:
+                if target not in ex.graph.steps:
+                    ex.fail(error | {"message": f"{error['message']} (and "
+                                     f"skip_on_permanent_failure names unknown step {target!r})"})
+                    return
+                keep = self._descendants(ex, target)
+            now = time.time()
+            for other in ex.graph.steps:
+                if other not in keep and ex.state(other) == StepState.NOT_STARTED:
+                    ex.set_step(other, "step_skipped", state=StepState.SKIPPED, finished_at=now)
+            return
+        ex.fail(error)
+
+    @staticmethod
+    def _descendants(ex: Execution, root: str) -> set[str]:
+        out = {root}
+        changed = True
+        while changed:
+            changed = False
+            for node in ex.graph.steps.values():
+                if node.id not in out and any(a in out for a in node.after):
+                    out.add(node.id)
+                    changed = True
+        return out
+
+    def _on_compensated(self, ex: Execution, node: StepNode, outcome: Outcome) -> None:
+        st = ex.step(node.id)
+        attempts = int(st.get("comp_attempts", 1))
+        if outcome.kind == "ok":
+            if node.options.compensate_async:
+                ex.set_step(node.id, "compensate_step_awaiting",
+                            state=StepState.WAITING_TO_COMPENSATE)
+                return
+            ex.set_step(node.id, "compensate_step_success", state=StepState.REVERTED,
+                        compensated_at=time.time(), due=None)
+            log.info("step_compensated", execution_id=ex.sid, step=node.id, attempt=attempts)
+            return
+        error = outcome.error or _error(node.id, "unknown failure", attempts)
+        error["compensation"] = True
+        if attempts <= node.options.max_retries and outcome.kind != "permanent":
+            due = time.time() + node.options.retry_delay(attempts)
+            ex.set_step(node.id, "compensate_step_failure", comp_error=error, due=due)
+            log.warning("compensation_retry_scheduled", execution_id=ex.sid, step=node.id,
+                        attempt=attempts, error=error["message"][:200])
+            return
+        ex.set_step(node.id, "compensate_step_failure", state=StepState.FAILED, comp_error=error,
+                    due=None)
+        ex.error = ex.new_error = (ex.error or {}) | {"compensation_error": error}
+        log.error("compensation_failed", execution_id=ex.sid, step=node.id, attempt=attempts,
+                  error=error["message"][:200])
+
+    # -- running step code ---------------------------------------------------------------
+    def _ctx(self, ex: Execution, node: StepNode, attempt: int, compensating: bool) -> StepContext:
+        return StepContext.make(
+            execution_id=ex.sid, transaction_id=ex.transaction_id, workflow=ex.workflow,
+            step=node.id, attempt=attempt, container=self.container,
+            compensating=compensating, trigger=ex.trigger,
+        )
+
+    async def _call(self, fn: Any, value: Any, ctx: StepContext, timeout: float | None) -> Any:
+        result = fn(value, ctx)
+        if inspect.isawaitable(result):
+            if timeout is None:
+                return await result
+            async with asyncio.timeout(timeout):
+                return await result
+        return result
+
+    async def _invoke(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
+        from hub.sdk.response import StepResponse
+
+        try:
+            value = ex.resolve(node.input)
+            if node.input_model is not None:
+                value = node.input_model.model_validate(value)
+        except ValidationError as exc:
+            return Outcome("permanent", error=_error(
+                node.id, f"input of step {node.id!r} does not validate: {exc}", attempt))
+        except ResolveError as exc:
+            return Outcome("permanent", error=_error(node.id, str(exc), attempt))
+        ctx = self._ctx(ex, node, attempt, False)
+        try:
+            result = await self._call(node.invoke, value, ctx, node.options.timeout)
+        except TimeoutError as exc:
+            message = str(exc) or f"step {node.id!r} timed out after {node.options.timeout}s"
+            return Outcome("timeout", error=_error(node.id, message, attempt) | {
+                "type": "StepTimeout"})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            retryable = bool(getattr(exc, "retryable", True))
+            return Outcome("retryable" if retryable else "permanent",
+                           error=_error(node.id, exc, attempt, retryable=retryable))
+        if isinstance(result, StepResponse):
+            if result.kind == "skip":
+                return Outcome("skip")
+            if result.kind == "permanent_failure":
+                return Outcome("permanent", error=_error(node.id, result.message, attempt))
+            output, comp_input = result.output, result.compensate_input
+        else:
+            output, comp_input = result, result
+        try:
+            out_json = to_json(output, f"output of step {node.id!r}")
+            comp_json = out_json if comp_input is output else to_json(
+                comp_input, f"compensate_input of step {node.id!r}")
+            encode(out_json, f"output of step {node.id!r}", self.settings.max_payload_bytes)
+            if comp_json is not out_json:
+                encode(comp_json, f"compensate_input of step {node.id!r}",
+                       self.settings.max_payload_bytes)
+        except (Unserializable, PayloadTooLarge) as exc:
+            return Outcome("permanent", error=_error(node.id, exc, attempt))
+        return Outcome("ok", out_json, comp_json)
+
+    async def _compensate(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
+        assert node.compensate is not None
+        st = ex.step(node.id)
+        ctx = self._ctx(ex, node, attempt, True)
+        try:
+            await self._call(node.compensate, st.get("compensate_input"), ctx,
+                             node.options.timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            retryable = bool(getattr(exc, "retryable", True))
+            return Outcome("retryable" if retryable else "permanent",
+                           error=_error(node.id, exc, attempt))
+        return Outcome("ok")
+
+    # -- signals from outside ------------------------------------------------------------
+    async def _apply_signals(
+        self, ex: Execution, running: dict[str, asyncio.Task[Outcome]]
+    ) -> None:
+        rows = await self.store.read_signals(ex.id)
+        for sig in rows:
+            ex.signals_upto = max(ex.signals_upto, int(sig["id"]))
+            self._apply_signal(ex, sig["kind"], sig["step"], sig["payload"], running)
+
+    def _apply_signal(
+        self,
+        ex: Execution,
+        kind: str,
+        step_id: str | None,
+        payload: Any,
+        running: dict[str, asyncio.Task[Outcome]],
+    ) -> None:
+        now = time.time()
+        if kind == "cancel":
+            if ex.phase == "forward" and not ex.finished:
+                log.info("execution_cancel_requested", execution_id=ex.sid)
+                ex.fail({"step": None, "message": (payload or {}).get("reason") or "cancelled",
+                         "type": "Cancelled"}, cancel=True)
+            return
+        if kind == "resume" or step_id is None or step_id not in ex.graph.steps:
+            return
+        node = ex.graph.steps[step_id]
+        state = ex.state(step_id)
+        if kind == "success":
+            if state == StepState.WAITING:
+                ex.complete(step_id, payload, payload)
+            elif state == StepState.WAITING_TO_COMPENSATE:
+                ex.set_step(step_id, "compensate_step_success", state=StepState.REVERTED,
+                            compensated_at=now)
+        elif kind == "failure":
+            error = {"step": step_id, "message": (payload or {}).get("message", "failed"),
+                     "type": "AsyncStepFailure", "attempt": ex.step(step_id).get("attempts")}
+            if state == StepState.WAITING:
+                ex.set_step(step_id, "step_failure", state=StepState.PERMANENT_FAILURE,
+                            error=error, finished_at=now, due=None)
+                self._on_permanent(ex, node, error)
+            elif state == StepState.WAITING_TO_COMPENSATE:
+                ex.set_step(step_id, "compensate_step_failure", state=StepState.FAILED,
+                            comp_error=error | {"compensation": True})
+                ex.error = ex.new_error = (ex.error or {}) | {"compensation_error": error}
+        elif kind == "retry":
+            if state == StepState.TEMP_FAILURE:
+                ex.set_step(step_id, None, due=now)
+            elif state == StepState.FAILED:
+                ex.set_step(step_id, None, state=StepState.COMPENSATING, due=None)
+                ex.status = RunStatus.RUNNING
+                ex.status_dirty = True
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _row(self, ex: Execution, *, lease: bool, due_s: float | None, finished: bool) -> (
+        CheckpointRow
+    ):
+        patch = {s: ex.steps[s] for s in ex.dirty}
+        events = None
+        if ex.events or finished:
+            events = json.dumps({"id": ex.sid, "w": ex.workflow, "t": ex.transaction_id,
+                                 "s": ex.status, "ev": ex.events[:50]})
+            if len(events) > 7900:
+                events = json.dumps({"id": ex.sid, "w": ex.workflow, "t": ex.transaction_id,
+                                     "s": ex.status, "ev": []})
+        retain = ex.spec.retention_time
+        return CheckpointRow(
+            id=ex.id,
+            epoch=ex.epoch,
+            status=ex.status,
+            phase=ex.phase,
+            steps=json.dumps(patch, separators=(",", ":")),
+            result=json.dumps(ex.result) if finished else None,
+            error=json.dumps(ex.new_error) if ex.new_error is not None else None,
+            lease_s=self.lease if lease else None,
+            due_s=self.lease if lease else due_s,
+            finished=finished,
+            retain_s=(retain.total_seconds() if retain is not None
+                      else self.settings.retention_days * 86400.0),
+            events=events,
+        )
+
+    async def _write(self, ex: Execution, row: CheckpointRow) -> None:
+        ok = await self.checkpoints.write(row)
+        if not ok:
+            raise LeaseLost(f"execution {ex.sid}: epoch {ex.epoch} is no longer current")
+        ex.dirty.clear()
+        ex.events.clear()
+        ex.new_error = None
+        ex.status_dirty = False
+        if ex.signals_upto:
+            upto, ex.signals_upto = ex.signals_upto, 0
+            await self.store.delete_signals(ex.id, upto)
+
+    async def _checkpoint(self, ex: Execution, *, running_now: bool) -> None:
+        if ex.status == RunStatus.PENDING:
+            ex.status = RunStatus.RUNNING
+            ex.events.insert(0, ["begin", ""])
+        await self._write(ex, self._row(ex, lease=True, due_s=None, finished=False))
+
+    async def _release(self, ex: Execution, due: float | None) -> None:
+        """Nothing to run until ``due`` (or a signal): let the lease go."""
+        if ex.status not in (RunStatus.WAITING,) and ex.awaiting_outside():
+            ex.status = RunStatus.WAITING
+        due_s = None if due is None else max(0.0, due - time.time())
+        await self._write(ex, self._row(ex, lease=False, due_s=due_s, finished=False))
+        log.info("execution_released", execution_id=ex.sid, status=ex.status, due_in_s=due_s)
+        if due_s is not None:
+            self._schedule_claim(ex.id, due_s)
+        if ex.status == RunStatus.WAITING:
+            self._on_settled(ex.snapshot(), False)
+
+    async def _finish(self, ex: Execution) -> None:
+        await self._write(ex, self._row(ex, lease=False, due_s=None, finished=True))
+        log.info("execution_finished", execution_id=ex.sid, workflow=ex.workflow,
+                 status=ex.status)
+        self._on_settled(ex.snapshot(), True)
+        if not ex.spec.store and ex.status == RunStatus.SUCCEEDED:
+            await self.store.delete_finished(ex.id)

@@ -1,0 +1,473 @@
+"""``Hub``: the container workflows run with, and the one door to the engine.
+
+``async with Hub() as hub`` starts (or reuses) an embedded Postgres when no URL is given,
+applies migrations, listens for notifications and, unless ``execute=False``, runs an executor
+in-process so a script or a test needs nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from hub.engine.checkpoint import Batcher
+from hub.engine.context import Container
+from hub.engine.executor import Executor
+from hub.engine.payload import Unserializable, encode, to_json
+from hub.engine.registry import REGISTRY, Registry, WorkflowSpec
+from hub.engine.run import Run, RunStatus
+from hub.errors import (
+    ExecutionNotFound,
+    HubError,
+    InputValidationError,
+    InvalidTransition,
+    WorkflowFailed,
+)
+from hub.settings import HubSettings
+from hub.store.embedded import EmbeddedPostgres
+from hub.store.listener import Listener
+from hub.store.store import StartRow, Store
+
+log = structlog.get_logger("hub")
+
+
+def new_execution_id() -> uuid.UUID:
+    """Time-ordered UUID (v7 layout) so new rows land at the right edge of the index."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
+    value |= 0b10 << 62 | (rand & ((1 << 62) - 1))
+    return uuid.UUID(int=value)
+
+
+@dataclass(frozen=True)
+class ExecutionEvent:
+    """One transition, as ``hub.subscribe`` yields it."""
+
+    type: str  # begin, step_begin, step_success, step_failure, step_awaiting, ...
+    execution_id: str
+    workflow: str
+    transaction_id: str
+    status: str
+    step: str | None = None
+
+
+class Hub:
+    """The hub: store, executor and container, for one schema of one Postgres."""
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        schema: str | None = None,
+        execute: bool = True,
+        settings: HubSettings | None = None,
+        registry: Registry | None = None,
+        services: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> None:
+        base = settings or HubSettings()
+        changes: dict[str, Any] = dict(overrides)
+        if database_url is not None:
+            changes["database_url"] = database_url
+        if schema is not None:
+            changes["db_schema"] = schema
+        self.settings = base.model_copy(update=changes) if changes else base
+        self.registry = registry or REGISTRY
+        self.container = Container(services)
+        self.execute = execute
+        self._embedded: EmbeddedPostgres | None = None
+        self._store: Store | None = None
+        self._listener: Listener | None = None
+        self._executor: Executor | None = None
+        self._starts: Batcher[StartRow, uuid.UUID] | None = None
+        self._waiters: dict[str, list[asyncio.Future[Run]]] = {}
+        self._subscribers: list[tuple[asyncio.Queue[ExecutionEvent], str | None, str | None]] = []
+        self.container.register("hub", self)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def __aenter__(self) -> Hub:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        s = self.settings
+        dsn = s.database_url
+        if dsn is None:
+            data = Path(s.data_dir).resolve()
+            data.mkdir(parents=True, exist_ok=True)
+            self._embedded = EmbeddedPostgres(data / "pgdata")
+            dsn = await asyncio.to_thread(self._embedded.start)
+        self._store = Store(dsn, s.db_schema, min_size=s.pool_min, max_size=s.pool_max)
+        await self._store.connect()
+        await self._store.migrate()
+        self._starts = Batcher(self._start_rows, lambda r: r.id)
+        self._listener = Listener(dsn, self._store.channel, self._on_message, self._on_reconnect)
+        await self._listener.start()
+        from hub.engine.locks import LockService
+
+        self.container.register("locks", LockService(self._store))
+        if self.execute:
+            self._executor = Executor(
+                self._store, self.registry, self.container, s, self._on_settled
+            )
+            self._executor.start()
+            self._executor.poke()
+        log.debug("hub_opened", schema=s.db_schema, worker=s.worker_id, execute=self.execute)
+
+    async def close(self) -> None:
+        if self._executor is not None:
+            await self._executor.close()
+            self._executor = None
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        for futs in self._waiters.values():
+            for f in futs:
+                if not f.done():
+                    f.cancel()
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+            self._embedded = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise HubError("the hub is not open; use `async with Hub(...) as hub`")
+        return self._store
+
+    @property
+    def executor(self) -> Executor | None:
+        return self._executor
+
+    # -- starting runs -------------------------------------------------------------------
+    def _validate_input(self, spec: WorkflowSpec, value: Any) -> str:
+        if spec.input_model is not None:
+            try:
+                model = (
+                    value if isinstance(value, spec.input_model)
+                    else spec.input_model.model_validate(
+                        value.model_dump() if isinstance(value, BaseModel) else value
+                    )
+                )
+            except ValidationError as exc:
+                fields = ", ".join(
+                    ".".join(str(p) for p in e["loc"]) or "(root)" for e in exc.errors()
+                )
+                raise InputValidationError(
+                    f"input of workflow {spec.name!r} does not validate ({fields}): {exc}",
+                    errors=[dict(e) for e in exc.errors(include_url=False)],
+                ) from None
+            value = model
+        try:
+            as_json = to_json(value, f"input of workflow {spec.name!r}")
+        except Unserializable as exc:
+            raise InputValidationError(str(exc)) from None
+        return encode(as_json, f"input of workflow {spec.name!r}", self.settings.max_payload_bytes)
+
+    async def _start_rows(self, rows: Any) -> set[uuid.UUID]:
+        return await self.store.start_batch(rows, self.settings.lease_seconds)
+
+    async def start(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        transaction_id: str | None = None,
+        wait: bool = True,
+        raise_on_error: bool = True,
+        trigger: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Run:
+        """Start ``workflow`` (or find the execution already started for ``transaction_id``).
+
+        Input is validated before anything is stored. ``wait=True`` returns when the run
+        finishes or waits on the outside (an async step); ``raise_on_error`` raises
+        ``WorkflowFailed`` for a run that ended without success.
+        """
+        spec = self.registry.get(workflow)
+        input_text = self._validate_input(spec, input)
+        trigger_text = json.dumps(to_json(trigger, "trigger")) if trigger is not None else None
+        exec_id = new_execution_id()
+        tx = transaction_id or str(exec_id)
+        owner = self.settings.worker_id if self._executor is not None else None
+        row = StartRow(exec_id, spec.name, spec.version, tx, input_text, trigger_text,
+                       spec.store, owner)
+        assert self._starts is not None
+        fut = self._waiter(str(exec_id)) if wait else None
+        created = await self._starts.write(row)
+        if not created:
+            self._drop_waiter(str(exec_id), fut)
+            existing = await self.store.find_started([(spec.name, tx)])
+            if existing and not spec.idempotent and existing[0]["finished_at"] is not None:
+                await self.store.archive_finished(spec.name, tx)
+                return await self.start(workflow, input, transaction_id=tx, wait=wait,
+                                        raise_on_error=raise_on_error, trigger=trigger,
+                                        timeout=timeout)
+            if not existing:
+                raise HubError(f"transaction {tx!r} of {spec.name!r} vanished while starting")
+            run = Run.from_row(existing[0], list(spec.graph.steps))
+            log.info("execution_found", execution_id=run.id, transaction_id=tx,
+                     status=run.status)
+            if wait and not run.finished and run.status != RunStatus.WAITING:
+                run = await self.wait(run.id, timeout=timeout)
+            return self._outcome(run, raise_on_error)
+        input_json = json.loads(input_text)
+        if self._executor is not None:
+            self._executor.adopt(
+                {"id": exec_id, "workflow": spec.name, "version": spec.version,
+                 "transaction_id": tx, "status": RunStatus.PENDING, "input": input_json,
+                 "trigger": trigger, "epoch": 1, "steps": {}, "created_at": datetime.now()},
+                from_claim=False,
+            )
+        else:
+            await self.store.notify(json.dumps({"id": str(exec_id), "due": True}))
+        if fut is None:
+            return Run(id=str(exec_id), workflow=spec.name, version=spec.version,
+                       transaction_id=tx, status=RunStatus.PENDING, input=input_json,
+                       trigger=trigger)
+        run = await self._await(str(exec_id), fut, timeout)
+        return self._outcome(run, raise_on_error)
+
+    @staticmethod
+    def _outcome(run: Run, raise_on_error: bool) -> Run:
+        if raise_on_error and run.finished and not run.succeeded:
+            raise WorkflowFailed(run)
+        return run
+
+    # -- reading and waiting -------------------------------------------------------------
+    async def _resolve_row(self, ref: str, workflow: str | None = None) -> dict[str, Any]:
+        row = None
+        with contextlib.suppress(ValueError):
+            row = await self.store.get(uuid.UUID(ref))
+        if row is None:
+            rows = await self.store.get_by_transaction(ref, workflow)
+            live = [r for r in rows if not r["archived"]]
+            if len(live) > 1:
+                raise HubError(
+                    f"transaction id {ref!r} is used by several workflows "
+                    f"({', '.join(r['workflow'] for r in live)}); pass workflow="
+                )
+            row = live[0] if live else (rows[0] if rows else None)
+        if row is None:
+            raise ExecutionNotFound(f"no execution with id or transaction id {ref!r}")
+        return row
+
+    def _run_from_row(self, row: dict[str, Any]) -> Run:
+        steps: list[str] = []
+        with contextlib.suppress(HubError):
+            steps = list(self.registry.get(row["workflow"], row["version"]).graph.steps)
+        return Run.from_row(row, steps)
+
+    async def get_run(self, ref: str, *, workflow: str | None = None) -> Run:
+        """The stored state of an execution, by id or transaction id."""
+        return self._run_from_row(await self._resolve_row(ref, workflow))
+
+    def _waiter(self, exec_id: str) -> asyncio.Future[Run]:
+        fut: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(exec_id, []).append(fut)
+        return fut
+
+    def _drop_waiter(self, exec_id: str, fut: asyncio.Future[Run] | None) -> None:
+        futs = self._waiters.get(exec_id)
+        if futs and fut in futs:
+            futs.remove(fut)
+            if not futs:
+                del self._waiters[exec_id]
+
+    async def _await(self, exec_id: str, fut: asyncio.Future[Run], timeout: float | None) -> Run:
+        """Wait for the executor (here or elsewhere) to settle the run; poll rarely as a net."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                step = self.settings.poll_interval
+                if deadline is not None:
+                    step = min(step, deadline - time.monotonic())
+                    if step <= 0:
+                        raise TimeoutError(f"execution {exec_id} did not settle in {timeout}s")
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), step)
+                except TimeoutError:
+                    row = await self.store.get(uuid.UUID(exec_id))
+                    if row is not None:
+                        run = self._run_from_row(row)
+                        if run.finished or run.status == RunStatus.WAITING:
+                            return run
+        finally:
+            self._drop_waiter(exec_id, fut)
+
+    async def wait(
+        self, ref: str, *, workflow: str | None = None, timeout: float | None = None,
+        raise_on_error: bool = False,
+    ) -> Run:
+        """Wait until the execution finishes or waits on the outside."""
+        row = await self._resolve_row(ref, workflow)
+        run = self._run_from_row(row)
+        if run.finished:
+            return self._outcome(run, raise_on_error)
+        fut = self._waiter(run.id)
+        row2 = await self.store.get(uuid.UUID(run.id))
+        if row2 is not None and self._run_from_row(row2).finished:
+            self._drop_waiter(run.id, fut)
+            return self._outcome(self._run_from_row(row2), raise_on_error)
+        return self._outcome(await self._await(run.id, fut, timeout), raise_on_error)
+
+    def _on_settled(self, run: Run, final: bool) -> None:
+        for fut in self._waiters.pop(run.id, []):
+            if not fut.done():
+                fut.set_result(run)
+
+    # -- notifications -------------------------------------------------------------------
+    def _on_message(self, payload: str) -> None:
+        try:
+            msg = json.loads(payload)
+        except ValueError:
+            return
+        exec_id = msg.get("id")
+        if self._executor is not None:
+            if msg.get("due"):
+                self._executor.poke()
+            if msg.get("sig") and exec_id:
+                self._executor.wake(uuid.UUID(exec_id))
+        status = msg.get("s")
+        if exec_id and status and exec_id in self._waiters:
+            owned = self._executor is not None and uuid.UUID(exec_id) in self._executor.owned
+            if not owned and (status in {s.value for s in RunStatus if s != "pending"}
+                              and status not in ("running",)):
+                asyncio.get_running_loop().create_task(self._refresh_waiters(exec_id))
+        if status and self._subscribers:
+            for kind, step in msg.get("ev", []):
+                event = ExecutionEvent(kind, exec_id, msg.get("w"), msg.get("t"), status,
+                                       step or None)
+                for queue, wf, tx in self._subscribers:
+                    if (wf is None or wf == event.workflow) and (
+                        tx is None or tx == event.transaction_id
+                    ):
+                        queue.put_nowait(event)
+
+    async def _refresh_waiters(self, exec_id: str) -> None:
+        row = await self.store.get(uuid.UUID(exec_id))
+        if row is not None:
+            run = self._run_from_row(row)
+            if run.finished or run.status == RunStatus.WAITING:
+                self._on_settled(run, run.finished)
+
+    def _on_reconnect(self) -> None:
+        if self._executor is not None:
+            self._executor.poke()
+        for exec_id in list(self._waiters):
+            asyncio.get_running_loop().create_task(self._refresh_waiters(exec_id))
+
+    async def subscribe(
+        self, workflow: str | None = None, transaction_id: str | None = None
+    ) -> AsyncIterator[ExecutionEvent]:
+        """Every transition of matching executions, from any process, as it commits.
+
+        With a ``transaction_id`` the iterator ends after that execution's ``finish``.
+        """
+        queue: asyncio.Queue[ExecutionEvent] = asyncio.Queue()
+        entry = (queue, workflow, transaction_id)
+        self._subscribers.append(entry)
+        try:
+            while True:
+                event = await queue.get()
+                yield event
+                if transaction_id is not None and event.type == "finish":
+                    return
+        finally:
+            self._subscribers.remove(entry)
+
+    # -- acting on executions ------------------------------------------------------------
+    async def _signal(self, ref: str, workflow: str | None, step: str | None, kind: str,
+                      payload: Any, allowed: tuple[str, ...] | None) -> Run:
+        row = await self._resolve_row(ref, workflow)
+        run = self._run_from_row(row)
+        if step is not None:
+            spec = self.registry.get(run.workflow, run.version)
+            if step not in spec.graph.steps:
+                raise InvalidTransition(
+                    f"workflow {run.workflow!r} has no step {step!r} "
+                    f"(steps: {', '.join(spec.graph.steps)})"
+                )
+            state = run.steps[step].state
+            if allowed is not None and state not in allowed:
+                raise InvalidTransition(
+                    f"step {step!r} of execution {run.id} is {state}; {kind} needs it to be "
+                    f"one of {', '.join(allowed)}"
+                )
+        elif run.finished:
+            raise InvalidTransition(f"execution {run.id} already ended {run.status}")
+        payload_text = None
+        if payload is not None:
+            payload_text = encode(to_json(payload, f"{kind} payload"), f"{kind} payload",
+                                  self.settings.max_payload_bytes)
+        await self.store.add_signal(uuid.UUID(run.id), step, kind, payload_text)
+        await self.store.notify(json.dumps({"id": run.id, "sig": True}))
+        return run
+
+    async def set_step_success(self, transaction_id: str, step: str, output: Any = None, *,
+                               workflow: str | None = None) -> None:
+        """Complete an async step (or its async compensation) from any process."""
+        await self._signal(transaction_id, workflow, step, "success", to_json(output, "output"),
+                           ("waiting", "waiting_to_compensate"))
+
+    async def set_step_failure(self, transaction_id: str, step: str, error: str = "failed", *,
+                               workflow: str | None = None) -> None:
+        """Fail an async step: the workflow compensates (or follows the step's options)."""
+        await self._signal(transaction_id, workflow, step, "failure", {"message": error},
+                           ("waiting", "waiting_to_compensate"))
+
+    async def cancel(self, transaction_id: str, *, workflow: str | None = None,
+                     reason: str = "cancelled", wait: bool = True) -> Run:
+        """Stop the execution and compensate its completed steps; ends ``cancelled``."""
+        run = await self._signal(transaction_id, workflow, None, "cancel", {"reason": reason},
+                                 None)
+        return await self.wait(run.id) if wait else run
+
+    async def retry_step(self, transaction_id: str, step: str, *,
+                         workflow: str | None = None) -> None:
+        """Re-run a step left in ``temp_failure`` (``auto_retry=False``), or a compensation
+        that failed."""
+        await self._signal(transaction_id, workflow, step, "retry", None,
+                           ("temp_failure", "failed"))
+
+    async def resume(self, ref: str, *, workflow: str | None = None) -> None:
+        """Make a parked execution due again (after deploying the version it needs)."""
+        row = await self._resolve_row(ref, workflow)
+        await self.store.add_signal(row["id"], None, "resume", None)
+        await self.store.notify(json.dumps({"id": str(row["id"]), "due": True}))
+
+    async def purge(self, *, grace_seconds: float = 0.0) -> int:
+        """Delete finished executions past their retention; live ones are never touched."""
+        total = 0
+        while True:
+            n = await self.store.purge_finished(grace_seconds)
+            total += n
+            if n < 1000:
+                return total
+
+    async def run_until_idle(self, timeout: float = 30.0) -> None:
+        """Wait until this hub's executor holds nothing (tests and scripts)."""
+        deadline = time.monotonic() + timeout
+        while self._executor is not None and self._executor.busy:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"executor still busy after {timeout}s")
+            await asyncio.sleep(0.01)

@@ -1,0 +1,111 @@
+"""Every error the hub raises, in one small tree.
+
+```
+HubError
+  DefinitionError        composer or step misuse, raised at definition time
+  InputValidationError   bad run input: no execution created
+  PayloadTooLarge        an input or output over the configured size
+  UnknownWorkflow        no workflow registered under that name
+  ExecutionNotFound      no execution with that id or transaction id
+  InvalidTransition      an operation that the execution's state forbids
+  WorkflowFailed         a run ended without success (carries the Run)
+  StepError              raised by step code
+    PermanentStepError   never retried: the workflow compensates
+  ConnectorError         raised by connectors
+    TransientConnectorError   worth a retry
+    PermanentConnectorError   the system said no
+  StoreError             Postgres is unusable (not a passing disconnect)
+  LeaseLost              this worker no longer owns the execution
+```
+Retryability travels as the ``retryable`` attribute, never parsed from text.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hub.engine.run import Run
+
+
+class HubError(Exception):
+    """Base of every error the hub raises on purpose."""
+
+    retryable: bool = False
+
+
+class DefinitionError(HubError):
+    """A workflow or step definition is wrong; raised when the module defining it is imported."""
+
+
+class InputValidationError(HubError):
+    """The input of a run does not validate; no execution was created."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class PayloadTooLarge(HubError):
+    """An input or step output is larger than ``HUB_MAX_PAYLOAD_BYTES``."""
+
+
+class UnknownWorkflow(HubError):
+    """No workflow with that name (or that version) is registered."""
+
+
+class ExecutionNotFound(HubError):
+    """No execution matches the id or transaction id."""
+
+
+class InvalidTransition(HubError):
+    """The execution or step is not in a state that allows the operation."""
+
+
+class WorkflowFailed(HubError):
+    """A run ended compensated, cancelled or in ``compensation_failed``; ``run`` tells which."""
+
+    def __init__(self, run: Run) -> None:
+        err = run.error or {}
+        where = f" at step {err['step']!r}" if err.get("step") else ""
+        super().__init__(
+            f"workflow {run.workflow!r} (transaction {run.transaction_id!r}) ended "
+            f"{run.status}{where}: {err.get('message', 'no error recorded')}"
+        )
+        self.run = run
+
+
+class StepError(HubError):
+    """Raised by step code; retried up to the step's ``max_retries`` unless permanent."""
+
+    retryable = True
+
+
+class PermanentStepError(StepError):
+    """A step failure that no retry can fix: the workflow compensates at once."""
+
+    retryable = False
+
+
+class ConnectorError(HubError):
+    """A call to an outside system failed."""
+
+
+class TransientConnectorError(ConnectorError):
+    """The system may accept the same call later (connection error, 5xx, 429)."""
+
+    retryable = True
+
+
+class PermanentConnectorError(ConnectorError):
+    """The system refused the call; repeating it cannot help."""
+
+    retryable = False
+
+
+class StoreError(HubError):
+    """Postgres refused an operation for a reason other than a passing disconnect."""
+
+
+class LeaseLost(HubError):
+    """Another worker took over the execution; this one must stop advancing it."""

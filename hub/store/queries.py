@@ -1,0 +1,169 @@
+"""Every SQL statement the hub sends, each with its cost and locking noted.
+
+``{s}`` is the schema, filled in once by :class:`hub.store.store.Store`. jsonb values travel
+as text (the executor encodes them once, which is also where sizes are checked).
+"""
+
+MIGRATION_LOCK = """-- serialises concurrent migrators of one schema (transaction-scoped)
+SELECT pg_advisory_xact_lock(hashtext('hub-migrate:' || $1))"""
+
+APPLIED_MIGRATIONS = """SELECT version FROM {s}.schema_migration ORDER BY version"""
+
+CREATE_MIGRATION_TABLE = """CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.schema_migration (
+    version    int         PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+RECORD_MIGRATION = """INSERT INTO {s}.schema_migration (version, name) VALUES ($1, $2)"""
+
+START_BATCH = """-- 1 round trip for every start of a batch; the partial unique index turns a second
+-- start of a transaction id into a no-op (its id is then not returned)
+INSERT INTO {s}.execution AS e (id, workflow, version, transaction_id, status, input, trigger,
+                                keep, lease_owner, lease_until, due_at, epoch)
+SELECT c.id, c.workflow, c.version, c.transaction_id, 'pending', c.input::jsonb,
+       c.trigger::jsonb, c.keep, c.owner,
+       CASE WHEN c.owner IS NULL THEN NULL ELSE now() + make_interval(secs => $8) END,
+       CASE WHEN c.owner IS NULL THEN now() ELSE now() + make_interval(secs => $8) END,
+       1
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::bool[], $9::text[])
+     AS c(id, workflow, version, transaction_id, input, trigger, keep, owner)
+ON CONFLICT (workflow, transaction_id) WHERE NOT archived DO NOTHING
+RETURNING e.id"""
+
+NOTIFY = """SELECT pg_notify($1, $2)"""
+
+CHECKPOINT_BATCH = """-- 1 round trip, 1 commit for the checkpoints of many executions (group commit);
+-- the epoch guard refuses a write from a worker whose lease was taken over; the
+-- notification is sent on commit, only for rows that were written
+WITH c AS (
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::float8[], $9::float8[], $10::bool[],
+                         $11::float8[], $12::text[])
+        AS c(id, epoch, status, phase, steps, result, error, lease_s, due_s, finished,
+             retain_s, events)
+), u AS (
+    UPDATE {s}.execution e SET
+        status       = c.status,
+        phase        = c.phase,
+        steps        = e.steps || c.steps::jsonb,
+        result       = CASE WHEN c.finished THEN c.result::jsonb ELSE e.result END,
+        error        = COALESCE(c.error::jsonb, e.error),
+        lease_owner  = CASE WHEN c.lease_s IS NULL THEN NULL ELSE e.lease_owner END,
+        lease_until  = now() + make_interval(secs => c.lease_s),
+        due_at       = now() + make_interval(secs => c.due_s),
+        finished_at  = CASE WHEN c.finished THEN now() END,
+        retain_until = CASE WHEN c.finished THEN now() + make_interval(secs => c.retain_s) END,
+        updated_at   = now()
+    FROM c
+    WHERE e.id = c.id AND e.epoch = c.epoch
+    RETURNING e.id, c.events
+)
+SELECT u.id, CASE WHEN u.events IS NOT NULL THEN pg_notify($13, u.events)::text END AS n
+FROM u"""
+
+CLAIM_DUE = """-- 1 round trip; SKIP LOCKED: workers never wait on each other. A held execution's
+-- due time is its lease expiry, so an abandoned one becomes due by itself
+UPDATE {s}.execution e SET
+    lease_owner = $1,
+    lease_until = now() + make_interval(secs => $2),
+    due_at      = now() + make_interval(secs => $2),
+    epoch       = e.epoch + 1,
+    updated_at  = now()
+WHERE e.id IN (
+    SELECT id FROM {s}.execution
+    WHERE due_at <= now() AND (lease_until IS NULL OR lease_until < now())
+    ORDER BY due_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING e.*"""
+
+CLAIM_ONE = """-- 1 round trip: take one execution now (a local timer fired, or a signal arrived)
+UPDATE {s}.execution e SET
+    lease_owner = $1,
+    lease_until = now() + make_interval(secs => $2),
+    due_at      = now() + make_interval(secs => $2),
+    epoch       = e.epoch + 1,
+    updated_at  = now()
+WHERE e.id = $3 AND e.due_at <= now() AND (e.lease_until IS NULL OR e.lease_until < now())
+RETURNING e.*"""
+
+RENEW_LEASES = """-- 1 round trip for every held execution; rows not returned were taken over
+UPDATE {s}.execution e SET
+    lease_until = now() + make_interval(secs => $3),
+    due_at      = now() + make_interval(secs => $3)
+FROM unnest($1::uuid[], $2::bigint[]) AS h(id, epoch)
+WHERE e.id = h.id AND e.epoch = h.epoch AND e.lease_owner IS NOT NULL
+RETURNING e.id"""
+
+RELEASE_LEASES = """-- on clean shutdown: hand held executions to the next worker at once
+UPDATE {s}.execution e SET lease_owner = NULL, lease_until = NULL, due_at = now()
+FROM unnest($1::uuid[], $2::bigint[]) AS h(id, epoch)
+WHERE e.id = h.id AND e.epoch = h.epoch"""
+
+GET_BY_ID = """SELECT * FROM {s}.execution WHERE id = $1"""
+
+GET_BY_IDS = """SELECT * FROM {s}.execution WHERE id = ANY($1::uuid[])"""
+
+GET_BY_TRANSACTION = """-- newest first: archived runs of a non-idempotent workflow come after the live one
+SELECT * FROM {s}.execution
+WHERE transaction_id = $1 AND ($2::text IS NULL OR workflow = $2)
+ORDER BY archived, created_at DESC
+LIMIT 2"""
+
+FIND_STARTED = """SELECT e.* FROM {s}.execution e
+JOIN unnest($1::text[], $2::text[]) AS k(workflow, transaction_id)
+  ON e.workflow = k.workflow AND e.transaction_id = k.transaction_id AND NOT e.archived"""
+
+ARCHIVE_FINISHED = """-- a non-idempotent workflow may start a finished transaction id again
+UPDATE {s}.execution SET archived = true
+WHERE workflow = $1 AND transaction_id = $2 AND NOT archived AND finished_at IS NOT NULL"""
+
+ADD_SIGNAL = """-- 1 round trip: record the outside outcome; wake the execution unless a worker holds it
+-- (the holder hears the notification instead)
+WITH sig AS (
+    INSERT INTO {s}.signal (execution_id, step, kind, payload)
+    VALUES ($1, $2, $3, $4::jsonb) RETURNING id
+)
+UPDATE {s}.execution
+SET due_at = now(), parked = CASE WHEN $3 = 'resume' THEN NULL ELSE parked END
+WHERE id = $1 AND lease_owner IS NULL
+RETURNING id"""
+
+READ_SIGNALS = """SELECT id, step, kind, payload FROM {s}.signal WHERE execution_id = $1 ORDER BY id"""
+
+DELETE_SIGNALS = """DELETE FROM {s}.signal WHERE execution_id = $1 AND id <= $2"""
+
+PARK = """-- the execution cannot go on here (its version is unknown): visible, not retried
+UPDATE {s}.execution SET parked = $3, lease_owner = NULL, lease_until = NULL, due_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND epoch = $2"""
+
+PURGE_FINISHED = """-- only finished executions past their retention: a live run is never purged
+DELETE FROM {s}.execution
+WHERE id IN (SELECT id FROM {s}.execution
+             WHERE retain_until < now() - make_interval(secs => $1)
+               AND finished_at IS NOT NULL
+             LIMIT $2)"""
+
+DELETE_EXECUTION = """DELETE FROM {s}.execution WHERE id = $1 AND finished_at IS NOT NULL"""
+
+LIST_EXECUTIONS = """SELECT * FROM {s}.execution
+WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)
+  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $5"""
+
+COUNT_UNFINISHED = """SELECT count(*) FROM {s}.execution WHERE finished_at IS NULL AND parked IS NULL"""
+
+LOCK_ACQUIRE = """-- 1 round trip: take the key if free, expired, or already ours
+INSERT INTO {s}.lock AS l (key, owner, expires_at)
+VALUES ($1, $2, now() + make_interval(secs => $3))
+ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at
+WHERE l.owner = EXCLUDED.owner OR l.expires_at < now()
+RETURNING key"""
+
+LOCK_RELEASE = """DELETE FROM {s}.lock WHERE key = $1 AND owner = $2"""

@@ -1,0 +1,316 @@
+"""The only caller of ``queries.py``: a pool, migrations, and one method per durable operation.
+
+A passing disconnect (Postgres restarting, a broken socket) is retried with backoff instead of
+failing the execution: pausing is always safer than losing a checkpoint. Every write that
+advances an execution is guarded by the lease epoch, so a retried write is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+
+import asyncpg
+import structlog
+
+from hub.errors import StoreError
+from hub.store import queries as q
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+Row = dict[str, Any]
+"""An execution row, jsonb columns decoded."""
+
+_DISCONNECTS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    ConnectionError,
+    OSError,
+)
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """True for errors that a reconnect cures (as opposed to a bad statement)."""
+    return isinstance(exc, _DISCONNECTS)
+
+
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+
+
+@dataclass(frozen=True, slots=True)
+class StartRow:
+    id: uuid.UUID
+    workflow: str
+    version: str
+    transaction_id: str
+    input: str
+    trigger: str | None
+    keep: bool
+    owner: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    id: uuid.UUID
+    epoch: int
+    status: str
+    phase: str
+    steps: str
+    result: str | None
+    error: str | None
+    lease_s: float | None
+    due_s: float | None
+    finished: bool
+    retain_s: float | None
+    events: str | None
+
+
+def _decode_row(rec: asyncpg.Record) -> Row:
+    return dict(rec.items())
+
+
+class Store:
+    """Postgres access for one hub schema."""
+
+    def __init__(self, dsn: str, schema: str = "hub", *, min_size: int = 2,
+                 max_size: int = 10) -> None:
+        if not _SCHEMA_RE.match(schema):
+            raise StoreError(f"schema name {schema!r} must match {_SCHEMA_RE.pattern}")
+        self.dsn = dsn
+        self.schema = schema
+        self.channel = f"hub_{schema}"
+        self._min = min_size
+        self._max = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._sql: dict[str, str] = {}
+        self.statements = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def connect(self) -> None:
+        self._pool = await self.retry(
+            lambda: asyncpg.create_pool(
+                self.dsn, min_size=self._min, max_size=self._max, init=self._init_conn,
+                command_timeout=60,
+            ),
+            what="connect",
+            attempts=20,
+        )
+
+    @staticmethod
+    async def _init_conn(conn: asyncpg.Connection) -> None:
+        await conn.set_type_codec(
+            "jsonb", encoder=lambda v: v, decoder=json.loads, schema="pg_catalog"
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except (TimeoutError, *_DISCONNECTS):
+                pool.terminate()
+
+    def _q(self, sql: str) -> str:
+        text = self._sql.get(sql)
+        if text is None:
+            text = self._sql[sql] = sql.replace("{s}", self.schema)
+        return text
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError("the store is not connected; use `async with Hub(...)`")
+        return self._pool
+
+    async def retry(
+        self,
+        op: Callable[[], Awaitable[T]],
+        *,
+        what: str,
+        attempts: int | None = None,
+    ) -> T:
+        """Run ``op``, retrying disconnects with capped exponential backoff.
+
+        ``attempts=None`` retries until Postgres is back: a checkpoint must not be dropped.
+        """
+        delay = 0.05
+        n = 0
+        while True:
+            try:
+                return await op()
+            except Exception as exc:
+                if not is_disconnect(exc):
+                    raise
+                n += 1
+                if attempts is not None and n >= attempts:
+                    raise StoreError(f"Postgres unreachable during {what}: {exc}") from exc
+                log.warning("store_retry", op=what, attempt=n, error=repr(exc)[:200])
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        text = self._q(sql)
+
+        async def op() -> list[asyncpg.Record]:
+            self.statements += 1
+            return await self.pool.fetch(text, *args)
+
+        return await self.retry(op, what=sql.split("\n", 1)[0][:60])
+
+    async def _execute(self, sql: str, *args: Any) -> str:
+        text = self._q(sql)
+
+        async def op() -> str:
+            self.statements += 1
+            return await self.pool.execute(text, *args)
+
+        return await self.retry(op, what=sql.split("\n", 1)[0][:60])
+
+    # -- migrations ----------------------------------------------------------------------
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations in order; safe to run from many processes at once."""
+        files = sorted(
+            f for f in resources.files("hub.store.migrations").iterdir()
+            if f.name.endswith(".sql")
+        )
+        applied_now: list[str] = []
+
+        async def op() -> None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(q.MIGRATION_LOCK.replace("$1", "$1::text"), self.schema)
+                await conn.execute(self._q(q.CREATE_MIGRATION_TABLE))
+                done = {r["version"] for r in await conn.fetch(self._q(q.APPLIED_MIGRATIONS))}
+                for f in files:
+                    version = int(f.name.split("_", 1)[0])
+                    if version in done:
+                        continue
+                    await conn.execute(f.read_text().replace("{schema}", self.schema))
+                    await conn.execute(self._q(q.RECORD_MIGRATION), version, f.name)
+                    applied_now.append(f.name)
+
+        await self.retry(op, what="migrate", attempts=20)
+        if applied_now:
+            log.info("migrations_applied", schema=self.schema, files=applied_now)
+        return applied_now
+
+    # -- executions ----------------------------------------------------------------------
+    async def start_batch(self, rows: Sequence[StartRow], lease_s: float) -> set[uuid.UUID]:
+        recs = await self._fetch(
+            q.START_BATCH,
+            [r.id for r in rows], [r.workflow for r in rows], [r.version for r in rows],
+            [r.transaction_id for r in rows], [r.input for r in rows],
+            [r.trigger for r in rows], [r.keep for r in rows], lease_s,
+            [r.owner for r in rows],
+        )
+        return {r["id"] for r in recs}
+
+    async def find_started(self, keys: Sequence[tuple[str, str]]) -> list[Row]:
+        recs = await self._fetch(q.FIND_STARTED, [k[0] for k in keys], [k[1] for k in keys])
+        return [_decode_row(r) for r in recs]
+
+    async def archive_finished(self, workflow: str, transaction_id: str) -> bool:
+        return await self._execute(q.ARCHIVE_FINISHED, workflow, transaction_id) != "UPDATE 0"
+
+    async def checkpoint_batch(self, rows: Sequence[CheckpointRow]) -> set[uuid.UUID]:
+        recs = await self._fetch(
+            q.CHECKPOINT_BATCH,
+            [r.id for r in rows], [r.epoch for r in rows], [r.status for r in rows],
+            [r.phase for r in rows], [r.steps for r in rows], [r.result for r in rows],
+            [r.error for r in rows], [r.lease_s for r in rows], [r.due_s for r in rows],
+            [r.finished for r in rows], [r.retain_s for r in rows], [r.events for r in rows],
+            self.channel,
+        )
+        return {r["id"] for r in recs}
+
+    async def claim_due(self, owner: str, lease_s: float, limit: int) -> list[Row]:
+        return [_decode_row(r) for r in await self._fetch(q.CLAIM_DUE, owner, lease_s, limit)]
+
+    async def claim_one(self, owner: str, lease_s: float, execution_id: uuid.UUID) -> Row | None:
+        recs = await self._fetch(q.CLAIM_ONE, owner, lease_s, execution_id)
+        return _decode_row(recs[0]) if recs else None
+
+    async def renew_leases(
+        self, held: Sequence[tuple[uuid.UUID, int]], lease_s: float
+    ) -> set[uuid.UUID]:
+        recs = await self._fetch(
+            q.RENEW_LEASES, [h[0] for h in held], [h[1] for h in held], lease_s
+        )
+        return {r["id"] for r in recs}
+
+    async def release_leases(self, held: Sequence[tuple[uuid.UUID, int]]) -> None:
+        await self._execute(q.RELEASE_LEASES, [h[0] for h in held], [h[1] for h in held])
+
+    async def get(self, execution_id: uuid.UUID) -> Row | None:
+        recs = await self._fetch(q.GET_BY_ID, execution_id)
+        return _decode_row(recs[0]) if recs else None
+
+    async def get_many(self, ids: Sequence[uuid.UUID]) -> list[Row]:
+        return [_decode_row(r) for r in await self._fetch(q.GET_BY_IDS, list(ids))]
+
+    async def get_by_transaction(self, transaction_id: str, workflow: str | None) -> list[Row]:
+        recs = await self._fetch(q.GET_BY_TRANSACTION, transaction_id, workflow)
+        return [_decode_row(r) for r in recs]
+
+    async def list_executions(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        before: tuple[Any, uuid.UUID] | None = None,
+        limit: int = 50,
+    ) -> list[Row]:
+        recs = await self._fetch(
+            q.LIST_EXECUTIONS, workflow, status, before[0] if before else None,
+            before[1] if before else None, limit,
+        )
+        return [_decode_row(r) for r in recs]
+
+    async def count_unfinished(self) -> int:
+        recs = await self._fetch(q.COUNT_UNFINISHED)
+        return int(recs[0][0])
+
+    async def park(self, execution_id: uuid.UUID, epoch: int, message: str) -> None:
+        await self._execute(q.PARK, execution_id, epoch, message)
+
+    async def add_signal(
+        self, execution_id: uuid.UUID, step: str | None, kind: str, payload: str | None
+    ) -> bool:
+        """Record an outside outcome; True if the execution was unowned and is now due."""
+        recs = await self._fetch(q.ADD_SIGNAL, execution_id, step, kind, payload)
+        return bool(recs)
+
+    async def read_signals(self, execution_id: uuid.UUID) -> list[Row]:
+        return [_decode_row(r) for r in await self._fetch(q.READ_SIGNALS, execution_id)]
+
+    async def delete_signals(self, execution_id: uuid.UUID, upto: int) -> None:
+        await self._execute(q.DELETE_SIGNALS, execution_id, upto)
+
+    async def purge_finished(self, grace_s: float = 0.0, limit: int = 1000) -> int:
+        status = await self._execute(q.PURGE_FINISHED, grace_s, limit)
+        return int(status.split()[-1])
+
+    async def delete_finished(self, execution_id: uuid.UUID) -> None:
+        await self._execute(q.DELETE_EXECUTION, execution_id)
+
+    async def notify(self, payload: str) -> None:
+        await self._execute(q.NOTIFY, self.channel, payload)
+
+    # -- key locks -----------------------------------------------------------------------
+    async def lock_acquire(self, key: str, owner: str, ttl_s: float | None) -> bool:
+        return bool(await self._fetch(q.LOCK_ACQUIRE, key, owner, ttl_s))
+
+    async def lock_release(self, key: str, owner: str) -> None:
+        await self._execute(q.LOCK_RELEASE, key, owner)

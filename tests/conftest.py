@@ -1,0 +1,77 @@
+"""One embedded Postgres per test session; a schema of its own for every test.
+
+The server lives in a fixed folder (``.hub/test-pg``) so that a run killed half-way leaves a
+server the next run reuses and stops, never an orphan in a temporary folder. With
+``HUB_DATABASE_URL`` set, tests use that server instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import structlog
+
+from hub import Hub
+from hub.store.embedded import EmbeddedPostgres
+
+ROOT = Path(__file__).resolve().parent.parent
+
+structlog.configure(
+    wrapper_class=structlog.make_filtering_bound_logger(30),
+    logger_factory=structlog.PrintLoggerFactory(__import__("sys").stderr),
+)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[EmbeddedPostgres | None]:
+    if os.environ.get("HUB_DATABASE_URL"):
+        yield None
+        return
+    server = EmbeddedPostgres(ROOT / ".hub" / "test-pg")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def dsn(pg_server: EmbeddedPostgres | None) -> str:
+    return pg_server.dsn if pg_server is not None else os.environ["HUB_DATABASE_URL"]
+
+
+@pytest.fixture
+async def schema(dsn: str) -> AsyncIterator[str]:
+    """A fresh schema, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def hub(dsn: str, schema: str) -> AsyncIterator[Hub]:
+    async with Hub(dsn, schema=schema, lease_seconds=2.0, poll_interval=0.5,
+                   hold_timer_seconds=5.0) as h:
+        yield h
+
+
+def worker_env(dsn: str, schema: str, modules: str, **extra: str) -> dict[str, str]:
+    """Environment for a ``hub worker`` subprocess on the test's database and schema."""
+    env = dict(os.environ)
+    env.update({
+        "HUB_DATABASE_URL": dsn,
+        "HUB_SCHEMA": schema,
+        "HUB_MODULES": modules,
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    })
+    return env

@@ -4,6 +4,8 @@ from hub.engine.context import Container as Container
 from hub.engine.context import StepContext as StepContext
 from hub.engine.hub import ExecutionEvent as ExecutionEvent
 from hub.engine.hub import Hub as Hub
+from hub.engine.response import StepResponse as StepResponse
+from hub.engine.response import WorkflowResponse as WorkflowResponse
 from hub.engine.run import Run as Run
 from hub.engine.run import RunStatus as RunStatus
 from hub.engine.run import StepRun as StepRun
@@ -26,8 +28,6 @@ from hub.sdk.compose import when as when
 from hub.sdk.hooks import create_hook as create_hook
 from hub.sdk.locks import acquire_lock_step as acquire_lock_step
 from hub.sdk.locks import release_lock_step as release_lock_step
-from hub.sdk.response import StepResponse as StepResponse
-from hub.sdk.response import WorkflowResponse as WorkflowResponse
 from hub.sdk.step import StepDefinition as StepDefinition
 from hub.sdk.step import create_step as create_step
 from hub.sdk.workflow import WorkflowDefinition as WorkflowDefinition

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator

@@ -293,7 +293,8 @@ async def _overlap(inp: Any, ctx: StepContext) -> float:
 
 @create_workflow("ex-concurrent")
 def ex_concurrent(inp: Order) -> WorkflowResponse:
-    a, b = parallelize(create_step("ex-con-a", _overlap)(inp), create_step("ex-con-b", _overlap)(inp))
+    a, b = parallelize(create_step("ex-con-a", _overlap)(inp),
+                       create_step("ex-con-b", _overlap)(inp))
     return WorkflowResponse({"a": a, "b": b})
 
 

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import sys
 from typing import Annotated
 
 import typer
@@ -109,4 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

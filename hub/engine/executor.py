@@ -28,6 +28,7 @@ from hub.engine.execution import Execution, ResolveError
 from hub.engine.graph import StepNode
 from hub.engine.payload import Unserializable, encode, to_json
 from hub.engine.registry import Registry
+from hub.engine.response import StepResponse
 from hub.engine.run import Run, RunStatus, StepState
 from hub.errors import LeaseLost, PayloadTooLarge, UnknownWorkflow
 from hub.settings import HubSettings
@@ -542,8 +543,6 @@ class Executor:
         return result
 
     async def _invoke(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
-        from hub.sdk.response import StepResponse
-
         try:
             value = ex.resolve(node.input)
             if node.input_model is not None:

@@ -27,7 +27,7 @@ from hub.engine.context import Container
 from hub.engine.executor import Executor
 from hub.engine.payload import Unserializable, encode, to_json
 from hub.engine.registry import REGISTRY, Registry, WorkflowSpec
-from hub.engine.run import Run, RunStatus
+from hub.engine.run import FINAL_STATUSES, Run, RunStatus
 from hub.errors import (
     ExecutionNotFound,
     HubError,
@@ -50,6 +50,15 @@ def new_execution_id() -> uuid.UUID:
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
     value |= 0b10 << 62 | (rand & ((1 << 62) - 1))
     return uuid.UUID(int=value)
+
+
+_SETTLED_STATUSES = frozenset({s.value for s in FINAL_STATUSES} | {RunStatus.WAITING.value})
+
+
+def _prepare_dir(path: Path) -> Path:
+    path = path.resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,7 @@ class Hub:
         self._listener: Listener | None = None
         self._executor: Executor | None = None
         self._starts: Batcher[StartRow, uuid.UUID] | None = None
-        self._waiters: dict[str, list[asyncio.Future[Run]]] = {}
+        self._waiters: dict[str, list[tuple[asyncio.Future[Run], bool]]] = {}
         self._subscribers: list[tuple[asyncio.Queue[ExecutionEvent], str | None, str | None]] = []
         self.container.register("hub", self)
 
@@ -109,8 +118,7 @@ class Hub:
         s = self.settings
         dsn = s.database_url
         if dsn is None:
-            data = Path(s.data_dir).resolve()
-            data.mkdir(parents=True, exist_ok=True)
+            data = await asyncio.to_thread(_prepare_dir, Path(s.data_dir))
             self._embedded = EmbeddedPostgres(data / "pgdata")
             dsn = await asyncio.to_thread(self._embedded.start)
         self._store = Store(dsn, s.db_schema, min_size=s.pool_min, max_size=s.pool_max)
@@ -137,8 +145,8 @@ class Hub:
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
-        for futs in self._waiters.values():
-            for f in futs:
+        for entries in self._waiters.values():
+            for f, _ in entries:
                 if not f.done():
                     f.cancel()
         if self._store is not None:
@@ -212,7 +220,7 @@ class Hub:
         row = StartRow(exec_id, spec.name, spec.version, tx, input_text, trigger_text,
                        spec.store, owner)
         assert self._starts is not None
-        fut = self._waiter(str(exec_id)) if wait else None
+        fut = self._waiter(str(exec_id), accept_waiting=True) if wait else None
         created = await self._starts.write(row)
         if not created:
             self._drop_waiter(str(exec_id), fut)
@@ -227,8 +235,8 @@ class Hub:
             run = Run.from_row(existing[0], list(spec.graph.steps))
             log.info("execution_found", execution_id=run.id, transaction_id=tx,
                      status=run.status)
-            if wait and not run.finished and run.status != RunStatus.WAITING:
-                run = await self.wait(run.id, timeout=timeout)
+            if wait and not self._settles(run, accept_waiting=True):
+                run = await self._wait_for(run.id, timeout, accept_waiting=True)
             return self._outcome(run, raise_on_error)
         input_json = json.loads(input_text)
         if self._executor is not None:
@@ -244,7 +252,7 @@ class Hub:
             return Run(id=str(exec_id), workflow=spec.name, version=spec.version,
                        transaction_id=tx, status=RunStatus.PENDING, input=input_json,
                        trigger=trigger)
-        run = await self._await(str(exec_id), fut, timeout)
+        run = await self._await(str(exec_id), fut, timeout, accept_waiting=True)
         return self._outcome(run, raise_on_error)
 
     @staticmethod
@@ -281,19 +289,24 @@ class Hub:
         """The stored state of an execution, by id or transaction id."""
         return self._run_from_row(await self._resolve_row(ref, workflow))
 
-    def _waiter(self, exec_id: str) -> asyncio.Future[Run]:
+    def _waiter(self, exec_id: str, accept_waiting: bool) -> asyncio.Future[Run]:
         fut: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(exec_id, []).append(fut)
+        self._waiters.setdefault(exec_id, []).append((fut, accept_waiting))
         return fut
 
     def _drop_waiter(self, exec_id: str, fut: asyncio.Future[Run] | None) -> None:
-        futs = self._waiters.get(exec_id)
-        if futs and fut in futs:
-            futs.remove(fut)
-            if not futs:
+        entries = self._waiters.get(exec_id)
+        if entries:
+            entries[:] = [e for e in entries if e[0] is not fut]
+            if not entries:
                 del self._waiters[exec_id]
 
-    async def _await(self, exec_id: str, fut: asyncio.Future[Run], timeout: float | None) -> Run:
+    @staticmethod
+    def _settles(run: Run, accept_waiting: bool) -> bool:
+        return run.finished or (accept_waiting and run.status == RunStatus.WAITING)
+
+    async def _await(self, exec_id: str, fut: asyncio.Future[Run], timeout: float | None,
+                     accept_waiting: bool) -> Run:
         """Wait for the executor (here or elsewhere) to settle the run; poll rarely as a net."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -307,33 +320,47 @@ class Hub:
                     return await asyncio.wait_for(asyncio.shield(fut), step)
                 except TimeoutError:
                     row = await self.store.get(uuid.UUID(exec_id))
-                    if row is not None:
-                        run = self._run_from_row(row)
-                        if run.finished or run.status == RunStatus.WAITING:
-                            return run
+                    if row is not None and self._settles(self._run_from_row(row),
+                                                         accept_waiting):
+                        return self._run_from_row(row)
         finally:
             self._drop_waiter(exec_id, fut)
+
+    async def _wait_for(self, exec_id: str, timeout: float | None,
+                        accept_waiting: bool) -> Run:
+        fut = self._waiter(exec_id, accept_waiting)
+        row = await self.store.get(uuid.UUID(exec_id))
+        if row is not None and self._settles(self._run_from_row(row), accept_waiting):
+            self._drop_waiter(exec_id, fut)
+            return self._run_from_row(row)
+        return await self._await(exec_id, fut, timeout, accept_waiting)
 
     async def wait(
         self, ref: str, *, workflow: str | None = None, timeout: float | None = None,
         raise_on_error: bool = False,
     ) -> Run:
-        """Wait until the execution finishes or waits on the outside."""
-        row = await self._resolve_row(ref, workflow)
-        run = self._run_from_row(row)
-        if run.finished:
-            return self._outcome(run, raise_on_error)
-        fut = self._waiter(run.id)
-        row2 = await self.store.get(uuid.UUID(run.id))
-        if row2 is not None and self._run_from_row(row2).finished:
-            self._drop_waiter(run.id, fut)
-            return self._outcome(self._run_from_row(row2), raise_on_error)
-        return self._outcome(await self._await(run.id, fut, timeout), raise_on_error)
+        """Wait until the execution finishes (``TimeoutError`` after ``timeout`` seconds)."""
+        run = self._run_from_row(await self._resolve_row(ref, workflow))
+        if not run.finished:
+            run = await self._wait_for(run.id, timeout, accept_waiting=False)
+        return self._outcome(run, raise_on_error)
 
     def _on_settled(self, run: Run, final: bool) -> None:
-        for fut in self._waiters.pop(run.id, []):
-            if not fut.done():
+        entries = self._waiters.get(run.id)
+        if not entries:
+            return
+        keep: list[tuple[asyncio.Future[Run], bool]] = []
+        for fut, accept_waiting in entries:
+            if fut.done():
+                continue
+            if final or accept_waiting:
                 fut.set_result(run)
+            else:
+                keep.append((fut, accept_waiting))
+        if keep:
+            self._waiters[run.id] = keep
+        else:
+            del self._waiters[run.id]
 
     # -- notifications -------------------------------------------------------------------
     def _on_message(self, payload: str) -> None:
@@ -348,10 +375,9 @@ class Hub:
             if msg.get("sig") and exec_id:
                 self._executor.wake(uuid.UUID(exec_id))
         status = msg.get("s")
-        if exec_id and status and exec_id in self._waiters:
+        if exec_id and exec_id in self._waiters and status in _SETTLED_STATUSES:
             owned = self._executor is not None and uuid.UUID(exec_id) in self._executor.owned
-            if not owned and (status in {s.value for s in RunStatus if s != "pending"}
-                              and status not in ("running",)):
+            if not owned:  # the owner here resolves its waiters itself, without a read
                 asyncio.get_running_loop().create_task(self._refresh_waiters(exec_id))
         if status and self._subscribers:
             for kind, step in msg.get("ev", []):
@@ -367,7 +393,7 @@ class Hub:
         row = await self.store.get(uuid.UUID(exec_id))
         if row is not None:
             run = self._run_from_row(row)
-            if run.finished or run.status == RunStatus.WAITING:
+            if self._settles(run, accept_waiting=True):
                 self._on_settled(run, run.finished)
 
     def _on_reconnect(self) -> None:

@@ -11,9 +11,9 @@ import inspect
 from typing import Any
 
 from hub.engine.graph import StepNode, StepOptions
+from hub.engine.response import StepResponse
 from hub.errors import DefinitionError
 from hub.sdk import compose
-from hub.sdk.response import StepResponse
 from hub.sdk.symbols import Symbol
 
 

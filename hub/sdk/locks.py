@@ -11,8 +11,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from hub.engine.context import StepContext
+from hub.engine.response import StepResponse
 from hub.errors import StepError
-from hub.sdk.response import StepResponse
 from hub.sdk.step import create_step
 
 

@@ -83,7 +83,7 @@ class StepDefinition:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Symbol:
         comp = compose.current(f"step {self.name!r}")
-        if args and kwargs or len(args) > 1:
+        if (args and kwargs) or len(args) > 1:
             raise DefinitionError(
                 f"workflow {comp.workflow!r}: step {self.name!r} takes one input (a value, or "
                 "keyword arguments that form a dict), got "

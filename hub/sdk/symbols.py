@@ -19,6 +19,9 @@ class Symbol:
     """A run-time value seen at definition time; index it or pass it to steps, nothing else."""
 
     __slots__ = ("_hub_model", "_hub_ref", "_hub_workflow")
+    _hub_ref: Ref
+    _hub_workflow: str
+    _hub_model: type[BaseModel] | None
 
     def __init__(self, ref: Ref, workflow: str, model: type[BaseModel] | None = None) -> None:
         object.__setattr__(self, "_hub_ref", ref)
@@ -71,10 +74,10 @@ class Symbol:
     def __bool__(self) -> NoReturn:
         self._misuse("truth test (if/and/or/not)")
 
-    def __eq__(self, other: object) -> NoReturn:  # type: ignore[override]
+    def __eq__(self, other: object) -> NoReturn:
         self._misuse("comparison ==")
 
-    def __ne__(self, other: object) -> NoReturn:  # type: ignore[override]
+    def __ne__(self, other: object) -> NoReturn:
         self._misuse("comparison !=")
 
     def __lt__(self, other: object) -> NoReturn:
@@ -89,7 +92,7 @@ class Symbol:
     def __ge__(self, other: object) -> NoReturn:
         self._misuse("comparison >=")
 
-    def __hash__(self) -> NoReturn:  # type: ignore[override]
+    def __hash__(self) -> NoReturn:
         self._misuse("hashing")
 
     def __iter__(self) -> NoReturn:

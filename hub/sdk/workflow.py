@@ -13,9 +13,9 @@ from pydantic import BaseModel
 
 from hub.engine.graph import INPUT, Expr, Graph, Ref, StepNode, TransformNode
 from hub.engine.registry import REGISTRY, WorkflowSpec
+from hub.engine.response import WorkflowResponse
 from hub.errors import DefinitionError
 from hub.sdk import compose
-from hub.sdk.response import WorkflowResponse
 from hub.sdk.symbols import Symbol, input_symbol
 
 if TYPE_CHECKING:

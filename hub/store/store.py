@@ -42,6 +42,9 @@ _DISCONNECTS: tuple[type[BaseException], ...] = (
 )
 
 
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *_DISCONNECTS)
+
+
 def is_disconnect(exc: BaseException) -> bool:
     """True for errors that a reconnect cures (as opposed to a bad statement)."""
     return isinstance(exc, _DISCONNECTS)
@@ -120,7 +123,7 @@ class Store:
             pool, self._pool = self._pool, None
             try:
                 await asyncio.wait_for(pool.close(), 10)
-            except (TimeoutError, *_DISCONNECTS):
+            except _CLOSE_ERRORS:
                 pool.terminate()
 
     def _q(self, sql: str) -> str:
@@ -183,8 +186,9 @@ class Store:
     async def migrate(self) -> list[str]:
         """Apply pending migrations in order; safe to run from many processes at once."""
         files = sorted(
-            f for f in resources.files("hub.store.migrations").iterdir()
-            if f.name.endswith(".sql")
+            (f for f in resources.files("hub.store.migrations").iterdir()
+             if f.name.endswith(".sql")),
+            key=lambda f: f.name,
         )
         applied_now: list[str] = []
 

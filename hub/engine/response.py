@@ -1,4 +1,4 @@
-"""What steps and workflows return."""
+"""What steps and workflows return: the contract between step code and the executor."""
 
 from __future__ import annotations
 
@@ -27,14 +27,14 @@ class StepResponse(Generic[T]):
 
     @classmethod
     def permanent_failure(cls, message: str, compensate_input: Any = None) -> StepResponse[Any]:
-        resp: StepResponse[Any] = cls(None, compensate_input)
+        resp: StepResponse[Any] = StepResponse(None, compensate_input)
         resp.kind = "permanent_failure"
         resp.message = message
         return resp
 
     @classmethod
     def skip(cls) -> StepResponse[Any]:
-        resp: StepResponse[Any] = cls(None, None)
+        resp: StepResponse[Any] = StepResponse(None, None)
         resp.kind = "skip"
         return resp
 

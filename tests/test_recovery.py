@@ -1,0 +1,111 @@
+"""Crash recovery with real processes: SIGKILL a worker mid-step, another one finishes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import pytest
+
+from hub import Hub
+from tests.conftest import ROOT, worker_env
+from tests.workflows.crash_flows import EFFECTS_DDL
+
+pytestmark = pytest.mark.slow
+
+MODULE = "tests.workflows.crash_flows"
+
+
+@asynccontextmanager
+async def worker(dsn: str, schema: str, name: str, lease: float = 2.0) -> AsyncIterator[
+        subprocess.Popen[bytes]]:
+    env = worker_env(dsn, schema, MODULE, HUB_LEASE_SECONDS=str(lease),
+                     HUB_POLL_INTERVAL="0.5", HUB_WORKER_ID=name)
+    proc = subprocess.Popen([sys.executable, "-m", "hub", "worker", "--log-level", "warning"],
+                            env=env, stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+        assert json.loads(line)["event"] == "worker_ready", line
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def test_killed_worker_mid_step_is_taken_over_with_one_effect_per_step(
+        dsn: str, schema: str) -> None:
+    # medusajs/medusa#9077 and #13391: a step cut by a crash stayed `invoking` for ever
+    conn = await asyncpg.connect(dsn)
+    n = 20
+    try:
+        async with Hub(dsn, schema=schema, execute=False) as starter:
+            await conn.execute(EFFECTS_DDL.format(schema=schema))
+            async with worker(dsn, schema, "worker-a") as a:
+                ids = [
+                    (await starter.start("crash-three-steps", {"n": i, "sleep": 0.3},
+                                         transaction_id=f"job-{i}", wait=False)).id
+                    for i in range(n)
+                ]
+                deadline = time.monotonic() + 30
+                while await conn.fetchval(f"SELECT count(*) FROM {schema}.effects") < n:
+                    assert time.monotonic() < deadline, "worker A made no progress"
+                    await asyncio.sleep(0.02)
+                in_flight = await conn.fetchval(
+                    f"SELECT count(*) FROM {schema}.execution "
+                    "WHERE steps::text LIKE '%invoking%'")
+                os.kill(a.pid, signal.SIGKILL)
+                a.wait()
+            assert in_flight > 0, "the kill must land while steps are running"
+            async with worker(dsn, schema, "worker-b"):
+                runs = [await starter.wait(i, timeout=60) for i in ids]
+        assert all(r.status == "succeeded" for r in runs), [r.status for r in runs]
+        rows = await conn.fetch(f"SELECT key, applies FROM {schema}.effects")
+        keys = {r["key"] for r in rows}
+        assert len(keys) == 3 * n, "every step's effect exists exactly once"
+        reinvoked = [r["key"] for r in rows if r["applies"] > 1]
+        assert reinvoked, "steps cut by the kill were invoked again (same idempotency key)"
+        retried = [r for r in runs if any(s.attempts > 1 for s in r.steps.values())]
+        assert retried
+    finally:
+        await conn.close()
+
+
+async def test_postgres_restart_under_running_workers(pg_server: object, dsn: str,
+                                                      schema: str) -> None:
+    # dbos-inc/dbos-transact-py#716: a Postgres restart during recovery left runs pending
+    if pg_server is None:
+        pytest.skip("HUB_DATABASE_URL is set: the test cannot restart that server")
+    async with Hub(dsn, schema=schema, execute=False):
+        conn = await asyncpg.connect(dsn)
+        await conn.execute(EFFECTS_DDL.format(schema=schema))
+        await conn.close()
+    n = 30
+    async with worker(dsn, schema, "worker-r1", lease=3.0), \
+            worker(dsn, schema, "worker-r2", lease=3.0):
+        async with Hub(dsn, schema=schema, execute=False) as starter:
+            ids = [(await starter.start("crash-three-steps", {"n": i, "sleep": 0.2},
+                                        transaction_id=f"pg-{i}", wait=False)).id
+                   for i in range(n)]
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(pg_server.restart)  # type: ignore[attr-defined]
+        async with Hub(dsn, schema=schema, execute=False) as reader:
+            runs = [await reader.wait(i, timeout=60) for i in ids]
+    assert [r.status for r in runs] == ["succeeded"] * n
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval(f"SELECT count(*) FROM {schema}.effects") == 3 * n
+    finally:
+        await conn.close()

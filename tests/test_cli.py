@@ -1,0 +1,41 @@
+"""The CLI end to end: `hub dev --once` starts its own embedded Postgres and runs the demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_dev_mode_runs_the_demo_on_an_embedded_postgres(tmp_path: Path) -> None:
+    data = Path("/tmp") / f"hubdev-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env.update({"HUB_DATA_DIR": str(data), "PYTHONPATH": str(ROOT)})
+    try:
+        out = subprocess.run([sys.executable, "-m", "hub", "dev", "--once", "--log-level",
+                              "error"], env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=180)
+        assert out.returncode == 0, out.stderr
+        assert "hello-world      -> succeeded: {'message': 'Hello John from step two!'}" in out.stdout
+        assert "demo-order fails -> compensated" in out.stdout
+        assert "demo-approval    -> succeeded" in out.stdout
+        leftovers = [p for p in psutil.process_iter(["cmdline"])
+                     if str(data) in " ".join(p.info["cmdline"] or [])]
+        assert not leftovers, "the dev hub stops the server it started"
+    finally:
+        subprocess.run(["rm", "-rf", str(data)], check=False)
+
+
+def test_help_is_available_everywhere() -> None:
+    for args in (["--help"], ["worker", "--help"], ["db", "migrate", "--help"]):
+        out = subprocess.run([sys.executable, "-m", "hub", *args], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "Usage" in out.stdout

@@ -24,7 +24,8 @@ def test_dev_mode_runs_the_demo_on_an_embedded_postgres(tmp_path: Path) -> None:
                               "error"], env=env, cwd=ROOT, capture_output=True, text=True,
                              timeout=180)
         assert out.returncode == 0, out.stderr
-        assert "hello-world      -> succeeded: {'message': 'Hello John from step two!'}" in out.stdout
+        hello = "hello-world      -> succeeded: {'message': 'Hello John from step two!'}"
+        assert hello in out.stdout
         assert "demo-order fails -> compensated" in out.stdout
         assert "demo-approval    -> succeeded" in out.stdout
         leftovers = [p for p in psutil.process_iter(["cmdline"])

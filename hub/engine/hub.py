@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,20 @@ def _prepare_dir(path: Path) -> Path:
     path = path.resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@dataclass
+class StartScope:
+    """Starts requested while handling one event: written later, with the rest of its batch."""
+
+    trigger: dict[str, Any]
+    replay_id: str | None = None
+    rows: list[StartRow] = field(default_factory=list)
+
+
+_SCOPE: contextvars.ContextVar[StartScope | None] = contextvars.ContextVar(
+    "hub_start_scope", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -213,9 +228,21 @@ class Hub:
         """
         spec = self.registry.get(workflow)
         input_text = self._validate_input(spec, input)
+        scope = _SCOPE.get()
+        if scope is not None:
+            trigger = {**scope.trigger, **(trigger or {})}
         trigger_text = json.dumps(to_json(trigger, "trigger")) if trigger is not None else None
         exec_id = new_execution_id()
         tx = transaction_id or str(exec_id)
+        if scope is not None and not wait:
+            if scope.replay_id is not None:
+                tx = f"{tx}#replay:{scope.replay_id}"
+            row = StartRow(exec_id, spec.name, spec.version, tx, input_text, trigger_text,
+                           spec.store, None)
+            scope.rows.append(row)
+            return Run(id=str(exec_id), workflow=spec.name, version=spec.version,
+                       transaction_id=tx, status=RunStatus.PENDING,
+                       input=json.loads(input_text), trigger=trigger)
         owner = self.settings.worker_id if self._executor is not None else None
         row = StartRow(exec_id, spec.name, spec.version, tx, input_text, trigger_text,
                        spec.store, owner)
@@ -254,6 +281,40 @@ class Hub:
                        trigger=trigger)
         run = await self._await(str(exec_id), fut, timeout, accept_waiting=True)
         return self._outcome(run, raise_on_error)
+
+    @contextlib.contextmanager
+    def start_scope(
+        self, trigger: dict[str, Any], *, replay_id: str | None = None
+    ) -> Iterator[StartScope]:
+        """Collect the ``wait=False`` starts made inside (by a subscriber handler) instead of
+        writing each one; :meth:`flush_starts` then makes a whole batch durable at once."""
+        scope = StartScope(trigger=trigger, replay_id=replay_id)
+        token = _SCOPE.set(scope)
+        try:
+            yield scope
+        finally:
+            _SCOPE.reset(token)
+
+    async def flush_starts(self, rows: Sequence[StartRow]) -> set[uuid.UUID]:
+        """Insert collected starts in one statement (one transaction); wake the workers.
+
+        Returns the ids created; a row whose transaction id already exists creates nothing.
+        """
+        if not rows:
+            return set()
+        created = await self.store.start_batch(rows, self.settings.lease_seconds)
+        if created:
+            await self.store.notify(json.dumps({"due": True, "n": len(created)}))
+        return created
+
+    async def existing_transactions(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Which (workflow, transaction id) pairs already have an execution."""
+        if not keys:
+            return set()
+        rows = await self.store.find_started(keys)
+        return {(r["workflow"], r["transaction_id"]) for r in rows}
 
     @staticmethod
     def _outcome(run: Run, raise_on_error: bool) -> Run:

@@ -22,9 +22,12 @@ from hub.errors import StepError as StepError
 from hub.errors import TransientConnectorError as TransientConnectorError
 from hub.errors import UnknownWorkflow as UnknownWorkflow
 from hub.errors import WorkflowFailed as WorkflowFailed
+from hub.runtime.subscriber import SubscriberContext as SubscriberContext
+from hub.runtime.subscriber import subscriber as subscriber
 from hub.sdk.compose import parallelize as parallelize
 from hub.sdk.compose import transform as transform
 from hub.sdk.compose import when as when
+from hub.sdk.events import emit_event_step as emit_event_step
 from hub.sdk.hooks import create_hook as create_hook
 from hub.sdk.locks import acquire_lock_step as acquire_lock_step
 from hub.sdk.locks import release_lock_step as release_lock_step
@@ -55,6 +58,7 @@ __all__ = [
     "StepResponse",
     "StepRun",
     "StepState",
+    "SubscriberContext",
     "TransientConnectorError",
     "UnknownWorkflow",
     "WorkflowDefinition",
@@ -64,8 +68,10 @@ __all__ = [
     "create_hook",
     "create_step",
     "create_workflow",
+    "emit_event_step",
     "parallelize",
     "release_lock_step",
+    "subscriber",
     "transform",
     "when",
 ]

@@ -49,3 +49,50 @@ class HubSettings(BaseSettings):
         if isinstance(value, str):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
+
+
+class KafkaSettings(BaseSettings):
+    """The Kafka side: broker, group, security. ``HUB_KAFKA_*`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="HUB_KAFKA_", extra="ignore")
+
+    bootstrap: str | None = Field(
+        default=None, description="host:port list; unset: an embedded broker (dev, tests)"
+    )
+    group: str = Field(default="hub", description="one consumer group per hub deployment")
+    group_instance_id: str | None = Field(
+        default=None, description="static membership: a restarted worker keeps its partitions"
+    )
+    topics_file: Path = Field(default=Path("topics.yaml"))
+    subscribers: Annotated[list[str], NoDecode] = Field(default=["subscribers"])
+    security_protocol: str = Field(default="PLAINTEXT",
+                                   pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$")
+    sasl_mechanism: str | None = Field(default=None,
+                                       pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$")
+    sasl_username: str | None = None
+    sasl_password: str | None = Field(default=None, repr=False)
+    sasl_password_file: Path | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    fetch_max_wait_ms: int = Field(default=20, ge=0)
+    max_poll_records: int = Field(default=500, ge=1)
+    max_in_flight_per_partition: int = Field(default=64, ge=1)
+    max_backlog_per_partition: int = Field(default=2000, ge=1)
+    session_timeout_ms: int = Field(default=10_000)
+    rebalance_timeout_ms: int = Field(default=60_000)
+    shutdown_timeout_s: float = Field(default=20.0)
+    relay_batch: int = Field(default=500, ge=1)
+
+    @field_validator("subscribers", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    def password(self) -> str | None:
+        """The SASL password, from the file when one is named (never logged)."""
+        if self.sasl_password_file is not None:
+            return self.sasl_password_file.read_text().strip()
+        return self.sasl_password

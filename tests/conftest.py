@@ -64,6 +64,32 @@ async def hub(dsn: str, schema: str) -> AsyncIterator[Hub]:
         yield h
 
 
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """One broker per session: Tansu by default, Apache Kafka with HUB_TEST_BROKER=kafka,
+    or the one at HUB_KAFKA_BOOTSTRAP. Tests use topic names of their own."""
+    if os.environ.get("HUB_KAFKA_BOOTSTRAP"):
+        yield os.environ["HUB_KAFKA_BOOTSTRAP"]
+        return
+    if os.environ.get("HUB_TEST_BROKER") == "kafka":
+        from tests.support.apache_kafka import ApacheKafka
+
+        kafka = ApacheKafka(ROOT / ".hub" / "test-kafka")
+        yield kafka.start()
+        kafka.stop()
+        return
+    from hub.runtime.tansu import TansuBroker
+
+    with TansuBroker() as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A topic-name prefix of the test's own."""
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
 def worker_env(dsn: str, schema: str, modules: str, **extra: str) -> dict[str, str]:
     """Environment for a ``hub worker`` subprocess on the test's database and schema."""
     env = dict(os.environ)

@@ -8,10 +8,10 @@ PUBLIC = [
     "Container", "DefinitionError", "ExecutionEvent", "ExecutionNotFound", "Hub", "HubError",
     "HubSettings", "InputValidationError", "InvalidTransition", "PayloadTooLarge",
     "PermanentConnectorError", "PermanentStepError", "Run", "RunStatus", "StepContext",
-    "StepDefinition", "StepError", "StepResponse", "StepRun", "StepState",
+    "StepDefinition", "StepError", "StepResponse", "StepRun", "StepState", "SubscriberContext",
     "TransientConnectorError", "UnknownWorkflow", "WorkflowDefinition", "WorkflowFailed",
     "WorkflowResponse", "acquire_lock_step", "create_hook", "create_step", "create_workflow",
-    "parallelize", "release_lock_step", "transform", "when",
+    "emit_event_step", "parallelize", "release_lock_step", "subscriber", "transform", "when",
 ]
 
 

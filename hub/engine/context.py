@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from hub.errors import HubError
+
+_OUTBOX_NS = uuid.UUID("6f1c1d0e-52a3-4c2e-9a55-3b0f3a1e7c11")
 
 
 class Container:
@@ -52,6 +55,21 @@ class StepContext:
     log: Any = field(repr=False)
     compensating: bool = False
     trigger: dict[str, Any] | None = None
+    outbox: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def emit(self, topic: str, event: Any, *, key: str | None = None,
+             headers: dict[str, str] | None = None) -> str:
+        """Publish ``event`` to ``topic`` through the transactional outbox.
+
+        The event is stored with this step's checkpoint (so only if the step succeeds) and
+        relayed to Kafka afterwards. Its id is derived from the execution, the step and the
+        event's position in the step, so a re-run step emits the same ids: returns the id.
+        """
+        event_id = str(uuid.uuid5(_OUTBOX_NS, f"{self.execution_id}/{self.step}/"
+                                               f"{len(self.outbox)}"))
+        self.outbox.append({"id": event_id, "step": self.step, "topic": topic, "key": key,
+                            "payload": event, "headers": dict(headers or {})})
+        return event_id
 
     @staticmethod
     def make(

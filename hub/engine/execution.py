@@ -52,6 +52,7 @@ class Execution:
         self.created_at = row.get("created_at")
         self.dirty: set[str] = set()
         self.events: list[list[str]] = []
+        self.outbox: list[dict[str, Any]] = []
         self.seq = 1 + max((s.get("seq") or 0 for s in self.steps.values()), default=0)
         self.signals_upto = 0
         self.status_dirty = False

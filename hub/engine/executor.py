@@ -46,6 +46,7 @@ class Outcome:
     output: JSON = None
     compensate_input: JSON = None
     error: dict[str, Any] | None = None
+    outbox: tuple[dict[str, Any], ...] = ()
 
 
 def _error(step: str, exc: BaseException | str, attempt: int, **extra: Any) -> dict[str, Any]:
@@ -447,6 +448,7 @@ class Executor:
             else:
                 ex.complete(node.id, outcome.output, outcome.compensate_input)
                 log.debug("step_succeeded", execution_id=ex.sid, step=node.id, attempt=attempts)
+            ex.outbox.extend(outcome.outbox)
             return
         if outcome.kind == "skip":
             ex.set_step(node.id, "step_skipped", state=StepState.SKIPPED, finished_at=now)
@@ -581,9 +583,13 @@ class Executor:
             if comp_json is not out_json:
                 encode(comp_json, f"compensate_input of step {node.id!r}",
                        self.settings.max_payload_bytes)
+            outbox = tuple(
+                {**o, "payload": to_json(o["payload"], f"event emitted by step {node.id!r}")}
+                for o in ctx.outbox
+            )
         except (Unserializable, PayloadTooLarge) as exc:
             return Outcome("permanent", error=_error(node.id, exc, attempt))
-        return Outcome("ok", out_json, comp_json)
+        return Outcome("ok", out_json, comp_json, outbox=outbox)
 
     async def _compensate(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
         assert node.compensate is not None
@@ -659,12 +665,15 @@ class Executor:
     ):
         patch = {s: ex.steps[s] for s in ex.dirty}
         events = None
-        if ex.events or finished:
-            events = json.dumps({"id": ex.sid, "w": ex.workflow, "t": ex.transaction_id,
-                                 "s": ex.status, "ev": ex.events[:50]})
-            if len(events) > 7900:
-                events = json.dumps({"id": ex.sid, "w": ex.workflow, "t": ex.transaction_id,
-                                     "s": ex.status, "ev": []})
+        if ex.events or finished or ex.outbox:
+            body: dict[str, Any] = {"id": ex.sid, "w": ex.workflow, "t": ex.transaction_id,
+                                    "s": ex.status, "ev": ex.events[:50]}
+            if ex.outbox:
+                body["ob"] = True  # wakes the outbox relays
+            events = json.dumps(body)
+            if len(events) > 7900:  # NOTIFY payloads stop at 8000 bytes
+                body["ev"] = []
+                events = json.dumps(body)
         retain = ex.spec.retention_time
         return CheckpointRow(
             id=ex.id,
@@ -680,6 +689,7 @@ class Executor:
             retain_s=(retain.total_seconds() if retain is not None
                       else self.settings.retention_days * 86400.0),
             events=events,
+            outbox=json.dumps(ex.outbox) if ex.outbox else None,
         )
 
     async def _write(self, ex: Execution, row: CheckpointRow) -> None:
@@ -688,6 +698,7 @@ class Executor:
             raise LeaseLost(f"execution {ex.sid}: epoch {ex.epoch} is no longer current")
         ex.dirty.clear()
         ex.events.clear()
+        ex.outbox.clear()
         ex.new_error = None
         ex.status_dirty = False
         if ex.signals_upto:

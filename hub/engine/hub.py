@@ -14,7 +14,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -119,7 +119,16 @@ class Hub:
         self._starts: Batcher[StartRow, uuid.UUID] | None = None
         self._waiters: dict[str, list[tuple[asyncio.Future[Run], bool]]] = {}
         self._subscribers: list[tuple[asyncio.Queue[ExecutionEvent], str | None, str | None]] = []
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self.container.register("hub", self)
+
+    def on_notification(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        """Also call ``fn`` with every notification of this schema (outbox relay, console)."""
+        self._listeners.append(fn)
+
+    def off_notification(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def __aenter__(self) -> Hub:
@@ -429,6 +438,8 @@ class Hub:
             msg = json.loads(payload)
         except ValueError:
             return
+        for fn in list(self._listeners):
+            fn(msg)
         exec_id = msg.get("id")
         if self._executor is not None:
             if msg.get("due"):

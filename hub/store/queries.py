@@ -36,14 +36,14 @@ RETURNING e.id"""
 NOTIFY = """SELECT pg_notify($1, $2)"""
 
 CHECKPOINT_BATCH = """-- 1 round trip, 1 commit for the checkpoints of many executions (group commit);
--- the epoch guard refuses a write from a worker whose lease was taken over; the
--- notification is sent on commit, only for rows that were written
+-- the epoch guard refuses a write from a worker whose lease was taken over; outbox rows and
+-- the notification commit with the checkpoint, only for rows that were written
 WITH c AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[],
                          $6::text[], $7::text[], $8::float8[], $9::float8[], $10::bool[],
-                         $11::float8[], $12::text[])
+                         $11::float8[], $12::text[], $14::text[])
         AS c(id, epoch, status, phase, steps, result, error, lease_s, due_s, finished,
-             retain_s, events)
+             retain_s, events, outbox)
 ), u AS (
     UPDATE {s}.execution e SET
         status       = c.status,
@@ -59,7 +59,14 @@ WITH c AS (
         updated_at   = now()
     FROM c
     WHERE e.id = c.id AND e.epoch = c.epoch
-    RETURNING e.id, c.events
+    RETURNING e.id, c.events, c.outbox
+), o AS (
+    INSERT INTO {s}.outbox (id, execution_id, step, topic, key, payload, headers)
+    SELECT (x->>'id')::uuid, u.id, x->>'step', x->>'topic', x->>'key', x->'payload',
+           COALESCE(x->'headers', '{}'::jsonb)
+    FROM u, jsonb_array_elements(u.outbox::jsonb) AS x
+    WHERE u.outbox IS NOT NULL
+    ON CONFLICT (id) DO NOTHING
 )
 SELECT u.id, CASE WHEN u.events IS NOT NULL THEN pg_notify($13, u.events)::text END AS n
 FROM u"""
@@ -167,3 +174,29 @@ WHERE l.owner = EXCLUDED.owner OR l.expires_at < now()
 RETURNING key"""
 
 LOCK_RELEASE = """DELETE FROM {s}.lock WHERE key = $1 AND owner = $2"""
+
+OUTBOX_CLAIM = """-- inside the relay's transaction: rows stay locked while they are published, so two
+-- relays never publish one row at the same time (SKIP LOCKED: they never wait either)
+SELECT id, topic, key, payload::text AS payload, headers FROM {s}.outbox
+WHERE sent_at IS NULL
+ORDER BY created_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED"""
+
+OUTBOX_MARK_SENT = """UPDATE {s}.outbox SET sent_at = now(), attempts = attempts + 1
+WHERE id = ANY($1::uuid[])"""
+
+OUTBOX_MARK_FAILED = """-- a separate short transaction: the attempt is recorded even though the claim rolled back
+UPDATE {s}.outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::uuid[])"""
+
+OUTBOX_BACKLOG = """SELECT count(*) AS unsent, min(created_at) AS oldest
+FROM {s}.outbox WHERE sent_at IS NULL"""
+
+OUTBOX_FOR_EXECUTION = """SELECT id, topic, key, payload, headers, created_at, sent_at
+FROM {s}.outbox WHERE execution_id = $1 ORDER BY created_at"""
+
+RECORD_REDRIVE = """INSERT INTO {s}.dlq_redrive (dlq_topic, partition, "offset", target, redriven_by)
+VALUES ($1, $2, $3, $4, $5)"""
+
+REDRIVES = """SELECT dlq_topic, partition, "offset", target, redriven_by, redriven_at
+FROM {s}.dlq_redrive WHERE dlq_topic = $1"""

@@ -79,6 +79,7 @@ class CheckpointRow:
     finished: bool
     retain_s: float | None
     events: str | None
+    outbox: str | None = None
 
 
 def _decode_row(rec: asyncpg.Record) -> Row:
@@ -235,7 +236,7 @@ class Store:
             [r.phase for r in rows], [r.steps for r in rows], [r.result for r in rows],
             [r.error for r in rows], [r.lease_s for r in rows], [r.due_s for r in rows],
             [r.finished for r in rows], [r.retain_s for r in rows], [r.events for r in rows],
-            self.channel,
+            self.channel, [r.outbox for r in rows],
         )
         return {r["id"] for r in recs}
 
@@ -318,3 +319,47 @@ class Store:
 
     async def lock_release(self, key: str, owner: str) -> None:
         await self._execute(q.LOCK_RELEASE, key, owner)
+
+    # -- outbox --------------------------------------------------------------------------
+    async def outbox_relay_batch(
+        self, limit: int, publish: Callable[[list[Row]], Awaitable[None]]
+    ) -> int:
+        """Claim unsent rows, ``publish`` them, mark them sent: one transaction.
+
+        A crash after publishing and before the commit publishes them again (each carries its
+        unique id); a failed publish rolls back and records the attempt.
+        """
+        ids: list[uuid.UUID] = []
+
+        async def op() -> int:
+            nonlocal ids
+            async with self.pool.acquire() as conn, conn.transaction():
+                self.statements += 1
+                rows = [dict(r.items()) for r in await conn.fetch(self._q(q.OUTBOX_CLAIM), limit)]
+                if not rows:
+                    return 0
+                ids = [r["id"] for r in rows]
+                await publish(rows)
+                self.statements += 1
+                await conn.execute(self._q(q.OUTBOX_MARK_SENT), ids)
+                return len(rows)
+
+        try:
+            return await self.retry(op, what="outbox relay")
+        except Exception as exc:
+            if ids and not is_disconnect(exc):
+                await self._execute(q.OUTBOX_MARK_FAILED, ids, repr(exc)[:2000])
+            raise
+
+    async def outbox_backlog(self) -> Row:
+        return _decode_row((await self._fetch(q.OUTBOX_BACKLOG))[0])
+
+    async def outbox_for_execution(self, execution_id: uuid.UUID) -> list[Row]:
+        return [_decode_row(r) for r in await self._fetch(q.OUTBOX_FOR_EXECUTION, execution_id)]
+
+    async def record_redrive(self, dlq_topic: str, partition: int, offset: int, target: str,
+                             by: str) -> None:
+        await self._execute(q.RECORD_REDRIVE, dlq_topic, partition, offset, target, by)
+
+    async def redrives(self, dlq_topic: str) -> list[Row]:
+        return [_decode_row(r) for r in await self._fetch(q.REDRIVES, dlq_topic)]

@@ -1,0 +1,1 @@
+"""Kafka runtime: brokers, consumers, outbox relay."""

@@ -1,0 +1,432 @@
+"""The consumer runtime: Kafka records in, durable workflow starts out, offsets committed after.
+
+Built on aiokafka directly (docs/decisions/consumer-runtime.md says why). The fetch loop only
+fetches and hands records to one worker per partition, so slow handlers never starve
+heartbeats; a partition with too big a backlog is paused (backpressure). A worker takes a
+batch of its partition's records, runs handlers (events of one key in order, different keys
+side by side up to a bound), makes every start the batch requested durable in one statement,
+waits for its dead letters to be acknowledged, and only then commits the batch's offsets.
+Every consumed offset ends handled or dead-lettered; a redelivered one starts nothing new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import traceback
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.structs import OffsetAndMetadata
+from pydantic import BaseModel, ValidationError
+
+from hub.engine.hub import Hub
+from hub.runtime import constants as h
+from hub.runtime.kafka import client_kwargs, start_producer
+from hub.runtime.subscriber import (
+    SUBSCRIBERS,
+    SubscriberContext,
+    SubscriberRegistry,
+    SubscriberSpec,
+)
+from hub.runtime.topics import Topics, TopicSpec
+from hub.settings import KafkaSettings
+from hub.store.store import StartRow
+
+log = structlog.get_logger("hub.consumer")
+
+
+class EventRejected(Exception):
+    """An event that no retry can fix (bad bytes, bad schema): dead-letter it at once."""
+
+    def __init__(self, stage: str, cause: BaseException | str) -> None:
+        super().__init__(str(cause))
+        self.stage = stage
+        self.cause = cause
+
+
+@dataclass
+class Decoded:
+    payload: Any
+    event_id: str | None
+    headers: dict[str, str]
+    key: str | None
+
+
+def decode_headers(raw: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in raw or ():
+        out[k] = v.decode("utf-8", "replace") if isinstance(v, bytes | bytearray) else str(v)
+    return out
+
+
+def decode_record(record: ConsumerRecord[bytes, bytes], spec: TopicSpec | None) -> Decoded:
+    """Bytes to JSON, with the schema version checked; raises ``EventRejected``."""
+    headers = decode_headers(record.headers)
+    key = record.key.decode("utf-8", "replace") if record.key is not None else None
+    if record.value is None:
+        raise EventRejected("deserialize", "record has no value (tombstone)")
+    try:
+        text = record.value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventRejected("deserialize", exc) from None
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        raise EventRejected("deserialize", exc) from None
+    if spec is not None and h.SCHEMA_VERSION in headers:
+        try:
+            version = int(headers[h.SCHEMA_VERSION])
+        except ValueError:
+            raise EventRejected(
+                "schema_version", f"header {h.SCHEMA_VERSION}={headers[h.SCHEMA_VERSION]!r} "
+                "is not an integer") from None
+        if version not in spec.versions:
+            raise EventRejected(
+                "schema_version",
+                f"schema version {version} of topic {spec.name!r} is not accepted "
+                f"(accepted: {sorted(spec.versions)})")
+    event_id = headers.get(h.EVENT_ID)
+    if event_id is None and isinstance(payload, dict) and isinstance(payload.get("id"), str | int):
+        event_id = str(payload["id"])
+    return Decoded(payload, event_id, headers, key)
+
+
+def dead_letter_headers(
+    record: ConsumerRecord[bytes, bytes], stage: str, exc: BaseException | str, *,
+    subscriber: str | None, attempts: int, group: str,
+) -> list[tuple[str, bytes]]:
+    """Connect-style context headers, plus the original record's own headers."""
+    if isinstance(exc, BaseException):
+        cls = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        message = str(exc) or repr(exc)
+        stack = "".join(traceback.format_exception(exc))[-8000:]
+    else:
+        cls, message, stack = "hub.runtime.consumer.EventRejected", exc, ""
+    ctx = {
+        h.DLQ_TOPIC: record.topic,
+        h.DLQ_PARTITION: str(record.partition),
+        h.DLQ_OFFSET: str(record.offset),
+        h.DLQ_KEY: record.key.decode("utf-8", "replace") if record.key is not None else "",
+        h.DLQ_TIMESTAMP: str(record.timestamp),
+        h.DLQ_STAGE: stage,
+        h.DLQ_SUBSCRIBER: subscriber or "",
+        h.DLQ_ATTEMPTS: str(attempts),
+        h.DLQ_EXCEPTION_CLASS: cls,
+        h.DLQ_EXCEPTION_MESSAGE: message[:8000],
+        h.DLQ_EXCEPTION_STACKTRACE: stack,
+        h.DLQ_CONSUMER_GROUP: group,
+    }
+    original = [(k, v) for k, v in (record.headers or ()) if not k.startswith(h.DLQ_PREFIX)]
+    return [*original, *((k, v.encode()) for k, v in ctx.items())]
+
+
+@dataclass
+class BatchResult:
+    """What handling one batch of a partition produced."""
+
+    rows: list[StartRow] = field(default_factory=list)
+    dead: list[Awaitable[Any]] = field(default_factory=list)
+    handled: int = 0
+    dead_lettered: int = 0
+
+
+class Handling:
+    """Runs the subscribers of one topic on one record (decode, validate, retry, DLQ)."""
+
+    def __init__(self, hub: Hub, topics: Topics, subscribers: SubscriberRegistry,
+                 producer: AIOKafkaProducer, group: str, *, replay_id: str | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.hub = hub
+        self.topics = topics
+        self.subscribers = subscribers
+        self.producer = producer
+        self.group = group
+        self.replay_id = replay_id
+        self._sleep = sleep
+        self._models: dict[str, type[BaseModel] | None] = {}
+
+    def _topic_model(self, topic: str) -> type[BaseModel] | None:
+        if topic not in self._models:
+            spec = self.topics.topics.get(topic)
+            self._models[topic] = spec.event_model() if spec is not None else None
+        return self._models[topic]
+
+    def dead_letter(self, record: ConsumerRecord[bytes, bytes], stage: str,
+                    exc: BaseException | str, subscriber: str | None, attempts: int,
+                    out: BatchResult) -> None:
+        spec = self.topics.topics.get(record.topic)
+        target = spec.dead_letter if spec is not None else None
+        if target is None:
+            target = f"{record.topic}.dlq"
+        headers = dead_letter_headers(record, stage, exc, subscriber=subscriber,
+                                      attempts=attempts, group=self.group)
+        log.warning("event_dead_lettered", topic=record.topic, partition=record.partition,
+                    offset=record.offset, stage=stage, subscriber=subscriber,
+                    dead_letter_topic=target, error=str(exc)[:300])
+        out.dead.append(self.producer.send_and_wait(
+            target, record.value, key=record.key, headers=headers,
+            partition=None))
+        out.dead_lettered += 1
+
+    async def handle(self, record: ConsumerRecord[bytes, bytes], out: BatchResult,
+                     only: str | None = None) -> None:
+        spec = self.topics.topics.get(record.topic)
+        subs = self.subscribers.for_topic(record.topic)
+        if only is not None:
+            subs = [s for s in subs if s.name == only]
+        try:
+            decoded = decode_record(record, spec)
+        except EventRejected as exc:
+            self.dead_letter(record, exc.stage, exc.cause, None, 1, out)
+            return
+        for sub in subs:
+            await self._one(sub, record, decoded, out)
+        out.handled += 1
+
+    async def _one(self, sub: SubscriberSpec, record: ConsumerRecord[bytes, bytes],
+                   decoded: Decoded, out: BatchResult) -> None:
+        model = sub.event_model or self._topic_model(record.topic)
+        event: Any = decoded.payload
+        if model is not None:
+            try:
+                event = model.model_validate(decoded.payload)
+            except ValidationError as exc:
+                self.dead_letter(record, "validate", exc, sub.name, 1, out)
+                return
+        attempt = 1
+        while True:
+            ctx = SubscriberContext(
+                hub=self.hub, subscriber=sub.name, topic=record.topic,
+                partition=record.partition, offset=record.offset, key=decoded.key,
+                timestamp=record.timestamp, headers=decoded.headers,
+                event_id=decoded.event_id, attempt=attempt, replay=self.replay_id is not None,
+            )
+            try:
+                with self.hub.start_scope(ctx.trigger, replay_id=self.replay_id) as scope:
+                    await sub.handler(event, ctx)
+            except Exception as exc:
+                if attempt > sub.max_retries:
+                    self.dead_letter(record, "handler", exc, sub.name, attempt, out)
+                    return
+                log.warning("subscriber_retry", subscriber=sub.name, topic=record.topic,
+                            offset=record.offset, attempt=attempt, error=repr(exc)[:300])
+                await self._sleep(sub.retry_backoff * (2 ** (attempt - 1)))
+                attempt += 1
+                continue
+            out.rows.extend(scope.rows)
+            return
+
+
+async def handle_batch(handling: Handling, records: Sequence[ConsumerRecord[bytes, bytes]],
+                       max_in_flight: int) -> BatchResult:
+    """Handle one partition's records: one lane per key, lanes side by side (bounded)."""
+    out = BatchResult()
+    lanes: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = {}
+    for r in records:
+        lanes.setdefault(r.key, []).append(r)
+    if len(lanes) == 1 or max_in_flight == 1:
+        for r in records:
+            await handling.handle(r, out)
+        return out
+    sem = asyncio.Semaphore(max_in_flight)
+    per_lane: list[BatchResult] = []
+
+    async def lane(recs: list[ConsumerRecord[bytes, bytes]]) -> None:
+        res = BatchResult()
+        per_lane.append(res)
+        async with sem:
+            for r in recs:
+                await handling.handle(r, res)
+
+    await asyncio.gather(*(lane(recs) for recs in lanes.values()))
+    for res in per_lane:
+        out.rows.extend(res.rows)
+        out.dead.extend(res.dead)
+        out.handled += res.handled
+        out.dead_lettered += res.dead_lettered
+    return out
+
+
+class _Partition:
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.queue: deque[ConsumerRecord[bytes, bytes]] = deque()
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.stopping = False
+        self.committed: int | None = None
+
+
+class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
+    """One consumer in the deployment's group, driving every subscribed topic."""
+
+    def __init__(self, hub: Hub, topics: Topics, settings: KafkaSettings, bootstrap: str,
+                 subscribers: SubscriberRegistry = SUBSCRIBERS) -> None:
+        self.hub = hub
+        self.topics = topics
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.subscribers = subscribers
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._fetch_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._handling: Handling | None = None
+        self.stats = {"handled": 0, "dead_lettered": 0, "batches": 0, "starts": 0}
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        names = self.subscribers.topics()
+        for name in names:
+            self.topics[name]  # raises, naming the file, for an undeclared topic
+        kw = client_kwargs(self.settings, self.bootstrap)
+        self._producer = await start_producer(self.settings, self.bootstrap)
+        self._consumer = AIOKafkaConsumer(
+            **kw,
+            group_id=self.settings.group,
+            group_instance_id=self.settings.group_instance_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            max_poll_records=self.settings.max_poll_records,
+            session_timeout_ms=self.settings.session_timeout_ms,
+            rebalance_timeout_ms=self.settings.rebalance_timeout_ms,
+            isolation_level="read_committed",
+        )
+        self._consumer.subscribe(topics=names, listener=self)
+        await self._consumer.start()
+        self._handling = Handling(self.hub, self.topics, self.subscribers, self._producer,
+                                  self.settings.group)
+        self._fetch_task = asyncio.create_task(self._fetch_loop(), name="hub-fetch")
+        log.info("consumer_started", group=self.settings.group, topics=names)
+
+    # -- rebalance -----------------------------------------------------------------------
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Finish the batch in hand (bounded), commit it, forget the rest (redelivered)."""
+        parts = [self._parts.pop(tp) for tp in revoked if tp in self._parts]
+        for p in parts:
+            p.stopping = True
+            p.queue.clear()
+            p.ready.set()
+        tasks = [p.task for p in parts if p.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks,
+                                               timeout=self.settings.shutdown_timeout_s)
+            for t in pending:
+                t.cancel()
+        if parts:
+            log.info("partitions_revoked", partitions=[f"{p.tp.topic}/{p.tp.partition}"
+                                                       for p in parts])
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            if tp not in self._parts:
+                part = _Partition(tp)
+                part.task = asyncio.create_task(self._work(part),
+                                                name=f"hub-part-{tp.topic}-{tp.partition}")
+                self._parts[tp] = part
+        if assigned:
+            log.info("partitions_assigned",
+                     partitions=[f"{tp.topic}/{tp.partition}" for tp in assigned])
+        self.ready.set()
+
+    # -- loops ---------------------------------------------------------------------------
+    async def _fetch_loop(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        limit = self.settings.max_backlog_per_partition
+        paused: set[TopicPartition] = set()
+        while not self._stopping:
+            try:
+                data = await consumer.getmany(timeout_ms=200,
+                                              max_records=self.settings.max_poll_records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("fetch_failed", error=repr(exc)[:300])
+                await asyncio.sleep(1.0)
+                continue
+            for tp, records in data.items():
+                part = self._parts.get(tp)
+                if part is None or part.stopping:
+                    continue
+                part.queue.extend(records)
+                part.ready.set()
+                if len(part.queue) >= limit and tp not in paused:
+                    consumer.pause(tp)
+                    paused.add(tp)
+            for tp in list(paused):
+                part = self._parts.get(tp)
+                if part is None or len(part.queue) < limit // 2:
+                    if tp in consumer.assignment():
+                        consumer.resume(tp)
+                    paused.discard(tp)
+
+    async def _work(self, part: _Partition) -> None:
+        assert self._handling is not None and self._consumer is not None
+        while True:
+            await part.ready.wait()
+            part.ready.clear()
+            while part.queue:
+                n = min(len(part.queue), self.settings.max_poll_records)
+                batch = [part.queue.popleft() for _ in range(n)]
+                await self._process(part, batch)
+            if part.stopping:
+                return
+
+    async def _process(self, part: _Partition,
+                       batch: list[ConsumerRecord[bytes, bytes]]) -> None:
+        assert self._handling is not None and self._consumer is not None
+        result = await handle_batch(self._handling, batch,
+                                    self.settings.max_in_flight_per_partition)
+        created = await self.hub.flush_starts(result.rows)
+        if result.dead:
+            await asyncio.gather(*result.dead)
+        next_offset = batch[-1].offset + 1
+        try:
+            await self._consumer.commit({part.tp: OffsetAndMetadata(next_offset, "")})
+            part.committed = next_offset
+        except Exception as exc:
+            # a rebalance took the partition: the new owner re-reads from the last commit,
+            # and its starts find these transaction ids already stored
+            log.warning("commit_failed", topic=part.tp.topic, partition=part.tp.partition,
+                        offset=next_offset, error=repr(exc)[:300])
+        self.stats["handled"] += result.handled
+        self.stats["dead_lettered"] += result.dead_lettered
+        self.stats["batches"] += 1
+        self.stats["starts"] += len(created)
+
+    # -- shutdown ------------------------------------------------------------------------
+    async def stop(self) -> None:
+        """Stop fetching, drain what was fetched, commit, leave the group (bounded)."""
+        self._stopping = True
+        if self._fetch_task is not None:
+            self._fetch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._fetch_task
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        for part in list(self._parts.values()):
+            part.stopping = True
+            part.ready.set()
+        tasks = [p.task for p in self._parts.values() if p.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(0.1, deadline - time.monotonic()))
+            for t in pending:
+                t.cancel()
+        self._parts.clear()
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._consumer.stop(), 10)
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._producer.stop(), 10)
+        log.info("consumer_stopped", **self.stats)

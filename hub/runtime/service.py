@@ -1,0 +1,90 @@
+"""Everything a worker runs beside its executor: the broker connection, the consumer of the
+subscribed topics, and the outbox relay. Dev mode and tests start an embedded broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from hub.engine.hub import Hub
+from hub.engine.loader import load_modules
+from hub.runtime.admin import reconcile
+from hub.runtime.consumer import ConsumerRuntime
+from hub.runtime.kafka import start_producer
+from hub.runtime.outbox import OutboxRelay
+from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
+from hub.runtime.tansu import TansuBroker
+from hub.runtime.topics import Topics, load_topics
+from hub.settings import KafkaSettings
+
+log = structlog.get_logger("hub.runtime")
+
+
+class KafkaRuntime:
+    """Consumer plus outbox relay for one hub; ``async with`` starts and stops both."""
+
+    def __init__(self, hub: Hub, settings: KafkaSettings | None = None, *,
+                 consume: bool = True, relay: bool = True, create_topics: bool = True,
+                 subscribers: SubscriberRegistry = SUBSCRIBERS,
+                 topics: Topics | None = None) -> None:
+        self.hub = hub
+        self.settings = settings or KafkaSettings()
+        self.consume = consume
+        self.relay = relay
+        self.create_topics = create_topics
+        self.subscribers = subscribers
+        self.topics = topics
+        self.broker: TansuBroker | None = None
+        self.bootstrap = ""
+        self.consumer: ConsumerRuntime | None = None
+        self.outbox: OutboxRelay | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    async def __aenter__(self) -> KafkaRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.bootstrap:
+            self.bootstrap = s.bootstrap
+        else:
+            self.broker = TansuBroker()
+            self.bootstrap = await asyncio.to_thread(self.broker.start)
+            log.info("embedded_broker_started", bootstrap=self.bootstrap)
+        if self.topics is None:
+            self.topics = load_topics(s.topics_file)
+        if self.consume and self.subscribers is SUBSCRIBERS:
+            load_modules(s.subscribers)
+        if self.create_topics:
+            report = await reconcile(self.topics, s, self.bootstrap, create=True)
+            for d in report.drift:
+                log.warning("topic_drift", topic=d.topic, setting=d.setting,
+                            declared=d.declared, actual=d.actual)
+        if self.relay:
+            self._producer = await start_producer(s, self.bootstrap)
+            self.outbox = OutboxRelay(self.hub, self._producer, batch=s.relay_batch)
+            self.outbox.start()
+        if self.consume and self.subscribers.topics():
+            self.consumer = ConsumerRuntime(self.hub, self.topics, s, self.bootstrap,
+                                            self.subscribers)
+            await self.consumer.start()
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+            self.consumer = None
+        if self.outbox is not None:
+            await self.outbox.stop()
+            self.outbox = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.stop)
+            self.broker = None

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def test_dev_mode_runs_the_demo_on_an_embedded_postgres(tmp_path: Path) -> None:
     data = Path("/tmp") / f"hubdev-{os.getpid()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}  # all embedded
     env.update({"HUB_DATA_DIR": str(data), "PYTHONPATH": str(ROOT)})
     try:
         out = subprocess.run([sys.executable, "-m", "hub", "dev", "--once", "--log-level",
@@ -28,6 +28,8 @@ def test_dev_mode_runs_the_demo_on_an_embedded_postgres(tmp_path: Path) -> None:
         assert hello in out.stdout
         assert "demo-order fails -> compensated" in out.stdout
         assert "demo-approval    -> succeeded" in out.stdout
+        assert "order.placed     -> fulfil-order succeeded" in out.stdout
+        assert "(via the outbox)" in out.stdout
         leftovers = [p for p in psutil.process_iter(["cmdline"])
                      if str(data) in " ".join(p.info["cmdline"] or [])]
         assert not leftovers, "the dev hub stops the server it started"

@@ -13,16 +13,19 @@ from typing import Annotated
 
 import typer
 
+from hub.cli.kafka import add_kafka_commands
 from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
 from hub.errors import HubError
 from hub.logging import configure_logging
-from hub.settings import HubSettings
+from hub.runtime.service import KafkaRuntime
+from hub.settings import HubSettings, KafkaSettings
 
 app = typer.Typer(help="The commerce integration hub.", no_args_is_help=True,
                   add_completion=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+add_kafka_commands(app)
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 JsonLogs = Annotated[bool, typer.Option("--json-logs", help="JSON log lines")]
@@ -42,21 +45,36 @@ def worker(
     modules: Annotated[
         str | None, typer.Option(help="comma-separated workflow modules (default HUB_MODULES)")
     ] = None,
+    consume: Annotated[bool | None, typer.Option(
+        help="run the Kafka consumer and outbox relay (default: when HUB_KAFKA_BOOTSTRAP "
+             "is set)")] = None,
+    execute: Annotated[bool, typer.Option(help="run the workflow executor")] = True,
     log_level: LogLevel = "info",
     json_logs: JsonLogs = False,
 ) -> None:
-    """Run an executor for the workflows of the configured modules until SIGTERM."""
+    """Run the executor, and the consumer and outbox relay, until SIGTERM."""
     configure_logging(log_level, json_output=json_logs)
     settings = HubSettings()
+    kafka = KafkaSettings()
     if modules:
         settings = settings.model_copy(update={"modules": modules.split(",")})
+    with_kafka = consume if consume is not None else bool(kafka.bootstrap)
 
     async def run() -> None:
         load_modules(settings.modules)
-        async with Hub(settings=settings) as hub:
-            print(json.dumps({"event": "worker_ready", "worker": settings.worker_id,
-                              "workflows": hub.registry.names()}), flush=True)
-            await _until_signalled()
+        async with Hub(settings=settings, execute=execute) as hub:
+            runtime = KafkaRuntime(hub, kafka) if with_kafka else None
+            if runtime is not None:
+                await runtime.start()
+            try:
+                print(json.dumps({"event": "worker_ready", "worker": settings.worker_id,
+                                  "workflows": hub.registry.names(),
+                                  "kafka": runtime.bootstrap if runtime else None}),
+                      flush=True)
+                await _until_signalled()
+            finally:
+                if runtime is not None:
+                    await runtime.stop()
 
     try:
         asyncio.run(run())
@@ -90,10 +108,10 @@ def dev(
     async def run() -> None:
         settings = HubSettings()
         load_modules(settings.modules)
-        async with Hub(settings=settings) as hub:
-            await run_demo(hub)
+        async with Hub(settings=settings) as hub, KafkaRuntime(hub) as runtime:
+            await run_demo(hub, runtime)
             if not once:
-                typer.echo("dev hub running (Ctrl-C to stop)")
+                typer.echo(f"dev hub running, Kafka at {runtime.bootstrap} (Ctrl-C to stop)")
                 await _until_signalled()
 
     try:

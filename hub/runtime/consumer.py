@@ -142,9 +142,11 @@ class Handling:
     """Runs the subscribers of one topic on one record (decode, validate, retry, DLQ)."""
 
     def __init__(self, hub: Hub, topics: Topics, subscribers: SubscriberRegistry,
-                 producer: AIOKafkaProducer, group: str, *, replay_id: str | None = None,
+                 producer: AIOKafkaProducer | None, group: str, *,
+                 replay_id: str | None = None, replaying: bool = False,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.hub = hub
+        self.replaying = replaying
         self.topics = topics
         self.subscribers = subscribers
         self.producer = producer
@@ -171,6 +173,7 @@ class Handling:
         log.warning("event_dead_lettered", topic=record.topic, partition=record.partition,
                     offset=record.offset, stage=stage, subscriber=subscriber,
                     dead_letter_topic=target, error=str(exc)[:300])
+        assert self.producer is not None, "a consumer that dead-letters needs a producer"
         out.dead.append(self.producer.send_and_wait(
             target, record.value, key=record.key, headers=headers,
             partition=None))
@@ -207,7 +210,7 @@ class Handling:
                 hub=self.hub, subscriber=sub.name, topic=record.topic,
                 partition=record.partition, offset=record.offset, key=decoded.key,
                 timestamp=record.timestamp, headers=decoded.headers,
-                event_id=decoded.event_id, attempt=attempt, replay=self.replay_id is not None,
+                event_id=decoded.event_id, attempt=attempt, replay=self.replaying,
             )
             try:
                 with self.hub.start_scope(ctx.trigger, replay_id=self.replay_id) as scope:

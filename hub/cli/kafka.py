@@ -1,0 +1,310 @@
+"""SRE commands for the Kafka side: topics, replay, dead letters, lag.
+
+They talk to the broker at ``HUB_KAFKA_BOOTSTRAP`` and the database of ``HUB_DATABASE_URL``
+(or the embedded one); ``--json`` prints machine-readable output for scripts.
+Exit codes: 0 done (or in sync), 1 a failure or drift found, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from hub.engine.hub import Hub
+from hub.engine.loader import load_modules
+from hub.errors import HubError
+from hub.logging import configure_logging
+from hub.settings import HubSettings, KafkaSettings
+
+T = TypeVar("T")
+
+JsonOut = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+TopicsFile = Annotated[Path | None, typer.Option("--file", help="topics.yaml to use")]
+
+
+def _kafka(file: Path | None = None) -> tuple[KafkaSettings, str]:
+    settings = KafkaSettings()
+    if file is not None:
+        settings = settings.model_copy(update={"topics_file": file})
+    if not settings.bootstrap:
+        raise HubError("HUB_KAFKA_BOOTSTRAP is not set: which broker should this talk to?")
+    return settings, settings.bootstrap
+
+
+def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    configure_logging("warning")
+    try:
+        return asyncio.run(fn())  # type: ignore[arg-type]
+    except HubError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _print(data: Any, as_json: bool, human: Callable[[], None]) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        human()
+
+
+def add_kafka_commands(app: typer.Typer) -> None:
+    topics_app = typer.Typer(help="Topics of topics.yaml on the broker.", no_args_is_help=True)
+    dlq_app = typer.Typer(help="Dead-lettered events.", no_args_is_help=True)
+    app.add_typer(topics_app, name="topics")
+    app.add_typer(dlq_app, name="dlq")
+
+    def reconcile_cmd(create: bool, file: Path | None, as_json: bool) -> None:
+        from hub.runtime.admin import reconcile
+        from hub.runtime.topics import load_topics
+
+        async def go() -> Any:
+            settings, bootstrap = _kafka(file)
+            return await reconcile(load_topics(settings.topics_file), settings, bootstrap,
+                                   create=create)
+
+        report = _run(go)
+
+        def human() -> None:
+            for name in report.created:
+                typer.echo(f"created   {name}")
+            for name in report.missing:
+                typer.echo(f"missing   {name}")
+            for d in report.drift:
+                typer.echo(f"drift     {d.topic}: {d.setting} declared {d.declared}, "
+                           f"broker has {d.actual}")
+            for name in report.in_sync:
+                typer.echo(f"in sync   {name}")
+
+        _print(report.to_dict(), as_json, human)
+        if report.drift or report.missing:
+            raise typer.Exit(1)
+
+    @topics_app.command("apply")
+    def topics_apply(file: TopicsFile = None, as_json: JsonOut = False) -> None:
+        """Create missing topics; report drift (exit 1 if any). Safe to repeat."""
+        reconcile_cmd(True, file, as_json)
+
+    @topics_app.command("check")
+    def topics_check(file: TopicsFile = None, as_json: JsonOut = False) -> None:
+        """Only report missing topics and drift (exit 1 if any)."""
+        reconcile_cmd(False, file, as_json)
+
+    @topics_app.command("asyncapi")
+    def topics_asyncapi(
+        file: TopicsFile = None,
+        output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+        fmt: Annotated[str, typer.Option("--format", help="yaml or json")] = "yaml",
+    ) -> None:
+        """Write the AsyncAPI 3.0 document of every topic (stdout by default)."""
+        import yaml
+
+        from hub.runtime.asyncapi import build_asyncapi
+        from hub.runtime.subscriber import SUBSCRIBERS
+        from hub.runtime.topics import load_topics
+
+        try:
+            settings = KafkaSettings()
+            topics = load_topics(file or settings.topics_file)
+            load_modules(settings.subscribers)
+            doc = build_asyncapi(topics, SUBSCRIBERS, bootstrap=settings.bootstrap or "")
+        except HubError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        text = (json.dumps(doc, indent=2) if fmt == "json"
+                else yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text)
+            typer.echo(f"wrote {output}")
+
+    @app.command("lag")
+    def lag(as_json: JsonOut = False, file: TopicsFile = None) -> None:
+        """Consumer lag of the deployment's group, per topic and partition."""
+        from hub.runtime.admin import consumer_lag
+        from hub.runtime.subscriber import SUBSCRIBERS
+
+        async def go() -> Any:
+            settings, bootstrap = _kafka(file)
+            load_modules(settings.subscribers)
+            return await consumer_lag(settings, bootstrap, SUBSCRIBERS.topics())
+
+        rows = _run(go)
+        data = [{"topic": r.topic, "partition": r.partition, "committed": r.committed,
+                 "end": r.end, "lag": r.lag} for r in rows]
+
+        def human() -> None:
+            typer.echo(f"{'topic':30} {'part':>4} {'committed':>10} {'end':>10} {'lag':>8}")
+            for d in data:
+                typer.echo(f"{d['topic']:30} {d['partition']:>4} {d['committed']!s:>10} "
+                           f"{d['end']:>10} {d['lag']:>8}")
+
+        _print(data, as_json, human)
+
+    @app.command("replay")
+    def replay_cmd(
+        topic: Annotated[str, typer.Option("--topic", help="topic to re-feed")],
+        from_timestamp: Annotated[str | None, typer.Option(
+            "--from-timestamp", help="ISO time; no zone = UTC")] = None,
+        from_offset: Annotated[int | None, typer.Option("--from-offset")] = None,
+        by_duration: Annotated[str | None, typer.Option(
+            "--by-duration", help="ISO duration back from now, e.g. P1DT2H")] = None,
+        to_timestamp: Annotated[str | None, typer.Option("--to-timestamp")] = None,
+        to_offset: Annotated[int | None, typer.Option("--to-offset")] = None,
+        partition: Annotated[list[int] | None, typer.Option("--partition")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+        new_runs: Annotated[bool, typer.Option(
+            "--new-runs", help="start fresh executions, ids marked as replays")] = False,
+        as_json: JsonOut = False,
+    ) -> None:
+        """Re-feed a stretch of a topic to its subscribers (skips what already ran)."""
+        from hub.runtime.replay import Position, parse_duration, parse_timestamp, replay
+        from hub.runtime.subscriber import SUBSCRIBERS
+        from hub.runtime.topics import load_topics
+
+        chosen = [x for x in (from_timestamp, from_offset, by_duration) if x is not None]
+        if len(chosen) != 1:
+            typer.echo("error: give exactly one of --from-timestamp, --from-offset, "
+                       "--by-duration", err=True)
+            raise typer.Exit(2)
+        if to_timestamp is not None and to_offset is not None:
+            typer.echo("error: give at most one of --to-timestamp, --to-offset", err=True)
+            raise typer.Exit(2)
+
+        def progress(tp: str, first: int, pos: int, last: int) -> None:
+            span = max(1, last - first)
+            done = int(30 * (pos - first) / span)
+            sys.stderr.write(f"\r{tp:28} [{'#' * done}{'.' * (30 - done)}] {pos}/{last}")
+            sys.stderr.flush()
+
+        async def go() -> Any:
+            settings, bootstrap = _kafka()
+            hs = HubSettings()
+            load_modules(hs.modules)
+            load_modules(settings.subscribers)
+            start = Position(
+                offset=from_offset,
+                timestamp=parse_timestamp(from_timestamp) if from_timestamp else None,
+                ago=parse_duration(by_duration) if by_duration else None)
+            stop = None
+            if to_timestamp is not None or to_offset is not None:
+                stop = Position(offset=to_offset, timestamp=parse_timestamp(to_timestamp)
+                                if to_timestamp else None)
+            async with Hub(settings=hs, execute=False) as hub:
+                return await replay(hub, load_topics(settings.topics_file), SUBSCRIBERS,
+                                    settings, bootstrap, topic, start, stop,
+                                    partitions=partition, dry_run=dry_run, new_runs=new_runs,
+                                    progress=None if as_json else progress)
+
+        report = _run(go)
+        if not as_json:
+            sys.stderr.write("\n")
+
+        def human() -> None:
+            verb = "would start" if dry_run else "started"
+            count = len(report.would_start) if dry_run else len(report.started)
+            typer.echo(f"{report.events} events: {verb} {count}, skipped {len(report.skipped)}"
+                       f" (already ran), rejected {len(report.rejected)}"
+                       + (f"; replay id {report.replay_id}" if report.replay_id else ""))
+            for key in (report.would_start if dry_run else report.started)[:50]:
+                typer.echo(f"  {verb}: {key}")
+            for key in report.skipped[:50]:
+                typer.echo(f"  skip: {key}")
+            for r in report.rejected[:50]:
+                typer.echo(f"  rejected: partition {r['partition']} offset {r['offset']} "
+                           f"({r['stage']}): {r['error']}")
+
+        _print(report.to_dict(), as_json, human)
+
+    def _letters(topic: str | None) -> tuple[Any, ...]:
+        from hub.runtime.deadletters import dead_letter_topics, read_dead_letters
+        from hub.runtime.topics import load_topics
+
+        async def go() -> Any:
+            settings, bootstrap = _kafka()
+            topics = load_topics(settings.topics_file)
+            names = [topic] if topic else dead_letter_topics(topics)
+            out = []
+            async with Hub(settings=HubSettings(), execute=False) as hub:
+                for name in names:
+                    out.extend(await read_dead_letters(hub, settings, bootstrap, name))
+            return out
+
+        return tuple(_run(go))
+
+    @dlq_app.command("list")
+    def dlq_list(topic: Annotated[str | None, typer.Option(
+            "--topic", help="a dead-letter topic (default: all of topics.yaml)")] = None,
+                 as_json: JsonOut = False) -> None:
+        """Dead letters with their reason and original position."""
+        letters = _letters(topic)
+        data = [d.summary() for d in letters]
+
+        def human() -> None:
+            for d in data:
+                flag = " (redriven)" if d["redriven"] else ""
+                typer.echo(f"{d['ref']:32} {d['topic']}/{d['partition']}@{d['offset']} "
+                           f"{d['stage']:14} {d['error']}: {d['message']}{flag}")
+            typer.echo(f"{len(data)} dead letters")
+
+        _print(data, as_json, human)
+
+    @dlq_app.command("show")
+    def dlq_show(ref: Annotated[str, typer.Argument(help="dlq-topic/partition/offset")]) -> None:
+        """One dead letter, whole: headers and payload."""
+        topic = ref.rsplit("/", 2)[0]
+        found = [d for d in _letters(topic) if d.ref == ref]
+        if not found:
+            typer.echo(f"error: no dead letter {ref}", err=True)
+            raise typer.Exit(1)
+        typer.echo(json.dumps(found[0].detail(), indent=2, default=str))
+
+    @dlq_app.command("redrive")
+    def dlq_redrive(
+        refs: Annotated[list[str] | None, typer.Argument(help="dlq-topic/partition/offset")]
+        = None,
+        all_of: Annotated[str | None, typer.Option(
+            "--all", help="every not yet redriven letter of this dead-letter topic")] = None,
+        to_subscriber: Annotated[bool, typer.Option(
+            "--to-subscriber", help="hand it to its subscriber instead of its topic")] = False,
+        as_json: JsonOut = False,
+    ) -> None:
+        """Send dead letters back to their topic (or subscriber); each redrive is recorded."""
+        from hub.runtime.deadletters import redrive
+        from hub.runtime.subscriber import SUBSCRIBERS
+        from hub.runtime.topics import load_topics
+
+        if not refs and not all_of:
+            typer.echo("error: name dead letters, or --all DLQ_TOPIC", err=True)
+            raise typer.Exit(2)
+        topic = all_of or (refs or [""])[0].rsplit("/", 2)[0]
+        letters = list(_letters(topic))
+        chosen = ([d for d in letters if not d.redriven] if all_of
+                  else [d for d in letters if d.ref in set(refs or [])])
+        missing = set(refs or []) - {d.ref for d in chosen}
+        if missing:
+            typer.echo(f"error: no dead letter {', '.join(sorted(missing))}", err=True)
+            raise typer.Exit(1)
+
+        async def go() -> Any:
+            settings, bootstrap = _kafka()
+            hs = HubSettings()
+            load_modules(hs.modules)
+            load_modules(settings.subscribers)
+            async with Hub(settings=hs, execute=False) as hub:
+                return await redrive(hub, load_topics(settings.topics_file), SUBSCRIBERS,
+                                     settings, bootstrap, chosen, to_subscriber=to_subscriber)
+
+        done = _run(go)
+
+        def human() -> None:
+            for d in done:
+                typer.echo(f"redriven {d['ref']} -> {d['target']}")
+
+        _print(done, as_json, human)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import time
@@ -62,6 +63,10 @@ def _error(step: str, exc: BaseException | str, attempt: int, **extra: Any) -> d
         "traceback": "".join(traceback.format_exception(exc))[-4000:],
         **extra,
     }
+
+
+def _record_landing(landed: list[str], step_id: str, _task: object) -> None:
+    landed.append(step_id)
 
 
 class Executor:
@@ -245,6 +250,7 @@ class Executor:
 
     async def _loop(self, ex: Execution, running: dict[str, asyncio.Task[Outcome]]) -> None:
         wake = self._wakes[ex.id]
+        landed: list[str] = []  # step ids in the order their tasks finished
         while True:
             if wake.is_set():
                 wake.clear()
@@ -272,7 +278,9 @@ class Executor:
                     "comp_attempts" if compensating else "attempts", 1))
                 coro = (self._compensate(ex, node, attempt) if compensating
                         else self._invoke(ex, node, attempt))
-                running[node.id] = asyncio.create_task(coro)
+                task = asyncio.create_task(coro)
+                task.add_done_callback(functools.partial(_record_landing, landed, node.id))
+                running[node.id] = task
                 if node.options.background_execution and not compensating:
                     self._on_settled(ex.snapshot(), False)
             waiters: set[asyncio.Future[Any]] = set(running.values())
@@ -283,15 +291,17 @@ class Executor:
             done, _ = await asyncio.wait(waiters, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
             wake_task.cancel()
-            for step_id, task in list(running.items()):
-                if task in done:
-                    del running[step_id]
-                    node = ex.graph.steps[step_id]
-                    outcome = task.result()
-                    if ex.state(step_id) == StepState.COMPENSATING:
-                        self._on_compensated(ex, node, outcome)
-                    else:
-                        self._on_invoked(ex, node, outcome)
+            # outcomes are applied in the order the steps finished, which is the order
+            # compensation must reverse (parallel steps may finish in one wake-up)
+            finished = [sid for sid in landed if sid in running and running[sid] in done]
+            landed[:] = [sid for sid in landed if sid not in finished]
+            for step_id in finished:
+                outcome = running.pop(step_id).result()
+                node = ex.graph.steps[step_id]
+                if ex.state(step_id) == StepState.COMPENSATING:
+                    self._on_compensated(ex, node, outcome)
+                else:
+                    self._on_invoked(ex, node, outcome)
 
     # -- planning ------------------------------------------------------------------------
     def _plan(

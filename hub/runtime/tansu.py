@@ -135,7 +135,7 @@ def wait_until_ready(
             time.sleep(0.02)
             continue
         try:
-            if probe_metadata(bootstrap, timeout=min(remaining, 5.0), **client_kwargs) > 0:
+            if probe_metadata(bootstrap, timeout=min(remaining, 2.0), **client_kwargs) > 0:
                 if alive():
                     return
                 continue

@@ -1,0 +1,391 @@
+"""Engine throughput, latency, round trips and idle load of the hub (one process, one Postgres).
+
+Starts its own embedded PostgreSQL (server defaults: fsync and synchronous_commit on) in a fresh
+temporary folder unless ``--database-url`` is given, opens a ``Hub`` (executor in-process) and
+runs a workflow of three trivial steps (each returns a small dict):
+
+  warm-up     ``--warmup`` runs one at a time (not measured);
+  sequential  ``--sequential`` runs one at a time: start-to-result p50/p99;
+  concurrent  N runs driven by C asyncio tasks, each looping ``await wf(hub).run(input=...)``:
+              workflows/s and start-to-result p50/p99, plus what the server executed
+              (pg_stat_statements), committed (pg_stat_database.xact_commit) and what the
+              client sent (``hub.store.statements``), per workflow;
+  idle        the same hub open with nothing to do for ``--idle-seconds``: statements/s the
+              server executed for it.
+
+Logs go to stderr; prints one JSON line on stdout at the end.
+
+    python bench/engine.py [--workflows 3000] [--concurrency 50] [--pool-max 20]
+                           [--idle-seconds 20] [--database-url DSN]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from pydantic import BaseModel
+
+from hub import Hub, StepContext, WorkflowResponse, create_step, create_workflow
+from hub.logging import configure_logging
+from hub.store.embedded import EmbeddedPostgres
+
+# --- the workflow ------------------------------------------------------------------------------
+
+
+class BenchInput(BaseModel):
+    n: int
+
+
+@create_step("bench-engine-a")
+async def step_a(inp: BenchInput, ctx: StepContext) -> dict[str, Any]:
+    return {"a": inp.n}
+
+
+@create_step("bench-engine-b")
+async def step_b(inp: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    return {"b": inp["a"] + 1}
+
+
+@create_step("bench-engine-c")
+async def step_c(inp: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    return {"c": inp["b"] + 1}
+
+
+@create_workflow("bench-engine-three-steps")
+def three_steps(inp: BenchInput) -> WorkflowResponse:
+    return WorkflowResponse(step_c(step_b(step_a(inp))))
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+METER_MARK = "pg_stat_"  # every query of the measuring connection reads a pg_stat_* view
+
+
+def log(msg: str) -> None:
+    print(f"[bench/engine] {msg}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile, rounded to 3 decimals."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, round(p / 100 * len(s) + 0.5) - 1))
+    return round(s[k], 3)
+
+
+class Meter:
+    """A separate connection reading pg_stat_statements / pg_stat_database.
+
+    Its own queries all mention ``pg_stat_`` and are excluded from every count.
+    """
+
+    def __init__(self, conn: asyncpg.Connection, schema: str) -> None:
+        self.conn = conn
+        self.schema = schema
+        self.statements_ok = False
+
+    async def setup(self) -> None:
+        try:
+            await self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await self.conn.fetchval("SELECT count(*) FROM pg_stat_statements")
+            self.statements_ok = True
+        except asyncpg.PostgresError as exc:  # not preloaded on a foreign server
+            log(f"pg_stat_statements unavailable: {exc}")
+
+    async def reset(self) -> None:
+        if self.statements_ok:
+            await self.conn.execute("SELECT pg_stat_statements_reset()")
+
+    async def xact_commit(self) -> int:
+        return int(await self.conn.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))
+
+    async def statements(self) -> list[tuple[str, int]]:
+        """(query, calls) of everything but the meter's own queries, most called first."""
+        if not self.statements_ok:
+            return []
+        rows = await self.conn.fetch(
+            "SELECT query, sum(calls)::bigint AS calls FROM pg_stat_statements "
+            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND query NOT LIKE $1 GROUP BY query ORDER BY 2 DESC",
+            f"%{METER_MARK}%",
+        )
+        return [(r["query"], int(r["calls"])) for r in rows]
+
+
+def _short(query: str) -> str:
+    lines = [ln.strip() for ln in query.splitlines()
+             if ln.strip() and not ln.strip().startswith("--")]
+    return " ".join(lines)[:90]
+
+
+def summarise(stmts: list[tuple[str, int]], schema: str, n: int) -> dict[str, Any]:
+    hub_calls = sum(c for q, c in stmts if f"{schema}." in q)
+    resets = sum(c for q, c in stmts if "pg_advisory_unlock_all" in q)
+    total = sum(c for _, c in stmts)
+    return {
+        "hub_schema_statements": hub_calls,
+        "pool_reset_round_trips": resets,
+        "all_statements": total,
+        "per_workflow": {
+            "hub_schema_statements": round(hub_calls / n, 3),
+            "pool_reset_round_trips": round(resets / n, 3),
+            "all_statements": round(total / n, 3),
+        },
+        "top": [{"query": _short(q), "calls": c} for q, c in stmts[:12]],
+    }
+
+
+# --- phases ------------------------------------------------------------------------------------
+
+
+class Tally:
+    """Runs that did not succeed, or did not settle within ``timeout`` seconds."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.failed = 0
+        self.timed_out = 0
+        self.last_ok = 0.0  # perf_counter of the last successful result
+
+
+async def run_one(hub: Hub, n: int, tally: Tally) -> float | None:
+    t = time.perf_counter()
+    try:
+        run = await three_steps(hub).run(input={"n": n}, raise_on_error=False,
+                                         timeout=tally.timeout)
+    except TimeoutError:
+        tally.timed_out += 1
+        return None
+    done = time.perf_counter()
+    if not run.succeeded:
+        tally.failed += 1
+        log(f"run {run.id} ended {run.status}")
+        return None
+    tally.last_ok = done
+    return done - t
+
+
+async def sequential(hub: Hub, count: int, base: int, tally: Tally) -> list[float]:
+    out = [await run_one(hub, base + i, tally) for i in range(count)]
+    return [x for x in out if x is not None]
+
+
+async def concurrent(hub: Hub, total: int, tasks: int, base: int,
+                     tally: Tally) -> tuple[list[float], float]:
+    lat: list[float] = []
+    next_n = 0
+
+    async def worker() -> None:
+        nonlocal next_n
+        while next_n < total:
+            i = next_n
+            next_n += 1
+            x = await run_one(hub, base + i, tally)
+            if x is not None:
+                lat.append(x)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    return lat, t0
+
+
+def batcher_stats(hub: Hub) -> dict[str, int]:
+    ex = hub.executor
+    out: dict[str, int] = {}
+    if ex is not None:
+        out["checkpoint_flushes"] = ex.checkpoints.flushes
+        out["checkpoint_rows"] = ex.checkpoints.rows
+    starts = getattr(hub, "_starts", None)
+    if starts is not None:
+        out["start_flushes"] = starts.flushes
+        out["start_rows"] = starts.rows
+    return out
+
+
+async def bench(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
+    schema = args.schema or f"bench_{uuid.uuid4().hex[:8]}"
+    result: dict[str, Any] = {
+        "bench": "engine", "cpus": os.cpu_count(), "python": platform.python_version(),
+        "n": args.workflows, "concurrency": args.concurrency, "pool_max": args.pool_max,
+        "schema": schema,
+    }
+    meter_conn = await asyncpg.connect(dsn)
+    try:
+        meter = Meter(meter_conn, schema)
+        await meter.setup()
+        result["pg_version"] = await meter_conn.fetchval("SHOW server_version")
+        result["pg_settings"] = {
+            k: await meter_conn.fetchval(f"SHOW {k}")
+            for k in ("fsync", "synchronous_commit", "max_connections")
+        }
+        overrides: dict[str, Any] = {"pool_max": args.pool_max}
+        if args.lease_seconds is not None:
+            overrides["lease_seconds"] = args.lease_seconds
+        tally = Tally(args.run_timeout)
+        async with Hub(dsn, schema=schema, execute=True, **overrides) as hub:
+            result["hub_settings"] = {
+                "lease_seconds": hub.settings.lease_seconds,
+                "poll_interval": hub.settings.poll_interval,
+                "pool_min": hub.settings.pool_min,
+                "max_executions": hub.settings.max_executions,
+            }
+            log(f"warm-up: {args.warmup} runs")
+            await sequential(hub, args.warmup, 0, tally)
+
+            log(f"sequential: {args.sequential} runs")
+            seq = [x * 1000 for x in await sequential(hub, args.sequential, 1_000_000, tally)]
+            result["sequential_not_ok"] = tally.failed + tally.timed_out
+            result["sequential_p50_ms"] = pct(seq, 50)
+            result["sequential_p99_ms"] = pct(seq, 99)
+            result["sequential_mean_ms"] = round(statistics.fmean(seq), 3)
+
+            log(f"concurrent: {args.workflows} runs, {args.concurrency} tasks")
+            await asyncio.sleep(1.5)  # let stats of the earlier phases flush
+            stmts_before = hub.store.statements
+            batch_before = batcher_stats(hub)
+            xact_before = await meter.xact_commit()
+            await meter.reset()
+            failed0, timed_out0 = tally.failed, tally.timed_out
+            lat, t0 = await concurrent(hub, args.workflows, args.concurrency, 2_000_000, tally)
+            wall = time.perf_counter() - t0
+            stmts_after = hub.store.statements
+            batch_after = batcher_stats(hub)
+            server = await meter.statements()
+            await asyncio.sleep(1.5)  # backends flush their pg_stat_database counters <= 1 s
+            xact_after = await meter.xact_commit()
+            n = args.workflows
+            ms = [x * 1000 for x in lat]
+            ok = len(lat)
+            busy = (tally.last_ok - t0) if ok else wall
+            # runs that stall (see failed/timed_out) would hold the wall clock hostage for
+            # --run-timeout: the rate is successes over the time to the last success
+            result["workflows_per_s"] = round(ok / busy, 1)
+            result["wall_s"] = round(wall, 3)
+            result["succeeded"] = ok
+            result["failed"] = tally.failed - failed0
+            result["timed_out"] = tally.timed_out - timed_out0
+            result["p50_ms"] = pct(ms, 50)
+            result["p95_ms"] = pct(ms, 95)
+            result["p99_ms"] = pct(ms, 99)
+            result["max_ms"] = round(max(ms), 3)
+            if server:
+                s = summarise(server, schema, n)
+                result["round_trips_per_workflow"] = s["per_workflow"]["hub_schema_statements"]
+                result["pool_reset_round_trips_per_workflow"] = (
+                    s["per_workflow"]["pool_reset_round_trips"])
+                result["round_trips_incl_pool_reset_per_workflow"] = round(
+                    (s["hub_schema_statements"] + s["pool_reset_round_trips"]) / n, 3)
+                result["server_statements_per_workflow"] = s["per_workflow"]["all_statements"]
+                result["server_statements_top"] = s["top"]
+            else:
+                result["round_trips_per_workflow"] = None
+            # the meter's own transactions in the window: the first xact_commit read, the reset
+            # and the pg_stat_statements read (the second read is not counted yet)
+            meter_xacts = 3 if meter.statements_ok else 1
+            result["commits_per_workflow"] = round(
+                (xact_after - xact_before - meter_xacts) / n, 3)
+            result["client_statements_per_workflow"] = round((stmts_after - stmts_before) / n, 3)
+            delta = {k: batch_after[k] - batch_before.get(k, 0) for k in batch_after}
+            if delta.get("checkpoint_flushes"):
+                delta["checkpoint_rows_per_flush"] = round(  # type: ignore[assignment]
+                    delta["checkpoint_rows"] / delta["checkpoint_flushes"], 2)
+            if delta.get("start_flushes"):
+                delta["start_rows_per_flush"] = round(  # type: ignore[assignment]
+                    delta["start_rows"] / delta["start_flushes"], 2)
+            result["batching"] = delta
+
+            counts = await meter_conn.fetchrow(
+                f"SELECT count(*) FILTER (WHERE parked IS NOT NULL) AS parked, "
+                f"count(*) FILTER (WHERE finished_at IS NULL) AS unfinished "
+                f"FROM {schema}.execution")
+            result["parked_executions"] = counts["parked"]
+            result["unfinished_executions"] = counts["unfinished"]
+            if counts["parked"]:
+                reasons = await meter_conn.fetch(
+                    f"SELECT left(parked, 80) AS why, count(*) AS n FROM {schema}.execution "
+                    "WHERE parked IS NOT NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 3")
+                result["parked_reasons"] = {r["why"]: r["n"] for r in reasons}
+
+            log(f"idle: {args.idle_seconds} s")
+            await asyncio.sleep(1.0)
+            idle_stmts_before = hub.store.statements
+            await meter.reset()
+            t0 = time.perf_counter()
+            await asyncio.sleep(args.idle_seconds)
+            idle = await meter.statements()
+            span = time.perf_counter() - t0
+            idle_client = hub.store.statements - idle_stmts_before
+            if meter.statements_ok:
+                calls = sum(c for _, c in idle)
+                result["idle_statements_per_s"] = round(calls / span, 3)
+                # the pool's reset is one message of 4 statements: count it once
+                trips = sum(c for q, c in idle
+                            if f"{schema}." in q or "pg_advisory_unlock_all" in q)
+                result["idle_round_trips_per_s"] = round(trips / span, 3)
+                result["idle_statements_top"] = [
+                    {"query": _short(q), "calls": c} for q, c in idle[:8]]
+            else:
+                result["idle_statements_per_s"] = None
+            result["idle_client_statements_per_s"] = round(idle_client / span, 3)
+            result["idle_seconds"] = round(span, 2)
+        with contextlib.suppress(asyncpg.PostgresError):
+            await meter_conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await meter_conn.close()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--workflows", type=int, default=3000, help="N runs in the concurrent phase")
+    ap.add_argument("--concurrency", type=int, default=50, help="C asyncio tasks")
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--sequential", type=int, default=300)
+    ap.add_argument("--idle-seconds", type=float, default=20.0)
+    ap.add_argument("--pool-max", type=int, default=20)
+    ap.add_argument("--lease-seconds", type=float, default=None,
+                    help="hub lease (default: the hub's, 15 s); the heartbeat runs every lease/3")
+    ap.add_argument("--run-timeout", type=float, default=30.0,
+                    help="a run not settled after this many seconds counts as timed_out")
+    ap.add_argument("--schema", default=None, help="default: a fresh bench_<hex> schema")
+    ap.add_argument("--database-url", default=None, help="default: own embedded Postgres")
+    ap.add_argument("--log-level", default="warning")
+    args = ap.parse_args()
+    configure_logging(args.log_level)
+
+    tmp: str | None = None
+    server: EmbeddedPostgres | None = None
+    try:
+        if args.database_url:
+            dsn = args.database_url
+        else:
+            tmp = tempfile.mkdtemp(prefix="bench_engine_", dir="/tmp")
+            os.chmod(tmp, 0o755)
+            server = EmbeddedPostgres(Path(tmp) / "pgdata")
+            log(f"starting embedded Postgres in {tmp}")
+            dsn = server.start()
+        result = asyncio.run(bench(dsn, args))
+    finally:
+        if server is not None:
+            server.stop()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,519 @@
+"""Event ingestion of the hub: ``order.placed`` events in Kafka -> durable workflow starts.
+
+Self-contained: starts an embedded PostgreSQL (temporary folder, ``track_commit_timestamp=on``
+so commit times can be read back) and the embedded Tansu broker, creates ``order.placed``
+(8 partitions) and ``order.placed.dlq``, then runs three processes:
+
+  worker    ONE subprocess (``--worker`` mode of this file): ``Hub(dsn, execute=False)`` and
+            ``KafkaRuntime`` with the project's real subscriber ``subscribers.orders`` (decode,
+            validate with ``OrderPlaced``, ``fulfil_order(...).run(wait=False,
+            transaction_id="order.placed:<id>")``: dedupe by transaction id, durable start with
+            lineage in one INSERT per batch, then the offset commit). Workflows are not executed.
+  producer  a subprocess (``--producer`` mode) publishing valid ``OrderPlaced`` JSON, key = the
+            order id, header ``sent-at-ns`` = ``time.time_ns()`` at send and the record
+            timestamp (CreateTime) set to the same instant in ms; as fast as it can
+            (``--events N``) or at a steady ``--rate R`` for ``--seconds S``.
+  this      counts the starts in Postgres (executions of ``fulfil-order``) until all are there,
+            checks the group's committed offsets against the end offsets, stops the worker and
+            reads everything back.
+
+Latency: the trigger the hub stores (lineage) carries the record's timestamp, key and event id
+but not its headers, so ``sent-at-ns`` is recovered by reading the topic back and joining on
+the event id (= ``trigger.event_id``). Reported per event:
+
+  p50_ms / p99_ms   header ``sent-at-ns`` -> ``execution.created_at`` (Postgres ``now()``,
+                    i.e. the start of the INSERT's transaction; same machine, same clock)
+  latency.*         the same from the record timestamp (``trigger.timestamp``, ms) and from
+                    the header to the commit of the INSERT (``pg_xact_commit_timestamp``)
+
+Throughput: ``events_per_s`` = starts / (last created_at - first created_at).
+
+Logs go to stderr; prints one JSON line on stdout.
+
+    python bench/ingest.py [--events 30000]
+    python bench/ingest.py --rate 1000 [--seconds 10]
+    python bench/ingest.py --events 5000 --profile /tmp/worker.prof   # cProfile the worker
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TOPIC = "order.placed"
+DLQ = "order.placed.dlq"
+PARTITIONS = 8
+GROUP = "hub"
+SCHEMA = "hub"
+WORKFLOW = "fulfil-order"
+SENT_AT = "sent-at-ns"
+
+TOPICS_YAML = f"""
+topics:
+  {TOPIC}:
+    partitions: {PARTITIONS}
+    event: workflows.events:OrderPlaced
+    schema_version: 1
+    dead_letter: {DLQ}
+  {DLQ}:
+    partitions: 1
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[ingest] {msg}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, round(p / 100 * len(s) + 0.5) - 1))
+    return round(s[k], 3)
+
+
+def summary(ms: list[float]) -> dict[str, Any]:
+    if not ms:
+        return {"n": 0}
+    return {"n": len(ms), "mean_ms": round(statistics.fmean(ms), 3), "p50_ms": pct(ms, 50),
+            "p95_ms": pct(ms, 95), "p99_ms": pct(ms, 99), "max_ms": round(max(ms), 3)}
+
+
+def order(i: int) -> dict[str, Any]:
+    return {"id": f"ord-{i:07d}", "customer_email": f"c{i}@example.com", "currency": "EUR",
+            "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price": 500},
+                      {"sku": "SKU-2", "quantity": 1, "unit_price": 250}],
+            "total": 1250}
+
+
+# --- producer subprocess -----------------------------------------------------------------------
+
+
+async def produce(bootstrap: str, events: int, rate: float) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    t0 = time.perf_counter()
+    try:
+        for i in range(events):
+            if rate > 0:
+                delay = t0 + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            ev = order(i)
+            body = json.dumps(ev).encode()
+            sent = time.time_ns()
+            await producer.send(TOPIC, body, key=ev["id"].encode(),
+                                timestamp_ms=sent // 1_000_000,
+                                headers=[(SENT_AT, str(sent).encode())])
+            if rate <= 0 and i % 1000 == 999:
+                await producer.flush()
+        await producer.flush()
+    finally:
+        await producer.stop()
+    cpu = os.times()
+    print(f"PRODUCED {events} {time.perf_counter() - t0:.3f} {cpu.user + cpu.system:.3f}",
+          flush=True)
+
+
+# --- worker subprocess -------------------------------------------------------------------------
+
+
+async def work(bootstrap: str, dsn: str, topics_file: str) -> dict[str, Any]:
+    import subscribers.orders  # noqa: F401  (registers on_order_placed)
+    from hub.engine.hub import Hub
+    from hub.runtime.service import KafkaRuntime
+    from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
+    from hub.runtime.topics import load_topics
+    from hub.settings import KafkaSettings
+
+    registry = SubscriberRegistry()
+    registry.add(SUBSCRIBERS.get("on_order_placed"))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    settings = KafkaSettings(bootstrap=bootstrap, group=GROUP, topics_file=Path(topics_file))
+    async with Hub(dsn, schema=SCHEMA, execute=False) as hub:
+        rt = KafkaRuntime(hub, settings, subscribers=registry,
+                          topics=load_topics(topics_file), create_topics=False)
+        await rt.start()
+        try:
+            assert rt.consumer is not None
+            await asyncio.wait_for(rt.consumer.ready.wait(), 60)
+            print("READY", flush=True)
+            await stop.wait()
+            stats = dict(rt.consumer.stats)
+        finally:
+            await rt.stop()
+        stats["statements"] = hub.store.statements
+        stats["settings"] = {k: getattr(settings, k) for k in (
+            "fetch_max_wait_ms", "max_poll_records", "max_in_flight_per_partition",
+            "max_backlog_per_partition")}
+        return stats
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    from hub.logging import configure_logging
+
+    configure_logging(args.log_level)
+    if args.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            stats = asyncio.run(work(args.bootstrap, args.dsn, args.topics_file))
+        finally:
+            prof.disable()
+            prof.dump_stats(args.profile)
+    else:
+        stats = asyncio.run(work(args.bootstrap, args.dsn, args.topics_file))
+    print("STATS " + json.dumps(stats), flush=True)
+
+
+# --- orchestrator ------------------------------------------------------------------------------
+
+
+class Children:
+    """The subprocesses this run started; all killed in ``close`` whatever happened."""
+
+    def __init__(self) -> None:
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def spawn(self, *argv: str) -> asyncio.subprocess.Process:
+        from hub.runtime.tansu import parent_death_preexec
+
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).resolve()), *argv,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env,
+            preexec_fn=parent_death_preexec(signal.SIGKILL))
+        self.procs.append(proc)
+        return proc
+
+    async def close(self) -> None:
+        for p in self.procs:
+            if p.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(p.wait(), 10)
+
+
+class CpuMeter:
+    """CPU seconds used by the worker, the broker and the Postgres server between two marks."""
+
+    def __init__(self, worker_pid: int, broker_pid: int | None) -> None:
+        self.groups = {"worker": {worker_pid}, "broker": {broker_pid} if broker_pid else set()}
+        self.start: dict[str, float] = {}
+
+    def _sample(self) -> dict[str, float]:
+        import psutil
+
+        out = {"postgres": 0.0, **dict.fromkeys(self.groups, 0.0), "orchestrator": 0.0}
+        for proc in psutil.process_iter(["pid", "name"]):
+            try:
+                name = proc.info["name"]
+                pid = proc.info["pid"]
+                group = next((g for g, pids in self.groups.items() if pid in pids), None)
+                if group is None and name == "postgres":
+                    group = "postgres"
+                if group is None and pid == os.getpid():
+                    group = "orchestrator"
+                if group is not None:
+                    t = proc.cpu_times()
+                    out[group] += t.user + t.system
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return out
+
+    def mark(self) -> None:
+        self.start = self._sample()
+        self.t0 = time.perf_counter()
+
+    def since(self) -> dict[str, float]:
+        end = self._sample()
+        out = {k: round(end[k] - self.start.get(k, 0.0), 3) for k in end}
+        out["wall_s"] = round(time.perf_counter() - self.t0, 3)
+        return out
+
+
+async def read_line(proc: asyncio.subprocess.Process, prefix: str, timeout: float) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no {prefix!r} line from pid {proc.pid} in {timeout}s")
+        raw = await asyncio.wait_for(proc.stdout.readline(), remaining)
+        if not raw:
+            raise RuntimeError(f"pid {proc.pid} exited (rc={await proc.wait()}) before "
+                               f"printing {prefix!r}")
+        line = raw.decode().strip()
+        if line.startswith(prefix):
+            return line
+
+
+async def committed_offsets(bootstrap: str) -> dict[int, tuple[int | None, int]]:
+    """partition -> (the group's committed offset, ListOffsets(latest) end offset)."""
+    from hub.runtime.admin import consumer_lag
+    from hub.settings import KafkaSettings
+
+    lags = await consumer_lag(KafkaSettings(bootstrap=bootstrap, group=GROUP), bootstrap, [TOPIC])
+    return {lag.partition: (lag.committed, lag.end) for lag in lags}
+
+
+async def read_back(bootstrap: str, expected: int) -> tuple[dict[str, tuple[int, int, int]],
+                                                             dict[int, int]]:
+    """Read the topic from the start: event id -> (sent-at-ns header, record timestamp ms,
+    timestamp type), and each partition's end offset as the fetch responses' high watermark.
+
+    (Tansu's ListOffsets(latest) answers the base offset of the partition's last batch + 1,
+    not its last offset + 1, so ``end_offsets()`` is not used for the end.)
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    out: dict[str, tuple[int, int, int]] = {}
+    try:
+        tps = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + 120
+        seen = 0
+        idle = 0
+        while time.monotonic() < deadline and (seen < expected or idle < 2):
+            got = await consumer.getmany(timeout_ms=300, max_records=5000)
+            idle = 0 if got else idle + 1
+            for recs in got.values():
+                for r in recs:
+                    seen += 1
+                    headers = dict(r.headers or ())
+                    key = r.key.decode() if r.key is not None else ""
+                    out[key] = (int(headers[SENT_AT]), r.timestamp, r.timestamp_type)
+        high = {tp.partition: consumer.highwater(tp) or 0 for tp in tps}
+    finally:
+        await consumer.stop()
+    return out, high
+
+
+async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
+                      topics_file: Path, broker_pid: int | None) -> dict[str, Any]:
+    import asyncpg
+
+    rate = args.rate or 0.0
+    total = int(rate * args.seconds) if rate > 0 else args.events
+    children = Children()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        worker_argv = ["--worker", "--bootstrap", bootstrap, "--dsn", dsn,
+                       "--topics-file", str(topics_file), "--log-level", args.log_level]
+        if args.profile:
+            worker_argv += ["--profile", args.profile]
+        worker = await children.spawn(*worker_argv)
+        t_ready = time.perf_counter()
+        await read_line(worker, "READY", 90)
+        log(f"worker pid {worker.pid} ready (group joined) in "
+            f"{time.perf_counter() - t_ready:.2f}s; producing {total} events")
+        meter = CpuMeter(worker.pid, broker_pid)
+        meter.mark()
+        producer = await children.spawn("--producer", bootstrap, "--events", str(total),
+                                        "--rate", str(rate))
+        produced_line = asyncio.create_task(read_line(producer, "PRODUCED", 600))
+        count_sql = (f"SELECT count(*) FROM {SCHEMA}.execution WHERE workflow = $1")
+        deadline = time.monotonic() + (total / rate if rate > 0 else 0) + args.timeout
+        count = 0
+        while True:
+            count = await pool.fetchval(count_sql, WORKFLOW)
+            if count >= total:
+                break
+            if worker.returncode is not None:
+                raise RuntimeError(f"worker exited (rc={worker.returncode}) at {count} starts")
+            if produced_line.done() and produced_line.exception() is not None:
+                raise RuntimeError(f"producer failed: {produced_line.exception()!r}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {count}/{total} starts after the deadline")
+            await asyncio.sleep(0.1)
+        cpu = meter.since()
+        produced = (await produced_line).split()
+        producer_wall_s = float(produced[2])
+        cpu["producer"] = float(produced[3])
+        sent, high = await read_back(bootstrap, total)
+        # the offset commit follows the INSERT: give it a moment to land
+        t_end = time.monotonic() + 15
+        while time.monotonic() < t_end:
+            now = await committed_offsets(bootstrap)
+            if all(now.get(p, (None, 0))[0] == high[p] for p in high):
+                break
+            await asyncio.sleep(0.2)
+        worker.send_signal(signal.SIGTERM)
+        stats_line = await read_line(worker, "STATS", 60)
+        worker_stats = json.loads(stats_line[len("STATS "):])
+        await asyncio.wait_for(worker.wait(), 30)
+        final = await committed_offsets(bootstrap)
+        offsets = {str(p): [final.get(p, (None, 0))[0], high[p]] for p in sorted(high)}
+        ok = len(high) == PARTITIONS and all(c == e for c, e in offsets.values()) and sum(
+            high.values()) == total
+        list_offsets_end = {str(p): final[p][1] for p in sorted(final)}
+
+        rows = await pool.fetch(
+            f"""SELECT trigger->>'event_id' AS event_id, (trigger->>'timestamp')::bigint AS ts,
+                       transaction_id,
+                       extract(epoch FROM created_at)::float8 AS created,
+                       extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 AS committed
+                FROM {SCHEMA}.execution WHERE workflow = $1""", WORKFLOW)
+    finally:
+        await pool.close()
+        await children.close()
+
+    created = [r["created"] for r in rows]
+    span = max(created) - min(created) if len(created) > 1 else 0.0
+    hdr_created: list[float] = []
+    ts_created: list[float] = []
+    hdr_commit: list[float] = []
+    ts_skew: list[float] = []
+    ts_types: set[int] = set()
+    unmatched = 0
+    for r in rows:
+        s = sent.get(r["event_id"])
+        if s is None:
+            unmatched += 1
+            continue
+        sent_ns, rec_ts, ts_type = s
+        ts_types.add(ts_type)
+        hdr_created.append(r["created"] * 1000 - sent_ns / 1e6)
+        ts_created.append(r["created"] * 1000 - r["ts"])
+        if r["committed"] is not None:
+            hdr_commit.append(r["committed"] * 1000 - sent_ns / 1e6)
+        ts_skew.append(sent_ns / 1e6 - rec_ts)
+    first_sent = min((s[0] for s in sent.values()), default=0) / 1e9
+    last_commit = max((r["committed"] or r["created"] for r in rows), default=0.0)
+    distinct_tx = len({r["transaction_id"] for r in rows})
+    handled = worker_stats.get("handled", 0)
+    batches = worker_stats.get("batches", 0)
+    lat = summary(hdr_created)
+    return {
+        "bench": "ingest",
+        "mode": f"rate {rate:g}/s for {args.seconds:g}s" if rate > 0 else "max",
+        "events": total,
+        "starts": len(rows),
+        "events_per_s": round(len(rows) / span, 1) if span > 0 else None,
+        "p50_ms": lat.get("p50_ms"),
+        "p99_ms": lat.get("p99_ms"),
+        "latency_from": "header sent-at-ns -> execution.created_at (header joined on event id)",
+        "latency": {
+            "header_to_created_at": lat,
+            "record_timestamp_to_created_at": summary(ts_created),
+            "header_to_commit": summary(hdr_commit),
+        },
+        "record_timestamp_type": sorted(ts_types),
+        "record_timestamp_minus_header_ms": summary(ts_skew) if ts_skew else None,
+        "first_send_to_last_commit_s": round(last_commit - first_sent, 3) if rows else None,
+        "producer_wall_s": producer_wall_s,
+        "committed_offsets_ok": ok,
+        "committed_vs_end": offsets,
+        "tansu_list_offsets_end": list_offsets_end,
+        "duplicates": len(rows) - distinct_tx,
+        "missing": total - distinct_tx,
+        "unmatched_in_topic": unmatched,
+        "cpu_s_while_ingesting": cpu,
+        "consumer": {**worker_stats, "mean_batch": round(handled / batches, 1) if batches else 0},
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "python": sys.version.split()[0],
+    }
+
+
+def print_profile(path: str, top: int) -> None:
+    import pstats
+
+    for key in ("tottime", "cumulative"):
+        print(f"\n===== worker profile, top {top} by {key} =====", file=sys.stderr)
+        pstats.Stats(path, stream=sys.stderr).sort_stats(key).print_stats(top)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--events", type=int, default=30000, help="events, as fast as possible")
+    ap.add_argument("--rate", type=float, default=None, help="events/s (steady-rate mode)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="duration with --rate")
+    ap.add_argument("--timeout", type=float, default=120.0,
+                    help="seconds allowed (after producing) for every start to be stored")
+    ap.add_argument("--profile", metavar="FILE", help="cProfile the worker into FILE")
+    ap.add_argument("--profile-top", type=int, default=35)
+    ap.add_argument("--log-level", default="warning")
+    # internal modes
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--producer", metavar="BOOTSTRAP", help=argparse.SUPPRESS)
+    ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    ap.add_argument("--dsn", help=argparse.SUPPRESS)
+    ap.add_argument("--topics-file", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.producer:
+        asyncio.run(produce(args.producer, args.events, args.rate or 0.0))
+        return
+    if args.worker:
+        worker_main(args)
+        return
+    if args.rate is not None and args.rate <= 0:
+        ap.error("--rate must be > 0 (omit it for as-fast-as-possible)")
+    if args.profile:
+        args.profile = str(Path(args.profile).resolve())
+
+    from hub.logging import configure_logging
+    from hub.runtime.tansu import TansuBroker
+    from hub.store.embedded import EmbeddedPostgres
+
+    configure_logging(args.log_level)
+    tmp = tempfile.mkdtemp(prefix="bench_ingest_", dir="/tmp")
+    os.chmod(tmp, 0o755)
+    server: EmbeddedPostgres | None = None
+    broker: TansuBroker | None = None
+    result: dict[str, Any] | None = None
+    try:
+        topics_file = Path(tmp) / "topics.yaml"
+        topics_file.write_text(TOPICS_YAML)
+        server = EmbeddedPostgres(Path(tmp) / "pgdata",
+                                  settings={"track_commit_timestamp": "on"})
+        log(f"starting embedded Postgres in {tmp}")
+        dsn = server.start()
+        broker = TansuBroker()
+        bootstrap = broker.start()  # main thread: the broker dies with this process
+        broker.create_topic(TOPIC, PARTITIONS)
+        broker.create_topic(DLQ, 1)
+        log(f"broker {bootstrap}, topics {TOPIC} ({PARTITIONS} partitions) and {DLQ}")
+        result = asyncio.run(orchestrate(args, bootstrap, dsn, topics_file, broker.pid))
+    finally:
+        if broker is not None:
+            broker.stop()
+        if server is not None:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.profile:
+        print_profile(args.profile, args.profile_top)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

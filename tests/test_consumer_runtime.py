@@ -1,0 +1,233 @@
+"""The consumer under stress: per-key order, rebalances, a SIGKILLed consumer, replay, DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub import Hub, SubscriberContext, subscriber
+from hub.runtime.deadletters import read_dead_letters, redrive
+from hub.runtime.replay import Position, replay
+from hub.runtime.service import KafkaRuntime
+from hub.runtime.subscriber import SubscriberRegistry
+from hub.runtime.topics import Topics, load_topics
+from hub.settings import KafkaSettings
+from tests.conftest import ROOT, worker_env
+from tests.test_subscribers import order, produce, until
+from workflows.events import OrderPlaced
+from workflows.orders import fulfil_order
+
+
+def session_ms() -> int:
+    # Tansu holds a join for half the session timeout; Apache Kafka refuses < 6 s
+    return 6000 if os.environ.get("HUB_TEST_BROKER") == "kafka" else 2000
+
+
+def topics_file(tmp_path: Path, prefix: str, partitions: int = 4) -> Path:
+    path = tmp_path / "topics.yaml"
+    path.write_text(f"""
+topics:
+  {prefix}.orders:
+    partitions: {partitions}
+    event: workflows.events:OrderPlaced
+    dead_letter: {prefix}.orders.dlq
+  {prefix}.orders.dlq:
+    partitions: 1
+  order.confirmed:
+    partitions: 1
+""")
+    return path
+
+
+def settings(bootstrap: str, prefix: str, **kw: Any) -> KafkaSettings:
+    return KafkaSettings(bootstrap=bootstrap, group=f"{prefix}-hub",
+                         session_timeout_ms=session_ms(), rebalance_timeout_ms=10_000,
+                         **kw)
+
+
+def starting_registry(prefix: str, seen: list[tuple[str, str]] | None = None
+                      ) -> SubscriberRegistry:
+    reg = SubscriberRegistry()
+
+    @subscriber(f"{prefix}.orders", registry=reg, max_retries=0)
+    async def on_order(event: OrderPlaced, ctx: SubscriberContext) -> None:
+        if seen is not None:
+            seen.append((ctx.key or "", event.id))
+            await asyncio.sleep(0.001)
+        if event.customer_email.startswith("broken"):
+            raise RuntimeError(f"cannot handle {event.id}")
+        await fulfil_order(ctx.hub).run(input=event, transaction_id=f"order.placed:{event.id}",
+                                        wait=False)
+
+    return reg
+
+
+@asynccontextmanager
+async def runtime(hub: Hub, bootstrap: str, prefix: str, topics: Topics,
+                  reg: SubscriberRegistry, **kw: Any) -> AsyncIterator[KafkaRuntime]:
+    rt = KafkaRuntime(hub, settings(bootstrap, prefix, **kw), subscribers=reg, topics=topics,
+                      relay=False)
+    await rt.start()
+    try:
+        yield rt
+    finally:
+        await rt.stop()
+
+
+async def count_started(hub: Hub) -> int:
+    rows = await hub.store.list_executions(workflow="fulfil-order", limit=10_000)
+    return len(rows)
+
+
+async def test_events_of_one_key_are_handled_in_order(
+        hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    seen: list[tuple[str, str]] = []
+    topics = load_topics(topics_file(tmp_path, prefix))
+    records = [(f"k{i % 5}", json.dumps(order(i)).encode(), []) for i in range(200)]
+    await produce(kafka_bootstrap, f"{prefix}.orders", records)  # type: ignore[arg-type]
+    async with runtime(hub, kafka_bootstrap, prefix, topics, starting_registry(prefix, seen)):
+        await until(lambda: _at_least(hub, 200), timeout=60)
+    for key in {k for k, _ in seen}:
+        ids = [int(e[1:]) for k, e in seen if k == key]
+        assert ids == sorted(ids), f"events of key {key} out of order"
+
+
+async def _at_least(hub: Hub, n: int) -> bool:
+    return await count_started(hub) >= n
+
+
+async def test_two_consumers_in_a_group_rebalance_without_loss(
+        hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    topics = load_topics(topics_file(tmp_path, prefix))
+    topic = f"{prefix}.orders"
+    async with runtime(hub, kafka_bootstrap, prefix, topics, starting_registry(prefix)) as one:
+        await produce(kafka_bootstrap, topic, [(f"o{i}", json.dumps(order(i)).encode(), [])
+                                               for i in range(150)])
+        async with runtime(hub, kafka_bootstrap, prefix, topics, starting_registry(prefix)):
+            await produce(kafka_bootstrap, topic, [(f"o{i}", json.dumps(order(i)).encode(), [])
+                                                   for i in range(150, 300)])
+            await asyncio.sleep(0.5)
+        # the second consumer left: its partitions come back to the first
+        await produce(kafka_bootstrap, topic, [(f"o{i}", json.dumps(order(i)).encode(), [])
+                                               for i in range(300, 400)])
+        await until(lambda: _at_least(hub, 400), timeout=90)
+        assert one.consumer is not None
+    assert await count_started(hub) == 400
+
+
+async def test_consumer_sigkilled_mid_batch_then_everything_started_once(
+        hub: Hub, dsn: str, schema: str, kafka_bootstrap: str, prefix: str,
+        tmp_path: Path) -> None:
+    path = topics_file(tmp_path, prefix)
+    topic = f"{prefix}.orders"
+    env = worker_env(dsn, schema, "workflows", HUB_KAFKA_BOOTSTRAP=kafka_bootstrap,
+                     HUB_KAFKA_GROUP=f"{prefix}-hub", HUB_KAFKA_TOPICS_FILE=str(path),
+                     HUB_KAFKA_SUBSCRIBERS="tests.workflows.kafka_subs", TEST_TOPIC=topic,
+                     HUB_KAFKA_SESSION_TIMEOUT_MS=str(session_ms()),
+                     HUB_KAFKA_MAX_POLL_RECORDS="50")
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "hub", "worker", "--consume",
+                                 "--no-execute", "--log-level", "warning"], env=env, cwd=ROOT,
+                                stdout=subprocess.PIPE)
+
+    n = 3000
+    await produce(kafka_bootstrap, topic, [(f"o{i}", json.dumps(order(i)).encode(), [])
+                                           for i in range(n)])
+    first = spawn()
+    try:
+        await until(lambda: _at_least(hub, 300), timeout=60)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        killed_at = await count_started(hub)
+        assert killed_at < n, "the kill must land before the end"
+        second = spawn()
+        try:
+            await until(lambda: _at_least(hub, n), timeout=120)
+            await asyncio.sleep(1.0)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    rows = await hub.store.list_executions(workflow="fulfil-order", limit=10_000)
+    assert len(rows) == n
+    assert len({r["transaction_id"] for r in rows}) == n
+
+
+async def test_replay_dry_run_then_skip_then_new_runs(
+        hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    topics = load_topics(topics_file(tmp_path, prefix, partitions=2))
+    topic = f"{prefix}.orders"
+    reg = starting_registry(prefix)
+    await produce(kafka_bootstrap, topic, [(f"o{i}", json.dumps(order(i)).encode(), [])
+                                           for i in range(10)])
+    s = settings(kafka_bootstrap, prefix)
+    async with runtime(hub, kafka_bootstrap, prefix, topics, reg):
+        await until(lambda: _at_least(hub, 10))
+    await produce(kafka_bootstrap, topic, [(f"o{i}", json.dumps(order(i)).encode(), [])
+                                           for i in range(10, 13)])  # never consumed
+    dry = await replay(hub, topics, reg, s, kafka_bootstrap, topic, Position(offset=0),
+                       dry_run=True)
+    assert dry.events == 13 and len(dry.skipped) == 10 and len(dry.would_start) == 3
+    assert await count_started(hub) == 10, "a dry run starts nothing"
+    real = await replay(hub, topics, reg, s, kafka_bootstrap, topic, Position(offset=0))
+    assert len(real.started) == 3 and len(real.skipped) == 10
+    fresh = await replay(hub, topics, reg, s, kafka_bootstrap, topic, Position(offset=0),
+                         new_runs=True, partitions=[0])
+    assert fresh.replay_id and len(fresh.started) == fresh.events > 0
+    replayed = await hub.get_run(fresh.started[0].split(":", 1)[1], workflow="fulfil-order")
+    assert replayed.transaction_id.endswith(f"#replay:{fresh.replay_id}")
+    assert replayed.trigger and replayed.trigger.get("replay") is True
+
+
+async def test_dead_letter_redriven_to_its_topic_then_its_workflow_completes(
+        hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    topics = load_topics(topics_file(tmp_path, prefix, partitions=1))
+    topic = f"{prefix}.orders"
+    s = settings(kafka_bootstrap, prefix)
+    fixed = {"yes": False}
+    reg = SubscriberRegistry()
+
+    @subscriber(topic, registry=reg, max_retries=0)
+    async def on_order(event: OrderPlaced, ctx: SubscriberContext) -> None:
+        if not fixed["yes"]:
+            raise ConnectionError("CRM down")
+        await fulfil_order(ctx.hub).run(input=event, transaction_id=f"order.placed:{event.id}",
+                                        wait=False)
+
+    await produce(kafka_bootstrap, topic, [("o1", json.dumps(order(1)).encode(), [])])
+    async with runtime(hub, kafka_bootstrap, prefix, topics, reg):
+        async def dead() -> bool:
+            return bool(await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq"))
+
+        await until(dead, timeout=30)
+        letters = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+        assert letters[0].summary()["stage"] == "handler"
+        fixed["yes"] = True  # the CRM is back
+        done = await redrive(hub, topics, reg, s, kafka_bootstrap, letters, by="sre@test")
+        assert done[0]["target"] == f"topic:{topic}"
+        await until(lambda: _at_least(hub, 1), timeout=30)
+        run = await hub.wait("order.placed:o1", timeout=30)
+        assert run.status == "succeeded"
+        assert run.trigger and run.trigger["offset"] == 1, "the redriven copy started it"
+    again = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+    assert again[0].redriven and again[0].redriven[0]["redriven_by"] == "sre@test"
+
+
+@pytest.mark.parametrize("x", [0])
+def test_worker_help_lists_consumer_flags(x: int) -> None:
+    out = subprocess.run([sys.executable, "-m", "hub", "worker", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert "--consume" in out.stdout and "--execute" in out.stdout

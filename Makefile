@@ -10,17 +10,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: install dev test test-fast lint bench
+.PHONY: install dev test test-fast test-kafka bench
 install: $(STAMP)
 
 dev: $(STAMP)  ## the hub's main job: embedded Postgres, a worker, the demo
 	$(BIN)/hub dev
 
-test: $(STAMP)  ## every test, the slow ones too, plus lint and type checks
+test: $(STAMP)  ## every test (slow ones too) on both brokers, plus lint and type checks
 	$(BIN)/ruff check hub workflows subscribers connectors tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+	HUB_TEST_BROKER=kafka $(BIN)/python -m pytest -q -m "broker and not kafka"
+
+test-kafka: $(STAMP)  ## the broker tests on Apache Kafka only
+	HUB_TEST_BROKER=kafka $(BIN)/python -m pytest -q -m "broker or kafka"
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

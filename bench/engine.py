@@ -35,11 +35,19 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 from pydantic import BaseModel
 
-from hub import Hub, StepContext, WorkflowResponse, create_step, create_workflow
+from hub import (
+    Hub,
+    StepContext,
+    WorkflowDefinition,
+    WorkflowResponse,
+    create_step,
+    create_workflow,
+)
 from hub.logging import configure_logging
 from hub.store.embedded import EmbeddedPostgres
 
@@ -65,9 +73,11 @@ async def step_c(inp: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     return {"c": inp["b"] + 1}
 
 
-@create_workflow("bench-engine-three-steps")
-def three_steps(inp: BenchInput) -> WorkflowResponse:
+def _compose(inp: BenchInput) -> WorkflowResponse:
     return WorkflowResponse(step_c(step_b(step_a(inp))))
+
+
+three_steps: WorkflowDefinition = create_workflow("bench-engine-three-steps", _compose)
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -203,6 +213,13 @@ async def concurrent(hub: Hub, total: int, tasks: int, base: int,
     return lat, t0
 
 
+async def fetch_one(conn: asyncpg.Connection, sql: str) -> asyncpg.Record:
+    row = await conn.fetchrow(sql)
+    if row is None:
+        raise RuntimeError(f"no row: {sql}")
+    return row
+
+
 def batcher_stats(hub: Hub) -> dict[str, int]:
     ex = hub.executor
     out: dict[str, int] = {}
@@ -308,7 +325,7 @@ async def bench(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
                     delta["start_rows"] / delta["start_flushes"], 2)
             result["batching"] = delta
 
-            counts = await meter_conn.fetchrow(
+            counts = await fetch_one(meter_conn,
                 f"SELECT count(*) FILTER (WHERE parked IS NOT NULL) AS parked, "
                 f"count(*) FILTER (WHERE finished_at IS NULL) AS unfinished "
                 f"FROM {schema}.execution")
@@ -349,6 +366,14 @@ async def bench(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def remove_socket_dir(dsn: str) -> None:
+    """The embedded server leaves its (empty) socket folder /tmp/hub-pg-<hash> behind."""
+    host = parse_qs(urlsplit(dsn).query).get("host", [""])[0]
+    if host.startswith("/tmp/hub-pg-"):
+        with contextlib.suppress(OSError):
+            os.rmdir(host)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--workflows", type=int, default=3000, help="N runs in the concurrent phase")
@@ -368,6 +393,7 @@ def main() -> None:
     configure_logging(args.log_level)
 
     tmp: str | None = None
+    dsn = ""
     server: EmbeddedPostgres | None = None
     try:
         if args.database_url:
@@ -382,6 +408,7 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
+            remove_socket_dir(dsn)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result), flush=True)

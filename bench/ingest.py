@@ -220,39 +220,53 @@ class Children:
 
 
 class CpuMeter:
-    """CPU seconds used by the worker, the broker and the Postgres server between two marks."""
+    """CPU seconds used between two marks by the worker, the broker, this run's Postgres server
+    (the postmaster and its children) and everything else on the machine (other users)."""
 
-    def __init__(self, worker_pid: int, broker_pid: int | None) -> None:
+    def __init__(self, worker_pid: int, broker_pid: int | None, pgdata: Path) -> None:
         self.groups = {"worker": {worker_pid}, "broker": {broker_pid} if broker_pid else set()}
+        self.pgdata = pgdata
         self.start: dict[str, float] = {}
+        self.t0 = 0.0
+
+    def _postgres_pids(self) -> set[int]:
+        import psutil
+
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+            master = psutil.Process(pid)
+            return {pid, *(c.pid for c in master.children(recursive=True))}
+        except (OSError, ValueError, IndexError, psutil.Error):
+            return set()
 
     def _sample(self) -> dict[str, float]:
         import psutil
 
-        out = {"postgres": 0.0, **dict.fromkeys(self.groups, 0.0), "orchestrator": 0.0}
-        for proc in psutil.process_iter(["pid", "name"]):
-            try:
-                name = proc.info["name"]
-                pid = proc.info["pid"]
-                group = next((g for g, pids in self.groups.items() if pid in pids), None)
-                if group is None and name == "postgres":
-                    group = "postgres"
-                if group is None and pid == os.getpid():
-                    group = "orchestrator"
-                if group is not None:
-                    t = proc.cpu_times()
+        groups = {**self.groups, "postgres": self._postgres_pids(), "orchestrator": {os.getpid()}}
+        out = dict.fromkeys(groups, 0.0)
+        for group, pids in groups.items():
+            for pid in pids:
+                try:
+                    t = psutil.Process(pid).cpu_times()
                     out[group] += t.user + t.system
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
+                except psutil.Error:
+                    continue
+        sys_t = psutil.cpu_times()
+        out["machine_busy"] = sum(sys_t) - sys_t.idle - getattr(sys_t, "iowait", 0.0)
         return out
 
     def mark(self) -> None:
         self.start = self._sample()
         self.t0 = time.perf_counter()
 
-    def since(self) -> dict[str, float]:
+    def since(self, producer_cpu_s: float) -> dict[str, float]:
         end = self._sample()
         out = {k: round(end[k] - self.start.get(k, 0.0), 3) for k in end}
+        out["producer"] = producer_cpu_s
+        # CPU the rest of the machine (other processes, other users) used meanwhile; postgres
+        # backends that exited before the end mark are counted here too
+        ours = sum(v for k, v in out.items() if k != "machine_busy")
+        out["others"] = round(max(0.0, out.pop("machine_busy") - ours), 3)
         out["wall_s"] = round(time.perf_counter() - self.t0, 3)
         return out
 
@@ -319,7 +333,8 @@ async def read_back(bootstrap: str, expected: int) -> tuple[dict[str, tuple[int,
 
 
 async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
-                      topics_file: Path, broker_pid: int | None) -> dict[str, Any]:
+                      topics_file: Path, broker_pid: int | None,
+                      pgdata: Path) -> dict[str, Any]:
     import asyncpg
 
     rate = args.rate or 0.0
@@ -336,7 +351,7 @@ async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
         await read_line(worker, "READY", 90)
         log(f"worker pid {worker.pid} ready (group joined) in "
             f"{time.perf_counter() - t_ready:.2f}s; producing {total} events")
-        meter = CpuMeter(worker.pid, broker_pid)
+        meter = CpuMeter(worker.pid, broker_pid, pgdata)
         meter.mark()
         producer = await children.spawn("--producer", bootstrap, "--events", str(total),
                                         "--rate", str(rate))
@@ -355,10 +370,9 @@ async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {count}/{total} starts after the deadline")
             await asyncio.sleep(0.1)
-        cpu = meter.since()
         produced = (await produced_line).split()
+        cpu = meter.since(float(produced[3]))
         producer_wall_s = float(produced[2])
-        cpu["producer"] = float(produced[3])
         sent, high = await read_back(bootstrap, total)
         # the offset commit follows the INSERT: give it a moment to land
         t_end = time.monotonic() + 15
@@ -439,6 +453,7 @@ async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
         "unmatched_in_topic": unmatched,
         "cpu_s_while_ingesting": cpu,
         "consumer": {**worker_stats, "mean_batch": round(handled / batches, 1) if batches else 0},
+        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
         "python": sys.version.split()[0],
@@ -503,7 +518,8 @@ def main() -> None:
         broker.create_topic(TOPIC, PARTITIONS)
         broker.create_topic(DLQ, 1)
         log(f"broker {bootstrap}, topics {TOPIC} ({PARTITIONS} partitions) and {DLQ}")
-        result = asyncio.run(orchestrate(args, bootstrap, dsn, topics_file, broker.pid))
+        result = asyncio.run(orchestrate(args, bootstrap, dsn, topics_file, broker.pid,
+                                         Path(tmp) / "pgdata"))
     finally:
         if broker is not None:
             broker.stop()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from hub import Hub, SubscriberContext, subscriber
+from hub.runtime.admin import reconcile
 from hub.runtime.deadletters import read_dead_letters, redrive
 from hub.runtime.replay import Position, replay
 from hub.runtime.service import KafkaRuntime
@@ -27,6 +28,7 @@ from tests.test_subscribers import order, produce, until
 from workflows.events import OrderPlaced
 from workflows.orders import fulfil_order
 
+pytestmark = pytest.mark.broker
 
 def session_ms() -> int:
     # Tansu holds a join for half the session timeout; Apache Kafka refuses < 6 s
@@ -50,9 +52,9 @@ topics:
 
 
 def settings(bootstrap: str, prefix: str, **kw: Any) -> KafkaSettings:
+    kw.setdefault("session_timeout_ms", session_ms())
     return KafkaSettings(bootstrap=bootstrap, group=f"{prefix}-hub",
-                         session_timeout_ms=session_ms(), rebalance_timeout_ms=10_000,
-                         **kw)
+                         rebalance_timeout_ms=10_000, **kw)
 
 
 def starting_registry(prefix: str, seen: list[tuple[str, str]] | None = None
@@ -84,6 +86,13 @@ async def runtime(hub: Hub, bootstrap: str, prefix: str, topics: Topics,
         await rt.stop()
 
 
+async def create_topics(bootstrap: str, path: Path) -> Topics:
+    """Apache Kafka here does not auto-create topics: tests that publish first create them."""
+    topics = load_topics(path)
+    await reconcile(topics, KafkaSettings(bootstrap=bootstrap), bootstrap, create=True)
+    return topics
+
+
 async def count_started(hub: Hub) -> int:
     rows = await hub.store.list_executions(workflow="fulfil-order", limit=10_000)
     return len(rows)
@@ -92,7 +101,7 @@ async def count_started(hub: Hub) -> int:
 async def test_events_of_one_key_are_handled_in_order(
         hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
     seen: list[tuple[str, str]] = []
-    topics = load_topics(topics_file(tmp_path, prefix))
+    topics = await create_topics(kafka_bootstrap, topics_file(tmp_path, prefix))
     records = [(f"k{i % 5}", json.dumps(order(i)).encode(), []) for i in range(200)]
     await produce(kafka_bootstrap, f"{prefix}.orders", records)  # type: ignore[arg-type]
     async with runtime(hub, kafka_bootstrap, prefix, topics, starting_registry(prefix, seen)):
@@ -129,6 +138,7 @@ async def test_consumer_sigkilled_mid_batch_then_everything_started_once(
         hub: Hub, dsn: str, schema: str, kafka_bootstrap: str, prefix: str,
         tmp_path: Path) -> None:
     path = topics_file(tmp_path, prefix)
+    await create_topics(kafka_bootstrap, path)
     topic = f"{prefix}.orders"
     env = worker_env(dsn, schema, "workflows", HUB_KAFKA_BOOTSTRAP=kafka_bootstrap,
                      HUB_KAFKA_GROUP=f"{prefix}-hub", HUB_KAFKA_TOPICS_FILE=str(path),
@@ -168,7 +178,7 @@ async def test_consumer_sigkilled_mid_batch_then_everything_started_once(
 
 async def test_replay_dry_run_then_skip_then_new_runs(
         hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
-    topics = load_topics(topics_file(tmp_path, prefix, partitions=2))
+    topics = await create_topics(kafka_bootstrap, topics_file(tmp_path, prefix, partitions=2))
     topic = f"{prefix}.orders"
     reg = starting_registry(prefix)
     await produce(kafka_bootstrap, topic, [(f"o{i}", json.dumps(order(i)).encode(), [])
@@ -194,7 +204,7 @@ async def test_replay_dry_run_then_skip_then_new_runs(
 
 async def test_dead_letter_redriven_to_its_topic_then_its_workflow_completes(
         hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
-    topics = load_topics(topics_file(tmp_path, prefix, partitions=1))
+    topics = await create_topics(kafka_bootstrap, topics_file(tmp_path, prefix, partitions=1))
     topic = f"{prefix}.orders"
     s = settings(kafka_bootstrap, prefix)
     fixed = {"yes": False}

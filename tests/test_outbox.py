@@ -20,6 +20,7 @@ from hub.settings import KafkaSettings
 from tests.conftest import ROOT, worker_env
 from tests.test_subscribers import read_all
 
+pytestmark = pytest.mark.broker
 
 async def _announce(inp: Any, ctx: StepContext) -> str:
     ctx.emit(inp["topic"], {"order_id": inp["id"], "n": 1}, key=inp["id"])
@@ -48,6 +49,10 @@ async def test_emitted_events_are_published_once_after_the_checkpoint(
             input={"id": "B", "topic": f"{prefix}.out", "fail": True}, raise_on_error=False)
         assert failed.status == "compensated"
         records = await read_all(kafka_bootstrap, f"{prefix}.out", 2)
+        for _ in range(100):  # published, then marked sent in the same transaction
+            if (await hub.store.outbox_backlog())["unsent"] == 0:
+                break
+            await asyncio.sleep(0.05)
     assert [json.loads(r.value) for r in records] == [{"order_id": "A", "n": 1},
                                                        {"order_id": "A", "n": 2}]
     ids = [dict(r.headers)[h.EVENT_ID].decode() for r in records]

@@ -21,6 +21,7 @@ from hub.settings import KafkaSettings
 from workflows.events import OrderPlaced
 from workflows.orders import fulfil_order
 
+pytestmark = pytest.mark.broker
 
 def order(i: int, *, total: int | None = None) -> dict[str, Any]:
     return {"id": f"o{i}", "customer_email": f"c{i}@example.com", "currency": "EUR",

@@ -18,6 +18,7 @@ from hub.runtime.topics import TopicsFileError, load_topics
 from hub.settings import KafkaSettings
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.broker
 
 def write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "topics.yaml"

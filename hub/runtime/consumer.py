@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from hub.engine.hub import Hub
 from hub.runtime import constants as h
-from hub.runtime.kafka import client_kwargs, start_producer
+from hub.runtime.kafka import client_kwargs, explained_start, start_producer
 from hub.runtime.subscriber import (
     SUBSCRIBERS,
     SubscriberContext,
@@ -306,7 +306,14 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
             isolation_level="read_committed",
         )
         self._consumer.subscribe(topics=names, listener=self)
-        await self._consumer.start()
+        try:
+            async with explained_start(self.settings, self.bootstrap, "starting the consumer"):
+                await self._consumer.start()
+        except BaseException:
+            await self._consumer.stop()
+            await self._producer.stop()
+            self._consumer = self._producer = None
+            raise
         self._handling = Handling(self.hub, self.topics, self.subscribers, self._producer,
                                   self.settings.group)
         self._fetch_task = asyncio.create_task(self._fetch_loop(), name="hub-fetch")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import ssl
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from hub.errors import HubError
 from hub.settings import KafkaSettings
@@ -17,6 +20,48 @@ log = structlog.get_logger("hub.kafka")
 
 class KafkaConfigError(HubError):
     """The Kafka settings are incomplete or contradictory."""
+
+
+class KafkaUnavailable(HubError):
+    """The broker could not be reached, or refused our credentials, at start-up."""
+
+
+class _AuthFailures(logging.Handler):
+    """aiokafka logs a SASL authentication failure and then raises a generic connection
+    error; this catches the log line so the start-up error can say what really happened."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "Authentication" in text or "SaslAuthenticationFailed" in text:
+            self.seen.append(text)
+
+
+@contextlib.asynccontextmanager
+async def explained_start(settings: KafkaSettings, bootstrap: str,
+                          what: str) -> AsyncIterator[None]:
+    """Turn a failed client start into an error that names broker, protocol and user."""
+    handler = _AuthFailures()
+    logger = logging.getLogger("aiokafka")
+    logger.addHandler(handler)
+    try:
+        yield
+    except KafkaConnectionError as exc:
+        who = ""
+        if settings.security_protocol.startswith("SASL"):
+            who = f", SASL {settings.sasl_mechanism} as {settings.sasl_username!r}"
+        where = f"Kafka at {bootstrap} ({settings.security_protocol}{who})"
+        if handler.seen:
+            raise KafkaUnavailable(
+                f"{what}: {where} refused the credentials: authentication failed (check "
+                "HUB_KAFKA_SASL_USERNAME and the password)"
+            ) from exc
+        raise KafkaUnavailable(f"{what}: cannot connect to {where}: {exc}") from exc
+    finally:
+        logger.removeHandler(handler)
 
 
 def client_kwargs(settings: KafkaSettings, bootstrap: str) -> dict[str, Any]:
@@ -57,11 +102,16 @@ async def start_producer(settings: KafkaSettings, bootstrap: str) -> AIOKafkaPro
     kw = client_kwargs(settings, bootstrap)
     producer = AIOKafkaProducer(**kw, enable_idempotence=True, acks="all", linger_ms=2)
     try:
-        await producer.start()
+        async with explained_start(settings, bootstrap, "starting a producer"):
+            await producer.start()
         return producer
+    except KafkaUnavailable:
+        await producer.stop()
+        raise
     except KafkaError as exc:
         await producer.stop()
         log.warning("idempotent_producer_unavailable", bootstrap=bootstrap, error=repr(exc))
     producer = AIOKafkaProducer(**kw, acks="all", linger_ms=2)
-    await producer.start()
+    async with explained_start(settings, bootstrap, "starting a producer"):
+        await producer.start()
     return producer

@@ -50,12 +50,21 @@ class KafkaRuntime:
         await self.stop()
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
         if s.bootstrap:
             self.bootstrap = s.bootstrap
         else:
             self.broker = TansuBroker()
-            self.bootstrap = await asyncio.to_thread(self.broker.start)
+            # started from this (the main) thread: the broker is bound to die with the
+            # thread that started it, and a pool thread may end before the process does
+            self.bootstrap = self.broker.start()
             log.info("embedded_broker_started", bootstrap=self.bootstrap)
         if self.topics is None:
             self.topics = load_topics(s.topics_file)

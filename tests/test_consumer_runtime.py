@@ -241,3 +241,64 @@ def test_worker_help_lists_consumer_flags(x: int) -> None:
     out = subprocess.run([sys.executable, "-m", "hub", "worker", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert "--consume" in out.stdout and "--execute" in out.stdout
+
+
+async def test_lag_and_dlq_commands(hub: Hub, dsn: str, schema: str, kafka_bootstrap: str,
+                                    prefix: str, tmp_path: Path) -> None:
+    path = topics_file(tmp_path, prefix, partitions=1)
+    topics = await create_topics(kafka_bootstrap, path)
+    topic = f"{prefix}.orders"
+    await produce(kafka_bootstrap, topic, [
+        ("o1", json.dumps(order(1)).encode(), []),
+        ("o2", b"{broken", []),
+        ("o3", json.dumps(order(3)).encode(), []),
+    ])
+    async with runtime(hub, kafka_bootstrap, prefix, topics, starting_registry(prefix)):
+        await until(lambda: _at_least(hub, 2), timeout=30)
+        await asyncio.sleep(0.3)
+    env = worker_env(dsn, schema, "workflows", HUB_KAFKA_BOOTSTRAP=kafka_bootstrap,
+                     HUB_KAFKA_GROUP=f"{prefix}-hub", HUB_KAFKA_TOPICS_FILE=str(path),
+                     HUB_KAFKA_SUBSCRIBERS="tests.workflows.kafka_subs", TEST_TOPIC=topic)
+
+    def hub_cli(*args: str) -> Any:
+        out = subprocess.run([sys.executable, "-m", "hub", *args, "--json"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout)
+
+    lag = await asyncio.to_thread(hub_cli, "lag")
+    assert lag == [{"topic": topic, "partition": 0, "committed": 3, "end": 3, "lag": 0}]
+    letters = await asyncio.to_thread(hub_cli, "dlq", "list")
+    assert [(d["topic"], d["offset"], d["stage"]) for d in letters] == [(topic, "1", "deserialize")]
+
+
+async def test_sigterm_drains_commits_and_leaves_within_bounds(
+        hub: Hub, dsn: str, schema: str, kafka_bootstrap: str, prefix: str,
+        tmp_path: Path) -> None:
+    from hub.runtime.admin import consumer_lag
+
+    path = topics_file(tmp_path, prefix)
+    await create_topics(kafka_bootstrap, path)
+    topic = f"{prefix}.orders"
+    env = worker_env(dsn, schema, "workflows", HUB_KAFKA_BOOTSTRAP=kafka_bootstrap,
+                     HUB_KAFKA_GROUP=f"{prefix}-hub", HUB_KAFKA_TOPICS_FILE=str(path),
+                     HUB_KAFKA_SUBSCRIBERS="tests.workflows.kafka_subs", TEST_TOPIC=topic,
+                     HUB_KAFKA_SESSION_TIMEOUT_MS=str(session_ms()),
+                     HUB_KAFKA_MAX_POLL_RECORDS="20")
+    await produce(kafka_bootstrap, topic, [(f"o{i}", json.dumps(order(i)).encode(), [])
+                                           for i in range(2000)])
+    proc = subprocess.Popen([sys.executable, "-m", "hub", "worker", "--consume",
+                             "--no-execute", "--log-level", "warning"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE)
+    try:
+        await until(lambda: _at_least(hub, 100), timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0
+    started = await count_started(hub)
+    lags = await consumer_lag(settings(kafka_bootstrap, prefix), kafka_bootstrap, [topic])
+    committed = sum(r.committed or 0 for r in lags)
+    assert committed == started, "every handled event committed, nothing beyond"

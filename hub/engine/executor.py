@@ -151,8 +151,8 @@ class Executor:
         ex = Execution(row, spec)
         self.owned[ex.id] = ex
         self._wakes[ex.id] = asyncio.Event()
-        if from_claim:
-            self._wakes[ex.id].set()  # read signals left while nobody held it
+        if from_claim and row.get("has_signals"):
+            self._wakes[ex.id].set()  # read the signals left while nobody held it
         self._tasks[ex.id] = asyncio.create_task(self._drive(ex), name=f"hub-ex-{ex.sid}")
         return ex
 

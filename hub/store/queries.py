@@ -86,7 +86,7 @@ WHERE e.id IN (
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
-RETURNING e.*"""
+RETURNING e.*, EXISTS (SELECT 1 FROM {s}.signal g WHERE g.execution_id = e.id) AS has_signals"""
 
 CLAIM_ONE = """-- 1 round trip: take one execution now (a local timer fired, or a signal arrived)
 UPDATE {s}.execution e SET
@@ -96,7 +96,7 @@ UPDATE {s}.execution e SET
     epoch       = e.epoch + 1,
     updated_at  = now()
 WHERE e.id = $3 AND e.due_at <= now() AND (e.lease_until IS NULL OR e.lease_until < now())
-RETURNING e.*"""
+RETURNING e.*, EXISTS (SELECT 1 FROM {s}.signal g WHERE g.execution_id = e.id) AS has_signals"""
 
 RENEW_LEASES = """-- 1 round trip for every held execution; rows not returned were taken over
 UPDATE {s}.execution e SET

@@ -55,6 +55,8 @@ class Execution:
         self.outbox: list[dict[str, Any]] = []
         self.seq = 1 + max((s.get("seq") or 0 for s in self.steps.values()), default=0)
         self.signals_upto = 0
+        self.leaving = False
+        """A release or finish is being written: the lease is let go on purpose."""
         self.status_dirty = False
 
     # -- state ---------------------------------------------------------------------------

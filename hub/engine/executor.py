@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json
@@ -94,6 +95,7 @@ class Executor:
         self._poke = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._closing = False
+        self._step_events_until = 0.0
         self.checkpoints: Batcher[CheckpointRow, uuid.UUID] = Batcher(
             store.checkpoint_batch, lambda r: r.id
         )
@@ -123,6 +125,14 @@ class Executor:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.store.release_leases(held), 5)
         self.owned.clear()
+
+    def subscribers_present(self, ttl: float) -> None:
+        """Someone, somewhere, runs ``hub.subscribe``: announce step transitions for ``ttl``."""
+        self._step_events_until = time.monotonic() + ttl
+
+    @property
+    def step_events(self) -> bool:
+        return time.monotonic() < self._step_events_until
 
     def poke(self) -> None:
         """Claim due executions now (a notification said some are)."""
@@ -171,6 +181,9 @@ class Executor:
                 room = self.settings.max_executions - len(self._tasks)
                 if room > 0:
                     rows = await self.store.claim_due(self.owner, self.lease, min(room, 100))
+                    if rows:
+                        # leases of a dead worker expire a few ms apart: look again soon
+                        asyncio.get_running_loop().call_later(0.25, self._poke.set)
                     for row in rows:
                         log.info("execution_claimed", execution_id=str(row["id"]),
                                  workflow=row["workflow"], epoch=row["epoch"])
@@ -210,7 +223,7 @@ class Executor:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
-            held = [(ex.id, ex.epoch) for ex in self.owned.values() if not ex.finished]
+            held = [(ex.id, ex.epoch) for ex in self.owned.values() if not ex.leaving]
             if not held:
                 continue
             try:
@@ -221,7 +234,9 @@ class Executor:
                 log.warning("lease_renew_failed", error=repr(exc)[:300])
                 continue
             for ex_id, _ in held:
-                if ex_id not in kept and ex_id in self.owned:
+                ex = self.owned.get(ex_id)
+                # one that released or finished meanwhile let its lease go on purpose
+                if ex_id not in kept and ex is not None and not ex.leaving:
                     log.warning("lease_lost", execution_id=str(ex_id))
                     task = self._tasks.get(ex_id)
                     if task is not None:
@@ -239,8 +254,10 @@ class Executor:
         except Exception as exc:
             log.error("engine_error", execution_id=ex.sid, error=repr(exc),
                       traceback=traceback.format_exc()[-2000:])
+            message = f"engine error: {exc!r}"
             with contextlib.suppress(Exception):
-                await self.store.park(ex.id, ex.epoch, f"engine error: {exc!r}")
+                await self.store.park(ex.id, ex.epoch, message)
+            self._on_settled(dataclasses.replace(ex.snapshot(), parked=message), True)
         finally:
             for t in running.values():
                 t.cancel()
@@ -675,7 +692,9 @@ class Executor:
     ):
         patch = {s: ex.steps[s] for s in ex.dirty}
         events = None
-        if ex.events or finished or ex.outbox:
+        # a notification costs a database-wide lock at commit: step transitions are only
+        # announced while someone subscribes; ends, waits and outbox rows always are
+        if (ex.events and self.step_events) or finished or ex.outbox or not lease:
             body: dict[str, Any] = {"id": ex.sid, "w": ex.workflow, "t": ex.transaction_id,
                                     "s": ex.status, "ev": ex.events[:50]}
             if ex.outbox:
@@ -723,6 +742,7 @@ class Executor:
 
     async def _release(self, ex: Execution, due: float | None) -> None:
         """Nothing to run until ``due`` (or a signal): let the lease go."""
+        ex.leaving = True
         if ex.status not in (RunStatus.WAITING,) and ex.awaiting_outside():
             ex.status = RunStatus.WAITING
         due_s = None if due is None else max(0.0, due - time.time())
@@ -734,6 +754,7 @@ class Executor:
             self._on_settled(ex.snapshot(), False)
 
     async def _finish(self, ex: Execution) -> None:
+        ex.leaving = True
         await self._write(ex, self._row(ex, lease=False, due_s=None, finished=True))
         log.info("execution_finished", execution_id=ex.sid, workflow=ex.workflow,
                  status=ex.status)

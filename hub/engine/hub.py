@@ -53,6 +53,9 @@ def new_execution_id() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
+_PRESENCE_TTL = 60.0
+"""Seconds an executor keeps announcing step transitions after a subscriber's last ping."""
+
 _SETTLED_STATUSES = frozenset({s.value for s in FINAL_STATUSES} | {RunStatus.WAITING.value})
 
 
@@ -120,6 +123,7 @@ class Hub:
         self._waiters: dict[str, list[tuple[asyncio.Future[Run], bool]]] = {}
         self._subscribers: list[tuple[asyncio.Queue[ExecutionEvent], str | None, str | None]] = []
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._presence: asyncio.Task[None] | None = None
         self.container.register("hub", self)
 
     def on_notification(self, fn: Callable[[dict[str, Any]], None]) -> None:
@@ -373,7 +377,10 @@ class Hub:
 
     @staticmethod
     def _settles(run: Run, accept_waiting: bool) -> bool:
-        return run.finished or (accept_waiting and run.status == RunStatus.WAITING)
+        """Finished, parked (it will not move without an operator) or, when the caller
+        accepts it, waiting on the outside."""
+        return (run.finished or run.parked is not None
+                or (accept_waiting and run.status == RunStatus.WAITING))
 
     async def _await(self, exec_id: str, fut: asyncio.Future[Run], timeout: float | None,
                      accept_waiting: bool) -> Run:
@@ -440,6 +447,8 @@ class Hub:
             return
         for fn in list(self._listeners):
             fn(msg)
+        if msg.get("presence") and self._executor is not None:
+            self._executor.subscribers_present(_PRESENCE_TTL)
         exec_id = msg.get("id")
         if self._executor is not None:
             if msg.get("due"):
@@ -484,6 +493,11 @@ class Hub:
         queue: asyncio.Queue[ExecutionEvent] = asyncio.Queue()
         entry = (queue, workflow, transaction_id)
         self._subscribers.append(entry)
+        if self._presence is None:
+            self._presence = asyncio.create_task(self._announce_presence())
+        if self._executor is not None:
+            self._executor.subscribers_present(_PRESENCE_TTL)
+        await self.store.notify(json.dumps({"presence": True}))
         try:
             while True:
                 event = await queue.get()
@@ -492,6 +506,17 @@ class Hub:
                     return
         finally:
             self._subscribers.remove(entry)
+            if not self._subscribers and self._presence is not None:
+                self._presence.cancel()
+                self._presence = None
+
+    async def _announce_presence(self) -> None:
+        """While anyone here subscribes, tell every executor to announce step transitions
+        (they stop when the announcements do: a notification per step has a cost)."""
+        while True:
+            await asyncio.sleep(_PRESENCE_TTL / 3)
+            with contextlib.suppress(Exception):
+                await self.store.notify(json.dumps({"presence": True}))
 
     # -- acting on executions ------------------------------------------------------------
     async def _signal(self, ref: str, workflow: str | None, step: str | None, kind: str,

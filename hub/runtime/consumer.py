@@ -389,7 +389,23 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
             while part.queue:
                 n = min(len(part.queue), self.settings.max_poll_records)
                 batch = [part.queue.popleft() for _ in range(n)]
-                await self._process(part, batch)
+                delay = 0.5
+                while True:
+                    try:
+                        await self._process(part, batch)
+                        break
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        # never die silently: the partition would stall unseen. Handling a
+                        # batch again is safe (starts are idempotent by transaction id)
+                        log.error("batch_failed", topic=part.tp.topic,
+                                  partition=part.tp.partition, first_offset=batch[0].offset,
+                                  error=repr(exc)[:300], retry_in_s=delay)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 30.0)
+                        if part.stopping:
+                            return
             if part.stopping:
                 return
 

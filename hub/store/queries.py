@@ -44,6 +44,9 @@ WITH c AS (
                          $11::float8[], $12::text[], $14::text[])
         AS c(id, epoch, status, phase, steps, result, error, lease_s, due_s, finished,
              retain_s, events, outbox)
+), locked AS (
+    -- rows are locked in id order, as RENEW_LEASES does: two multi-row writers never deadlock
+    SELECT e.id FROM {s}.execution e JOIN c ON c.id = e.id ORDER BY e.id FOR UPDATE OF e
 ), u AS (
     UPDATE {s}.execution e SET
         status       = c.status,
@@ -58,7 +61,7 @@ WITH c AS (
         retain_until = CASE WHEN c.finished THEN now() + make_interval(secs => c.retain_s) END,
         updated_at   = now()
     FROM c
-    WHERE e.id = c.id AND e.epoch = c.epoch
+    WHERE e.id = c.id AND e.epoch = c.epoch AND e.id IN (SELECT id FROM locked)
     RETURNING e.id, c.events, c.outbox
 ), o AS (
     INSERT INTO {s}.outbox (id, execution_id, step, topic, key, payload, headers)
@@ -98,12 +101,18 @@ UPDATE {s}.execution e SET
 WHERE e.id = $3 AND e.due_at <= now() AND (e.lease_until IS NULL OR e.lease_until < now())
 RETURNING e.*, EXISTS (SELECT 1 FROM {s}.signal g WHERE g.execution_id = e.id) AS has_signals"""
 
-RENEW_LEASES = """-- 1 round trip for every held execution; rows not returned were taken over
+RENEW_LEASES = """-- 1 round trip for every held execution; rows not returned were taken over.
+-- Rows are locked in id order (as CHECKPOINT_BATCH does) so the two never deadlock
+WITH h AS (
+    SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS h(id, epoch)
+), locked AS (
+    SELECT e.id FROM {s}.execution e JOIN h ON h.id = e.id AND h.epoch = e.epoch
+    ORDER BY e.id FOR UPDATE OF e
+)
 UPDATE {s}.execution e SET
     lease_until = now() + make_interval(secs => $3),
     due_at      = now() + make_interval(secs => $3)
-FROM unnest($1::uuid[], $2::bigint[]) AS h(id, epoch)
-WHERE e.id = h.id AND e.epoch = h.epoch AND e.lease_owner IS NOT NULL
+WHERE e.id IN (SELECT id FROM locked) AND e.lease_owner IS NOT NULL
 RETURNING e.id"""
 
 RELEASE_LEASES = """-- on clean shutdown: hand held executions to the next worker at once

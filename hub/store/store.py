@@ -45,9 +45,15 @@ _DISCONNECTS: tuple[type[BaseException], ...] = (
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *_DISCONNECTS)
 
 
+_TRANSIENT_STATES = frozenset({"40P01", "40001", "57P01", "57P02", "57P03"})
+"""Deadlock, serialization failure, and the server shutting down or starting: retry."""
+
+
 def is_disconnect(exc: BaseException) -> bool:
-    """True for errors that a reconnect cures (as opposed to a bad statement)."""
-    return isinstance(exc, _DISCONNECTS)
+    """True for errors that retrying cures (as opposed to a bad statement)."""
+    if isinstance(exc, _DISCONNECTS):
+        return True
+    return getattr(exc, "sqlstate", None) in _TRANSIENT_STATES
 
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
@@ -82,6 +88,11 @@ class CheckpointRow:
     outbox: str | None = None
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """The hub keeps no session state on pooled connections (no LISTEN, no advisory session
+    locks, no SET), so asyncpg's reset query on every release would be a wasted round trip."""
+
+
 def _decode_row(rec: asyncpg.Record) -> Row:
     return dict(rec.items())
 
@@ -107,7 +118,7 @@ class Store:
         self._pool = await self.retry(
             lambda: asyncpg.create_pool(
                 self.dsn, min_size=self._min, max_size=self._max, init=self._init_conn,
-                command_timeout=60,
+                command_timeout=60, reset=_no_reset,
             ),
             what="connect",
             attempts=20,

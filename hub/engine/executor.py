@@ -159,12 +159,32 @@ class Executor:
             self._background.append(task)
             return None
         ex = Execution(row, spec)
+        self.run(ex, wake=from_claim and bool(row.get("has_signals")))
+        return ex
+
+    def plan_start(self, ex: Execution) -> list[tuple[StepNode, bool]] | None:
+        """Plan a new execution before it is stored, so that its insert also records its
+        first steps as started (one round trip less). ``None``: nothing to fold in."""
+        launches = self._plan(ex, {})
+        if ex.finished or not launches or ex.phase != "forward":
+            return None
+        if ex.status == RunStatus.PENDING:
+            ex.status = RunStatus.RUNNING
+        return launches
+
+    def run(self, ex: Execution, *, wake: bool = False,
+            launches: list[tuple[StepNode, bool]] | None = None) -> None:
+        """Drive ``ex`` (held under lease by this worker) from now on."""
+        if launches is not None:
+            ex.dirty.clear()
+            ex.events.clear()
+            ex.status_dirty = False
         self.owned[ex.id] = ex
         self._wakes[ex.id] = asyncio.Event()
-        if from_claim and row.get("has_signals"):
+        if wake:
             self._wakes[ex.id].set()  # read the signals left while nobody held it
-        self._tasks[ex.id] = asyncio.create_task(self._drive(ex), name=f"hub-ex-{ex.sid}")
-        return ex
+        self._tasks[ex.id] = asyncio.create_task(self._drive(ex, launches),
+                                                 name=f"hub-ex-{ex.sid}")
 
     async def _park(self, row: dict[str, Any], message: str) -> None:
         log.error("execution_parked", execution_id=str(row["id"]), workflow=row["workflow"],
@@ -243,10 +263,11 @@ class Executor:
                         task.cancel()
 
     # -- driving -------------------------------------------------------------------------
-    async def _drive(self, ex: Execution) -> None:
+    async def _drive(self, ex: Execution,
+                     planned: list[tuple[StepNode, bool]] | None = None) -> None:
         running: dict[str, asyncio.Task[Outcome]] = {}
         try:
-            await self._loop(ex, running)
+            await self._loop(ex, running, planned)
         except LeaseLost:
             log.warning("execution_abandoned", execution_id=ex.sid, reason="lease lost")
         except asyncio.CancelledError:
@@ -265,14 +286,18 @@ class Executor:
             self._tasks.pop(ex.id, None)
             self._wakes.pop(ex.id, None)
 
-    async def _loop(self, ex: Execution, running: dict[str, asyncio.Task[Outcome]]) -> None:
+    async def _loop(self, ex: Execution, running: dict[str, asyncio.Task[Outcome]],
+                    planned: list[tuple[StepNode, bool]] | None) -> None:
         wake = self._wakes[ex.id]
         landed: list[str] = []  # step ids in the order their tasks finished
         while True:
             if wake.is_set():
                 wake.clear()
                 await self._apply_signals(ex, running)
-            launches = self._plan(ex, running)
+            if planned is not None:  # planned and stored with the start
+                launches, planned = planned, None
+            else:
+                launches = self._plan(ex, running)
             if ex.finished:
                 await self._finish(ex)
                 return
@@ -712,8 +737,8 @@ class Executor:
             steps=json.dumps(patch, separators=(",", ":")),
             result=json.dumps(ex.result) if finished else None,
             error=json.dumps(ex.new_error) if ex.new_error is not None else None,
-            lease_s=self.lease if lease else None,
-            due_s=self.lease if lease else due_s,
+            hold=lease,
+            due_s=None if lease else due_s,
             finished=finished,
             retain_s=(retain.total_seconds() if retain is not None
                       else self.settings.retention_days * 86400.0),

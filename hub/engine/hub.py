@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from hub.engine.checkpoint import Batcher
 from hub.engine.context import Container
+from hub.engine.execution import Execution
 from hub.engine.executor import Executor
 from hub.engine.payload import Unserializable, encode, to_json
 from hub.engine.registry import REGISTRY, Registry, WorkflowSpec
@@ -257,8 +258,21 @@ class Hub:
                        transaction_id=tx, status=RunStatus.PENDING,
                        input=json.loads(input_text), trigger=trigger)
         owner = self.settings.worker_id if self._executor is not None else None
-        row = StartRow(exec_id, spec.name, spec.version, tx, input_text, trigger_text,
-                       spec.store, owner)
+        input_json = json.loads(input_text)
+        fresh = {"id": exec_id, "workflow": spec.name, "version": spec.version,
+                 "transaction_id": tx, "status": RunStatus.PENDING, "input": input_json,
+                 "trigger": trigger, "epoch": 1, "steps": {}, "created_at": datetime.now()}
+        ex: Execution | None = None
+        planned = None
+        if self._executor is not None and not self._executor.step_events:
+            ex = Execution(fresh, spec)
+            planned = self._executor.plan_start(ex)
+        if ex is not None and planned is not None:
+            row = StartRow(exec_id, spec.name, spec.version, tx, input_text, trigger_text,
+                           spec.store, owner, ex.status, json.dumps(ex.steps))
+        else:
+            row = StartRow(exec_id, spec.name, spec.version, tx, input_text, trigger_text,
+                           spec.store, owner)
         assert self._starts is not None
         fut = self._waiter(str(exec_id), accept_waiting=True) if wait else None
         created = await self._starts.write(row)
@@ -278,14 +292,10 @@ class Hub:
             if wait and not self._settles(run, accept_waiting=True):
                 run = await self._wait_for(run.id, timeout, accept_waiting=True)
             return self._outcome(run, raise_on_error)
-        input_json = json.loads(input_text)
-        if self._executor is not None:
-            self._executor.adopt(
-                {"id": exec_id, "workflow": spec.name, "version": spec.version,
-                 "transaction_id": tx, "status": RunStatus.PENDING, "input": input_json,
-                 "trigger": trigger, "epoch": 1, "steps": {}, "created_at": datetime.now()},
-                from_claim=False,
-            )
+        if ex is not None and planned is not None:
+            self._executor.run(ex, launches=planned)  # type: ignore[union-attr]
+        elif self._executor is not None:
+            self._executor.adopt(fresh, from_claim=False)
         else:
             await self.store.notify(json.dumps({"id": str(exec_id), "due": True}))
         if fut is None:

@@ -20,16 +20,17 @@ RECORD_MIGRATION = """INSERT INTO {s}.schema_migration (version, name) VALUES ($
 
 START_BATCH = """-- 1 round trip for every start of a batch; the partial unique index turns a second
 -- start of a transaction id into a no-op (its id is then not returned)
+-- (a start made where it will run also records its first steps as started: no extra write)
 INSERT INTO {s}.execution AS e (id, workflow, version, transaction_id, status, input, trigger,
-                                keep, lease_owner, lease_until, due_at, epoch)
-SELECT c.id, c.workflow, c.version, c.transaction_id, 'pending', c.input::jsonb,
+                                keep, lease_owner, lease_until, due_at, epoch, steps)
+SELECT c.id, c.workflow, c.version, c.transaction_id, c.status, c.input::jsonb,
        c.trigger::jsonb, c.keep, c.owner,
        CASE WHEN c.owner IS NULL THEN NULL ELSE now() + make_interval(secs => $8) END,
        CASE WHEN c.owner IS NULL THEN now() ELSE now() + make_interval(secs => $8) END,
-       1
+       1, c.steps::jsonb
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::bool[], $9::text[])
-     AS c(id, workflow, version, transaction_id, input, trigger, keep, owner)
+            $7::bool[], $9::text[], $10::text[], $11::text[])
+     AS c(id, workflow, version, transaction_id, input, trigger, keep, owner, status, steps)
 ON CONFLICT (workflow, transaction_id) WHERE NOT archived DO NOTHING
 RETURNING e.id"""
 
@@ -40,9 +41,9 @@ CHECKPOINT_BATCH = """-- 1 round trip, 1 commit for the checkpoints of many exec
 -- the notification commit with the checkpoint, only for rows that were written
 WITH c AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::float8[], $9::float8[], $10::bool[],
+                         $6::text[], $7::text[], $8::bool[], $9::float8[], $10::bool[],
                          $11::float8[], $12::text[], $14::text[])
-        AS c(id, epoch, status, phase, steps, result, error, lease_s, due_s, finished,
+        AS c(id, epoch, status, phase, steps, result, error, hold, due_s, finished,
              retain_s, events, outbox)
 ), locked AS (
     -- rows are locked in id order, as RENEW_LEASES does: two multi-row writers never deadlock
@@ -54,9 +55,12 @@ WITH c AS (
         steps        = e.steps || c.steps::jsonb,
         result       = CASE WHEN c.finished THEN c.result::jsonb ELSE e.result END,
         error        = COALESCE(c.error::jsonb, e.error),
-        lease_owner  = CASE WHEN c.lease_s IS NULL THEN NULL ELSE e.lease_owner END,
-        lease_until  = now() + make_interval(secs => c.lease_s),
-        due_at       = now() + make_interval(secs => c.due_s),
+        -- held: the lease columns stay as they are (the heartbeat renews them), so a step
+        -- transition changes no indexed column and Postgres can update the row in place (HOT)
+        lease_owner  = CASE WHEN c.hold THEN e.lease_owner END,
+        lease_until  = CASE WHEN c.hold THEN e.lease_until END,
+        due_at       = CASE WHEN c.hold THEN e.due_at
+                            ELSE now() + make_interval(secs => c.due_s) END,
         finished_at  = CASE WHEN c.finished THEN now() END,
         retain_until = CASE WHEN c.finished THEN now() + make_interval(secs => c.retain_s) END,
         updated_at   = now()

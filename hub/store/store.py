@@ -69,6 +69,8 @@ class StartRow:
     trigger: str | None
     keep: bool
     owner: str | None
+    status: str = "pending"
+    steps: str = "{}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,7 @@ class CheckpointRow:
     steps: str
     result: str | None
     error: str | None
-    lease_s: float | None
+    hold: bool
     due_s: float | None
     finished: bool
     retain_s: float | None
@@ -229,7 +231,7 @@ class Store:
             [r.id for r in rows], [r.workflow for r in rows], [r.version for r in rows],
             [r.transaction_id for r in rows], [r.input for r in rows],
             [r.trigger for r in rows], [r.keep for r in rows], lease_s,
-            [r.owner for r in rows],
+            [r.owner for r in rows], [r.status for r in rows], [r.steps for r in rows],
         )
         return {r["id"] for r in recs}
 
@@ -245,7 +247,7 @@ class Store:
             q.CHECKPOINT_BATCH,
             [r.id for r in rows], [r.epoch for r in rows], [r.status for r in rows],
             [r.phase for r in rows], [r.steps for r in rows], [r.result for r in rows],
-            [r.error for r in rows], [r.lease_s for r in rows], [r.due_s for r in rows],
+            [r.error for r in rows], [r.hold for r in rows], [r.due_s for r in rows],
             [r.finished for r in rows], [r.retain_s for r in rows], [r.events for r in rows],
             self.channel, [r.outbox for r in rows],
         )

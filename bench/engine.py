@@ -1,22 +1,35 @@
 """Engine throughput, latency, round trips and idle load of the hub (one process, one Postgres).
 
-Starts its own embedded PostgreSQL (server defaults: fsync and synchronous_commit on) in a fresh
-temporary folder unless ``--database-url`` is given, opens a ``Hub`` (executor in-process) and
-runs a workflow of three trivial steps (each returns a small dict):
+Starts its own embedded PostgreSQL (server defaults: fsync and synchronous_commit on; only
+``log_min_duration_statement`` is added) in a fresh temporary folder unless ``--database-url``
+is given, opens a ``Hub`` (executor in-process) and runs a workflow of three trivial steps
+(each returns a small dict):
 
   warm-up     ``--warmup`` runs one at a time (not measured);
   sequential  ``--sequential`` runs one at a time: start-to-result p50/p99;
   concurrent  N runs driven by C asyncio tasks, each looping ``await wf(hub).run(input=...)``:
-              workflows/s and start-to-result p50/p99, plus what the server executed
-              (pg_stat_statements), committed (pg_stat_database.xact_commit) and what the
-              client sent (``hub.store.statements``), per workflow;
+              workflows/s and start-to-result p50/p99, and per workflow:
+              ``round_trips_per_workflow``  statements on the hub's schema the server ran
+                                            (pg_stat_statements, reset before the phase);
+              ``pool_reset_round_trips_...`` the reset asyncpg's pool sends on every release
+                                            (one message of 4 statements);
+              ``commits_per_workflow``      pg_stat_database.xact_commit delta (every
+                                            transaction, read-only ones too, e.g. the
+                                            listener reading notifications);
+              ``write_commits_per_workflow`` transaction ids used (transactions that wrote,
+                                            i.e. WAL flushes at commit);
+              ``client_statements_...``     ``hub.store.statements`` delta;
+              ``batching``                  group-commit flushes and rows (checkpoints, starts);
+              CPU of this process and of the server's processes.
   idle        the same hub open with nothing to do for ``--idle-seconds``: statements/s the
               server executed for it.
 
-Logs go to stderr; prints one JSON line on stdout at the end.
+A run that fails or does not settle within ``--run-timeout`` is counted, not waited for; the
+throughput is successes over the time to the last success. Executions left parked or
+unfinished are counted from the database. Logs go to stderr; prints one JSON line at the end.
 
     python bench/engine.py [--workflows 3000] [--concurrency 50] [--pool-max 20]
-                           [--idle-seconds 20] [--database-url DSN]
+                           [--idle-seconds 20] [--lease-seconds S] [--database-url DSN]
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -38,6 +52,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+import psutil
 from pydantic import BaseModel
 
 from hub import (
@@ -82,6 +97,8 @@ three_steps: WorkflowDefinition = create_workflow("bench-engine-three-steps", _c
 
 # --- measuring ---------------------------------------------------------------------------------
 
+SLOW_MS = 200  # the embedded server logs statements slower than this
+STATS_FLUSH_S = 11.0  # an idle backend publishes its pg_stat_database counts within 10 s
 METER_MARK = "pg_stat_"  # every query of the measuring connection reads a pg_stat_* view
 
 
@@ -119,9 +136,18 @@ class Meter:
         if self.statements_ok:
             await self.conn.execute("SELECT pg_stat_statements_reset()")
 
-    async def xact_commit(self) -> int:
-        return int(await self.conn.fetchval(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))
+    async def counters(self) -> tuple[int, int]:
+        """(transactions committed in this database, next transaction id).
+
+        ``xact_commit`` counts every transaction, read-only ones too, and a backend publishes
+        it up to 10 s late when it goes idle; the next xid moves at once, by one for every
+        transaction that wrote (and so had to flush the WAL at commit).
+        """
+        row = await self.conn.fetchrow(
+            "SELECT xact_commit, pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xid "
+            "FROM pg_stat_database WHERE datname = current_database()")
+        assert row is not None
+        return int(row["xact_commit"]), int(row["xid"])
 
     async def statements(self) -> list[tuple[str, int]]:
         """(query, calls) of everything but the meter's own queries, most called first."""
@@ -195,20 +221,22 @@ async def sequential(hub: Hub, count: int, base: int, tally: Tally) -> list[floa
 
 
 async def concurrent(hub: Hub, total: int, tasks: int, base: int,
-                     tally: Tally) -> tuple[list[float], float]:
-    lat: list[float] = []
+                     tally: Tally) -> tuple[list[tuple[float, float]], float]:
+    """(start offset s, latency s) of each successful run, and the start time."""
+    lat: list[tuple[float, float]] = []
     next_n = 0
+    t0 = time.perf_counter()
 
     async def worker() -> None:
         nonlocal next_n
         while next_n < total:
             i = next_n
             next_n += 1
+            began = time.perf_counter() - t0
             x = await run_one(hub, base + i, tally)
             if x is not None:
-                lat.append(x)
+                lat.append((began, x))
 
-    t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(tasks)))
     return lat, t0
 
@@ -233,7 +261,29 @@ def batcher_stats(hub: Hub) -> dict[str, int]:
     return out
 
 
-async def bench(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
+class ServerCpu:
+    """CPU seconds used by the embedded server's processes (postmaster and its children)."""
+
+    def __init__(self, data_dir: Path | None) -> None:
+        self.root: psutil.Process | None = None
+        if data_dir is not None:
+            with contextlib.suppress(OSError, ValueError, psutil.Error):
+                pid = int((data_dir / "postmaster.pid").read_text().split()[0])
+                self.root = psutil.Process(pid)
+
+    def seconds(self) -> float | None:
+        if self.root is None:
+            return None
+        total = 0.0
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system
+        return total
+
+
+async def bench(dsn: str, args: argparse.Namespace,
+                data_dir: Path | None = None) -> dict[str, Any]:
     schema = args.schema or f"bench_{uuid.uuid4().hex[:8]}"
     result: dict[str, Any] = {
         "bench": "engine", "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -274,18 +324,33 @@ async def bench(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(1.5)  # let stats of the earlier phases flush
             stmts_before = hub.store.statements
             batch_before = batcher_stats(hub)
-            xact_before = await meter.xact_commit()
+            xact_before, xid_before = await meter.counters()
             await meter.reset()
             failed0, timed_out0 = tally.failed, tally.timed_out
+            server_cpu = ServerCpu(data_dir)
+            srv0, cpu0 = server_cpu.seconds(), time.process_time()
             lat, t0 = await concurrent(hub, args.workflows, args.concurrency, 2_000_000, tally)
             wall = time.perf_counter() - t0
+            srv1, cpu1 = server_cpu.seconds(), time.process_time()
+            result["client_cpu_ms_per_workflow"] = round((cpu1 - cpu0) * 1000 / args.workflows, 3)
+            result["client_cpu_utilisation"] = round((cpu1 - cpu0) / wall, 3)
+            if srv0 is not None and srv1 is not None:
+                result["server_cpu_ms_per_workflow"] = round(
+                    (srv1 - srv0) * 1000 / args.workflows, 3)
+                result["server_cpu_utilisation"] = round((srv1 - srv0) / wall, 3)
             stmts_after = hub.store.statements
             batch_after = batcher_stats(hub)
             server = await meter.statements()
-            await asyncio.sleep(1.5)  # backends flush their pg_stat_database counters <= 1 s
-            xact_after = await meter.xact_commit()
+            _, xid_after = await meter.counters()
+            log(f"waiting {STATS_FLUSH_S} s for idle backends to publish their commit counts")
+            await asyncio.sleep(STATS_FLUSH_S)
+            xact_after, _ = await meter.counters()
             n = args.workflows
-            ms = [x * 1000 for x in lat]
+            ms = [x * 1000 for _, x in lat]
+            slow = sorted(lat, key=lambda r: -r[1])[:5]
+            result["slowest_runs"] = [
+                {"started_at_s": round(b, 3), "ms": round(x * 1000, 1)} for b, x in slow]
+            result["runs_over_250ms"] = sum(1 for x in ms if x > 250)
             ok = len(lat)
             busy = (tally.last_ok - t0) if ok else wall
             # runs that stall (see failed/timed_out) would hold the wall clock hostage for
@@ -310,11 +375,12 @@ async def bench(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
                 result["server_statements_top"] = s["top"]
             else:
                 result["round_trips_per_workflow"] = None
-            # the meter's own transactions in the window: the first xact_commit read, the reset
-            # and the pg_stat_statements read (the second read is not counted yet)
-            meter_xacts = 3 if meter.statements_ok else 1
+            # the meter's own transactions in the window: the reads of the counters and of
+            # pg_stat_statements, and the reset (the last read does not count itself)
+            meter_xacts = 4 if meter.statements_ok else 2
             result["commits_per_workflow"] = round(
                 (xact_after - xact_before - meter_xacts) / n, 3)
+            result["write_commits_per_workflow"] = round((xid_after - xid_before) / n, 3)
             result["client_statements_per_workflow"] = round((stmts_after - stmts_before) / n, 3)
             delta = {k: batch_after[k] - batch_before.get(k, 0) for k in batch_after}
             if delta.get("checkpoint_flushes"):
@@ -366,6 +432,18 @@ async def bench(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def slow_statements(log_path: Path) -> dict[str, Any]:
+    """Statements the server logged as slower than SLOW_MS (any phase), and the slowest."""
+    durations: list[float] = []
+    with contextlib.suppress(OSError):
+        for line in log_path.read_text(errors="replace").splitlines():
+            if "LOG:  duration:" in line:
+                with contextlib.suppress(ValueError, IndexError):
+                    durations.append(float(line.split("duration:")[1].split()[0]))
+    return {"over_ms": SLOW_MS, "count": len(durations),
+            "max_ms": round(max(durations), 1) if durations else None}
+
+
 def remove_socket_dir(dsn: str) -> None:
     """The embedded server leaves its (empty) socket folder /tmp/hub-pg-<hash> behind."""
     host = parse_qs(urlsplit(dsn).query).get("host", [""])[0]
@@ -391,6 +469,8 @@ def main() -> None:
     ap.add_argument("--log-level", default="warning")
     args = ap.parse_args()
     configure_logging(args.log_level)
+    # SIGTERM unwinds like Ctrl-C, so the embedded server is stopped and its folder removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     tmp: str | None = None
     dsn = ""
@@ -401,10 +481,15 @@ def main() -> None:
         else:
             tmp = tempfile.mkdtemp(prefix="bench_engine_", dir="/tmp")
             os.chmod(tmp, 0o755)
-            server = EmbeddedPostgres(Path(tmp) / "pgdata")
+            # the only change to the server defaults: log statements slower than SLOW_MS
+            server = EmbeddedPostgres(Path(tmp) / "pgdata",
+                                      settings={"log_min_duration_statement": str(SLOW_MS)})
             log(f"starting embedded Postgres in {tmp}")
             dsn = server.start()
-        result = asyncio.run(bench(dsn, args))
+        result = asyncio.run(bench(dsn, args, Path(tmp) / "pgdata" if tmp else None))
+        if tmp is not None:
+            result["server_slow_statements"] = slow_statements(
+                Path(tmp) / "pgdata" / "hub-postgres.log")
     finally:
         if server is not None:
             server.stop()

@@ -257,6 +257,8 @@ def main() -> None:
     if args.kill_at is None:
         args.kill_at = args.workflows
     configure_logging(args.log_level)
+    # SIGTERM unwinds like Ctrl-C: workers stopped, embedded server stopped, folder removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_recovery_", dir="/tmp"))
     os.chmod(tmp, 0o755)

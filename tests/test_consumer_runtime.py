@@ -302,3 +302,28 @@ async def test_sigterm_drains_commits_and_leaves_within_bounds(
     lags = await consumer_lag(settings(kafka_bootstrap, prefix), kafka_bootstrap, [topic])
     committed = sum(r.committed or 0 for r in lags)
     assert committed == started, "every handled event committed, nothing beyond"
+
+
+async def test_replay_and_lag_see_every_record_of_a_batched_publish(
+        hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    # the embedded broker answers ListOffsets with the start of the last record batch
+    from aiokafka import AIOKafkaProducer
+
+    from hub.runtime.admin import consumer_lag
+
+    topics = await create_topics(kafka_bootstrap, topics_file(tmp_path, prefix, partitions=1))
+    topic = f"{prefix}.orders"
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=50)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, json.dumps(order(i)).encode(), key=b"k")
+                   for i in range(20)]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    s = settings(kafka_bootstrap, prefix)
+    dry = await replay(hub, topics, starting_registry(prefix), s, kafka_bootstrap, topic,
+                       Position(offset=0), dry_run=True)
+    assert dry.events == 20 and len(dry.would_start) == 20
+    lag = await consumer_lag(s, kafka_bootstrap, [topic])
+    assert [(r.committed, r.end, r.lag) for r in lag] == [(None, 20, 20)]

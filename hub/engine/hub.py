@@ -153,7 +153,7 @@ class Hub:
         self._store = Store(dsn, s.db_schema, min_size=s.pool_min, max_size=s.pool_max)
         await self._store.connect()
         await self._store.migrate()
-        self._starts = Batcher(self._start_rows, lambda r: r.id)
+        self._starts = Batcher(self._start_rows, lambda r: r.id, max_batch=2000)
         self._listener = Listener(dsn, self._store.channel, self._on_message, self._on_reconnect)
         await self._listener.start()
         from hub.engine.locks import LockService
@@ -196,7 +196,8 @@ class Hub:
         return self._executor
 
     # -- starting runs -------------------------------------------------------------------
-    def _validate_input(self, spec: WorkflowSpec, value: Any) -> str:
+    def _validate_input(self, spec: WorkflowSpec, value: Any) -> tuple[Any, str]:
+        """The input as a JSON value and as stored text; raises before anything is stored."""
         if spec.input_model is not None:
             try:
                 model = (
@@ -218,7 +219,8 @@ class Hub:
             as_json = to_json(value, f"input of workflow {spec.name!r}")
         except Unserializable as exc:
             raise InputValidationError(str(exc)) from None
-        return encode(as_json, f"input of workflow {spec.name!r}", self.settings.max_payload_bytes)
+        what = f"input of workflow {spec.name!r}"
+        return as_json, encode(as_json, what, self.settings.max_payload_bytes)
 
     async def _start_rows(self, rows: Any) -> set[uuid.UUID]:
         return await self.store.start_batch(rows, self.settings.lease_seconds)
@@ -241,11 +243,12 @@ class Hub:
         ``WorkflowFailed`` for a run that ended without success.
         """
         spec = self.registry.get(workflow)
-        input_text = self._validate_input(spec, input)
+        input_json, input_text = self._validate_input(spec, input)
         scope = _SCOPE.get()
         if scope is not None:
             trigger = {**scope.trigger, **(trigger or {})}
-        trigger_text = json.dumps(to_json(trigger, "trigger")) if trigger is not None else None
+        trigger_text = None if trigger is None else encode(
+            to_json(trigger, "trigger"), "trigger", self.settings.max_payload_bytes)
         exec_id = new_execution_id()
         tx = transaction_id or str(exec_id)
         if scope is not None and not wait:
@@ -256,9 +259,8 @@ class Hub:
             scope.rows.append(row)
             return Run(id=str(exec_id), workflow=spec.name, version=spec.version,
                        transaction_id=tx, status=RunStatus.PENDING,
-                       input=json.loads(input_text), trigger=trigger)
+                       input=input_json, trigger=trigger)
         owner = self.settings.worker_id if self._executor is not None else None
-        input_json = json.loads(input_text)
         fresh = {"id": exec_id, "workflow": spec.name, "version": spec.version,
                  "transaction_id": tx, "status": RunStatus.PENDING, "input": input_json,
                  "trigger": trigger, "epoch": 1, "steps": {}, "created_at": datetime.now()}
@@ -296,8 +298,7 @@ class Hub:
             self._executor.run(ex, launches=planned)  # type: ignore[union-attr]
         elif self._executor is not None:
             self._executor.adopt(fresh, from_claim=False)
-        else:
-            await self.store.notify(json.dumps({"id": str(exec_id), "due": True}))
+        # (a start left for any worker woke them when its insert committed)
         if fut is None:
             return Run(id=str(exec_id), workflow=spec.name, version=spec.version,
                        transaction_id=tx, status=RunStatus.PENDING, input=input_json,
@@ -325,10 +326,10 @@ class Hub:
         """
         if not rows:
             return set()
-        created = await self.store.start_batch(rows, self.settings.lease_seconds)
-        if created:
-            await self.store.notify(json.dumps({"due": True, "n": len(created)}))
-        return created
+        assert self._starts is not None
+        # through the start batcher: the flushes of concurrent partitions share a statement
+        written = await asyncio.gather(*(self._starts.write(r) for r in rows))
+        return {r.id for r, ok in zip(rows, written, strict=True) if ok}
 
     async def existing_transactions(
         self, keys: Sequence[tuple[str, str]]

@@ -6,9 +6,9 @@ message naming the step and the size, instead of surprising production later.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import pydantic_core
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from hub.errors import PayloadTooLarge
@@ -32,11 +32,11 @@ def to_json(value: Any, what: str) -> JSON:
 
 def encode(value: JSON, what: str, limit: int) -> str:
     """Encode JSON text, refusing payloads over ``limit`` bytes."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    size = len(text.encode()) if len(text) * 4 > limit else len(text)
+    raw = pydantic_core.to_json(value)  # several times faster than json.dumps
+    size = len(raw)
     if size > limit:
         raise PayloadTooLarge(
             f"{what} is {size} bytes, over the limit of {limit} bytes "
             "(HUB_MAX_PAYLOAD_BYTES); store large data elsewhere and pass a reference"
         )
-    return text
+    return raw.decode()

@@ -140,10 +140,19 @@ async def consumer_lag(settings: KafkaSettings, bootstrap: str,
             tps = [TopicPartition(t, p) for t in topic_names
                    for p in sorted(consumer.partitions_for_topic(t) or ())]
         ends = await consumer.end_offsets(tps) if tps else {}
+        committed = {tp: await consumer.committed(tp) for tp in tps}
+        # ListOffsets may understate the end (the embedded Tansu answers with the start of the
+        # last record batch); one fetch from the committed position gives the high watermark
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, committed[tp] or 0)
+        if tps:
+            await consumer.getmany(timeout_ms=1000, max_records=1)
         out = []
         for tp in tps:
-            committed = await consumer.committed(tp)
-            out.append(Lag(tp.topic, tp.partition, committed, ends.get(tp, 0)))
+            hw = consumer.highwater(tp)
+            end = max(ends.get(tp, 0), hw if hw is not None else 0)
+            out.append(Lag(tp.topic, tp.partition, committed[tp], end))
         return out
     finally:
         await consumer.stop()

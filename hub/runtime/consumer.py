@@ -27,6 +27,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import BaseModel, ValidationError
 
+from hub.engine.checkpoint import Batcher
 from hub.engine.hub import Hub
 from hub.runtime import constants as h
 from hub.runtime.kafka import client_kwargs, explained_start, start_producer
@@ -239,22 +240,16 @@ async def handle_batch(handling: Handling, records: Sequence[ConsumerRecord[byte
         for r in records:
             await handling.handle(r, out)
         return out
-    sem = asyncio.Semaphore(max_in_flight)
-    per_lane: list[BatchResult] = []
+    pending = iter(list(lanes.values()))
 
-    async def lane(recs: list[ConsumerRecord[bytes, bytes]]) -> None:
-        res = BatchResult()
-        per_lane.append(res)
-        async with sem:
+    async def runner() -> None:
+        # a few runners pull whole lanes: a key's events stay in order, at most
+        # ``max_in_flight`` keys are in hand, and no task is made per key
+        for recs in pending:
             for r in recs:
-                await handling.handle(r, res)
+                await handling.handle(r, out)
 
-    await asyncio.gather(*(lane(recs) for recs in lanes.values()))
-    for res in per_lane:
-        out.rows.extend(res.rows)
-        out.dead.extend(res.dead)
-        out.handled += res.handled
-        out.dead_lettered += res.dead_lettered
+    await asyncio.gather(*(runner() for _ in range(min(max_in_flight, len(lanes)))))
     return out
 
 
@@ -285,6 +280,10 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         self._stopping = False
         self._handling: Handling | None = None
         self.stats = {"handled": 0, "dead_lettered": 0, "batches": 0, "starts": 0}
+        # offsets of partitions whose batches land together go in one OffsetCommit
+        # (aiokafka sends one commit at a time anyway)
+        self._commits: Batcher[tuple[TopicPartition, int], TopicPartition] = Batcher(
+            self._commit_offsets, lambda r: r[0], max_inflight=1)
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
@@ -419,7 +418,7 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
             await asyncio.gather(*result.dead)
         next_offset = batch[-1].offset + 1
         try:
-            await self._consumer.commit({part.tp: OffsetAndMetadata(next_offset, "")})
+            await self._commits.write((part.tp, next_offset))
             part.committed = next_offset
         except Exception as exc:
             # a rebalance took the partition: the new owner re-reads from the last commit,
@@ -430,6 +429,17 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         self.stats["dead_lettered"] += result.dead_lettered
         self.stats["batches"] += 1
         self.stats["starts"] += len(created)
+
+    async def _commit_offsets(
+        self, rows: Sequence[tuple[TopicPartition, int]]
+    ) -> set[TopicPartition]:
+        assert self._consumer is not None
+        offsets: dict[TopicPartition, int] = {}
+        for tp, offset in rows:
+            offsets[tp] = max(offset, offsets.get(tp, 0))
+        await self._consumer.commit(
+            {tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+        return set(offsets)
 
     # -- shutdown ------------------------------------------------------------------------
     async def stop(self) -> None:

@@ -117,8 +117,19 @@ async def replay(
         handling = _ReplayHandling(hub, topics, subscribers, settings.group, report,
                                    replay_id=replay_id)
         remaining = {tp for tp in tps if first[tp] < last[tp]}
+        measured: set[TopicPartition] = set()
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=500)
+            if stop is None:
+                # some brokers (the embedded Tansu) answer ListOffsets with the start of the
+                # last record batch: the first fetch's high watermark is the true end
+                for tp in batch:
+                    if tp not in measured:
+                        measured.add(tp)
+                        hw = consumer.highwater(tp)
+                        if hw is not None and hw > last[tp]:
+                            last[tp] = hw
+                            report.positions[f"{tp.topic}/{tp.partition}"] = (first[tp], hw)
             if not batch:
                 positions = {tp: await consumer.position(tp) for tp in remaining}
                 remaining = {tp for tp in remaining if positions[tp] < last[tp]}

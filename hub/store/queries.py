@@ -20,7 +20,9 @@ RECORD_MIGRATION = """INSERT INTO {s}.schema_migration (version, name) VALUES ($
 
 START_BATCH = """-- 1 round trip for every start of a batch; the partial unique index turns a second
 -- start of a transaction id into a no-op (its id is then not returned)
--- (a start made where it will run also records its first steps as started: no extra write)
+-- (a start made where it will run also records its first steps as started: no extra write;
+-- one left for any worker wakes the workers on commit: identical notifications collapse)
+WITH ins AS (
 INSERT INTO {s}.execution AS e (id, workflow, version, transaction_id, status, input, trigger,
                                 keep, lease_owner, lease_until, due_at, epoch, steps)
 SELECT c.id, c.workflow, c.version, c.transaction_id, c.status, c.input::jsonb,
@@ -32,7 +34,11 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
             $7::bool[], $9::text[], $10::text[], $11::text[])
      AS c(id, workflow, version, transaction_id, input, trigger, keep, owner, status, steps)
 ON CONFLICT (workflow, transaction_id) WHERE NOT archived DO NOTHING
-RETURNING e.id"""
+RETURNING e.id, e.lease_owner
+)
+SELECT ins.id,
+       CASE WHEN ins.lease_owner IS NULL THEN pg_notify($12, '{"due": true}')::text END AS n
+FROM ins"""
 
 NOTIFY = """SELECT pg_notify($1, $2)"""
 

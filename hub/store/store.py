@@ -232,6 +232,7 @@ class Store:
             [r.transaction_id for r in rows], [r.input for r in rows],
             [r.trigger for r in rows], [r.keep for r in rows], lease_s,
             [r.owner for r in rows], [r.status for r in rows], [r.steps for r in rows],
+            self.channel,
         )
         return {r["id"] for r in recs}
 

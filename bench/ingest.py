@@ -9,6 +9,7 @@ so commit times can be read back) and the embedded Tansu broker, creates ``order
             validate with ``OrderPlaced``, ``fulfil_order(...).run(wait=False,
             transaction_id="order.placed:<id>")``: dedupe by transaction id, durable start with
             lineage in one INSERT per batch, then the offset commit). Workflows are not executed.
+            ``--cli-worker`` runs ``python -m hub worker --consume --no-execute`` instead.
   producer  a subprocess (``--producer`` mode) publishing valid ``OrderPlaced`` JSON, key = the
             order id, header ``sent-at-ns`` = ``time.time_ns()`` at send and the record
             timestamp (CreateTime) set to the same instant in ms; as fast as it can
@@ -28,11 +29,18 @@ the event id (= ``trigger.event_id``). Reported per event:
 
 Throughput: ``events_per_s`` = starts / (last created_at - first created_at).
 
+Also reported: ``committed_offsets_ok`` (the group's committed offset of every partition equals
+its end, taken as the fetch high watermark: Tansu's ListOffsets(latest) under-reports it, see
+``tansu_list_offsets_end``), ``duplicates`` (executions beyond one per event), ``redelivered``
+(events handled more than once), the consumer's stats, and the CPU seconds each process used
+while ingesting (``others`` = the rest of the machine: on a shared box, read the figures with it).
+
 Logs go to stderr; prints one JSON line on stdout.
 
     python bench/ingest.py [--events 30000]
-    python bench/ingest.py --rate 1000 [--seconds 10]
-    python bench/ingest.py --events 5000 --profile /tmp/worker.prof   # cProfile the worker
+    python bench/ingest.py --rate 1000 [--seconds 10] [--cli-worker]
+    python bench/ingest.py --events 10000 --profile /tmp/worker.prof   # cProfile the worker's
+                                                                       # ingestion (to stderr)
 """
 
 from __future__ import annotations
@@ -135,7 +143,8 @@ async def produce(bootstrap: str, events: int, rate: float) -> None:
 # --- worker subprocess -------------------------------------------------------------------------
 
 
-async def work(bootstrap: str, dsn: str, topics_file: str) -> dict[str, Any]:
+async def work(bootstrap: str, dsn: str, topics_file: str,
+               profiler: Any = None) -> dict[str, Any]:
     import subscribers.orders  # noqa: F401  (registers on_order_placed)
     from hub.engine.hub import Hub
     from hub.runtime.service import KafkaRuntime
@@ -158,7 +167,13 @@ async def work(bootstrap: str, dsn: str, topics_file: str) -> dict[str, Any]:
             assert rt.consumer is not None
             await asyncio.wait_for(rt.consumer.ready.wait(), 60)
             print("READY", flush=True)
-            await stop.wait()
+            if profiler is not None:  # only the ingestion, not the start-up
+                profiler.enable()
+            try:
+                await stop.wait()
+            finally:
+                if profiler is not None:
+                    profiler.disable()
             stats = dict(rt.consumer.stats)
         finally:
             await rt.stop()
@@ -177,11 +192,9 @@ def worker_main(args: argparse.Namespace) -> None:
         import cProfile
 
         prof = cProfile.Profile()
-        prof.enable()
         try:
-            stats = asyncio.run(work(args.bootstrap, args.dsn, args.topics_file))
+            stats = asyncio.run(work(args.bootstrap, args.dsn, args.topics_file, prof))
         finally:
-            prof.disable()
             prof.dump_stats(args.profile)
     else:
         stats = asyncio.run(work(args.bootstrap, args.dsn, args.topics_file))
@@ -197,15 +210,20 @@ class Children:
     def __init__(self) -> None:
         self.procs: list[asyncio.subprocess.Process] = []
 
-    async def spawn(self, *argv: str) -> asyncio.subprocess.Process:
+    async def spawn(self, *argv: str, module: str | None = None,
+                    env: dict[str, str] | None = None,
+                    pipe_stderr: bool = False) -> asyncio.subprocess.Process:
+        """``python bench/ingest.py ARGV`` (or ``python -m MODULE ARGV``)."""
         from hub.runtime.tansu import parent_death_preexec
 
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        full_env = {**os.environ, **(env or {})}
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), full_env.get("PYTHONPATH", "")) if p)
+        target = ["-m", module] if module else [str(Path(__file__).resolve())]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).resolve()), *argv,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env,
+            sys.executable, *target, *argv, cwd=str(ROOT),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE if pipe_stderr else None, env=full_env,
             preexec_fn=parent_death_preexec(signal.SIGKILL))
         self.procs.append(proc)
         return proc
@@ -287,6 +305,66 @@ async def read_line(proc: asyncio.subprocess.Process, prefix: str, timeout: floa
             return line
 
 
+class CliWorker:
+    """``python -m hub worker --consume --no-execute``: the production entry point, configured
+    through ``HUB_*`` variables; readiness and the consumer's stats come from its JSON logs."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.assigned: set[str] = set()
+        self.ready = asyncio.Event()
+        self.stats: dict[str, Any] | None = None
+        self.stopped = asyncio.Event()
+        self._task = asyncio.create_task(self._read_logs())
+
+    @staticmethod
+    async def spawn(children: Children, bootstrap: str, dsn: str,
+                    topics_file: Path) -> CliWorker:
+        env = {"HUB_DATABASE_URL": dsn, "HUB_SCHEMA": SCHEMA, "HUB_MODULES": "workflows",
+               "HUB_KAFKA_BOOTSTRAP": bootstrap, "HUB_KAFKA_GROUP": GROUP,
+               "HUB_KAFKA_TOPICS_FILE": str(topics_file), "HUB_KAFKA_SUBSCRIBERS": "subscribers"}
+        proc = await children.spawn("worker", "--consume", "--no-execute", "--log-level",
+                                    "info", "--json-logs", module="hub", env=env,
+                                    pipe_stderr=True)
+        return CliWorker(proc)
+
+    async def _read_logs(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").strip()
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if not isinstance(entry, dict):
+                if line:
+                    print(line, file=sys.stderr, flush=True)
+                continue
+            event = entry.get("event")
+            if event == "partitions_assigned":
+                self.assigned.update(p for p in entry.get("partitions", [])
+                                     if p.startswith(f"{TOPIC}/"))
+                if len(self.assigned) >= PARTITIONS:
+                    self.ready.set()
+            elif event == "consumer_stopped":
+                self.stats = {k: entry[k] for k in ("handled", "dead_lettered", "batches",
+                                                    "starts") if k in entry}
+                self.stopped.set()
+            elif entry.get("level") in ("warning", "error", "critical"):
+                print(line, file=sys.stderr, flush=True)
+
+    async def wait_ready(self, timeout: float) -> None:
+        await read_line(self.proc, "{", timeout)  # worker_ready, printed once it is started
+        await asyncio.wait_for(self.ready.wait(), timeout)
+
+    async def stop(self, timeout: float) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(self.proc.wait(), timeout)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._task, 5)
+        return {**(self.stats or {}), "worker": "python -m hub worker --consume --no-execute"}
+
+
 async def committed_offsets(bootstrap: str) -> dict[int, tuple[int | None, int]]:
     """partition -> (the group's committed offset, ListOffsets(latest) end offset)."""
     from hub.runtime.admin import consumer_lag
@@ -342,13 +420,19 @@ async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
     children = Children()
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
-        worker_argv = ["--worker", "--bootstrap", bootstrap, "--dsn", dsn,
-                       "--topics-file", str(topics_file), "--log-level", args.log_level]
-        if args.profile:
-            worker_argv += ["--profile", args.profile]
-        worker = await children.spawn(*worker_argv)
         t_ready = time.perf_counter()
-        await read_line(worker, "READY", 90)
+        cli: CliWorker | None = None
+        if args.cli_worker:
+            cli = await CliWorker.spawn(children, bootstrap, dsn, topics_file)
+            worker = cli.proc
+            await cli.wait_ready(90)
+        else:
+            worker_argv = ["--worker", "--bootstrap", bootstrap, "--dsn", dsn,
+                           "--topics-file", str(topics_file), "--log-level", args.log_level]
+            if args.profile:
+                worker_argv += ["--profile", args.profile]
+            worker = await children.spawn(*worker_argv)
+            await read_line(worker, "READY", 90)
         log(f"worker pid {worker.pid} ready (group joined) in "
             f"{time.perf_counter() - t_ready:.2f}s; producing {total} events")
         meter = CpuMeter(worker.pid, broker_pid, pgdata)
@@ -381,10 +465,13 @@ async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
             if all(now.get(p, (None, 0))[0] == high[p] for p in high):
                 break
             await asyncio.sleep(0.2)
-        worker.send_signal(signal.SIGTERM)
-        stats_line = await read_line(worker, "STATS", 60)
-        worker_stats = json.loads(stats_line[len("STATS "):])
-        await asyncio.wait_for(worker.wait(), 30)
+        if cli is not None:
+            worker_stats = await cli.stop(60)
+        else:
+            worker.send_signal(signal.SIGTERM)
+            stats_line = await read_line(worker, "STATS", 60)
+            worker_stats = json.loads(stats_line[len("STATS "):])
+            await asyncio.wait_for(worker.wait(), 30)
         final = await committed_offsets(bootstrap)
         offsets = {str(p): [final.get(p, (None, 0))[0], high[p]] for p in sorted(high)}
         ok = len(high) == PARTITIONS and all(c == e for c, e in offsets.values()) and sum(
@@ -424,6 +511,7 @@ async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
     first_sent = min((s[0] for s in sent.values()), default=0) / 1e9
     last_commit = max((r["committed"] or r["created"] for r in rows), default=0.0)
     distinct_tx = len({r["transaction_id"] for r in rows})
+    distinct_events = len({r["event_id"] for r in rows})
     handled = worker_stats.get("handled", 0)
     batches = worker_stats.get("batches", 0)
     lat = summary(hdr_created)
@@ -448,8 +536,9 @@ async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
         "committed_offsets_ok": ok,
         "committed_vs_end": offsets,
         "tansu_list_offsets_end": list_offsets_end,
-        "duplicates": len(rows) - distinct_tx,
-        "missing": total - distinct_tx,
+        "duplicates": len(rows) - min(distinct_tx, distinct_events),
+        "missing": total - distinct_events,
+        "redelivered": handled - total,
         "unmatched_in_topic": unmatched,
         "cpu_s_while_ingesting": cpu,
         "consumer": {**worker_stats, "mean_batch": round(handled / batches, 1) if batches else 0},
@@ -475,6 +564,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="duration with --rate")
     ap.add_argument("--timeout", type=float, default=120.0,
                     help="seconds allowed (after producing) for every start to be stored")
+    ap.add_argument("--cli-worker", action="store_true",
+                    help="run the worker as `python -m hub worker --consume --no-execute` "
+                         "instead of this script's --worker mode (no --profile, fewer stats)")
     ap.add_argument("--profile", metavar="FILE", help="cProfile the worker into FILE")
     ap.add_argument("--profile-top", type=int, default=35)
     ap.add_argument("--log-level", default="warning")
@@ -493,6 +585,8 @@ def main() -> None:
         return
     if args.rate is not None and args.rate <= 0:
         ap.error("--rate must be > 0 (omit it for as-fast-as-possible)")
+    if args.profile and args.cli_worker:
+        ap.error("--profile needs this script's own worker (drop --cli-worker)")
     if args.profile:
         args.profile = str(Path(args.profile).resolve())
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from hub import (
     ExecutionEvent,
     Hub,
+    InvalidTransition,
     StepContext,
     StepResponse,
     WorkflowResponse,
@@ -239,3 +240,23 @@ async def test_execution_of_an_unregistered_version_is_parked(dsn: str, schema: 
         await with_v1.resume("ver")
         done = await with_v1.wait(run.id, timeout=10)
     assert done.result == "v1" and done.parked is None
+
+
+async def test_compensate_on_request_and_retry_of_a_failed_compensation(hub: Hub) -> None:
+    await op_cancellable(hub).run(input={"sku": "R1"}, transaction_id="comp-req", wait=False)
+    for _ in range(100):
+        if (await hub.get_run("comp-req")).steps["op-c-hang"].state == "invoking":
+            break
+        await asyncio.sleep(0.02)
+    done = await hub.compensate("comp-req", reason="operator said so")
+    assert done.status == "compensated" and done.error
+    assert done.error["message"] == "operator said so"
+    with pytest.raises(InvalidTransition, match="nothing to retry"):
+        await hub.retry("comp-req")
+
+
+async def test_retry_re_runs_a_step_left_for_a_manual_retry(hub: Hub) -> None:
+    run = await op_manual(hub).run(input={"sku": "RM"}, transaction_id="manual-2")
+    assert run.status == "waiting"
+    await hub.retry("manual-2")
+    assert (await hub.wait("manual-2", timeout=10)).status == "succeeded"

@@ -44,7 +44,7 @@ log = structlog.get_logger("hub.executor")
 class Outcome:
     """What one invocation (or compensation) of a step came to."""
 
-    kind: str  # ok | skip | retryable | permanent | timeout
+    kind: str  # ok | skip | retryable | permanent | timeout | cut (cancelled by us)
     output: JSON = None
     compensate_input: JSON = None
     error: dict[str, Any] | None = None
@@ -338,7 +338,8 @@ class Executor:
             finished = [sid for sid in landed if sid in running and running[sid] in done]
             landed[:] = [sid for sid in landed if sid not in finished]
             for step_id in finished:
-                outcome = running.pop(step_id).result()
+                task = running.pop(step_id)
+                outcome = Outcome("cut") if task.cancelled() else task.result()
                 node = ex.graph.steps[step_id]
                 if ex.state(step_id) == StepState.COMPENSATING:
                     self._on_compensated(ex, node, outcome)
@@ -433,7 +434,8 @@ class Executor:
     def _plan_compensation(
         self, ex: Execution, running: dict[str, asyncio.Task[Outcome]]
     ) -> list[tuple[StepNode, bool]]:
-        if ex.phase == "cancelling":
+        if ex.phase == "cancelling" or (ex.error or {}).get("type") == "CompensationRequested":
+            # an operator stopped it: steps in flight are cut, not awaited
             for step_id, task in running.items():
                 if ex.state(step_id) == StepState.INVOKING:
                     task.cancel()
@@ -489,7 +491,8 @@ class Executor:
         attempts = int(st.get("attempts", 1))
         now = time.time()
         opts = node.options
-        if ex.phase == "cancelling" and outcome.kind != "ok":
+        if outcome.kind == "cut":
+            # cut by a cancel or an operator's compensation: it never completed
             ex.set_step(node.id, None, state=StepState.NOT_STARTED, due=None)
             return
         if outcome.kind == "ok":
@@ -676,11 +679,12 @@ class Executor:
         running: dict[str, asyncio.Task[Outcome]],
     ) -> None:
         now = time.time()
-        if kind == "cancel":
+        if kind in ("cancel", "compensate"):
             if ex.phase == "forward" and not ex.finished:
-                log.info("execution_cancel_requested", execution_id=ex.sid)
-                ex.fail({"step": None, "message": (payload or {}).get("reason") or "cancelled",
-                         "type": "Cancelled"}, cancel=True)
+                log.info("execution_stop_requested", execution_id=ex.sid, kind=kind)
+                ex.fail({"step": None, "message": (payload or {}).get("reason") or kind,
+                         "type": "Cancelled" if kind == "cancel" else "CompensationRequested"},
+                        cancel=kind == "cancel")
             return
         if kind == "resume" or step_id is None or step_id not in ex.graph.steps:
             return

@@ -576,6 +576,30 @@ class Hub:
                                  None)
         return await self.wait(run.id) if wait else run
 
+    async def compensate(self, ref: str, *, workflow: str | None = None,
+                         reason: str = "compensation requested", wait: bool = True) -> Run:
+        """Stop the execution and undo its completed steps; ends ``compensated``."""
+        run = await self._signal(ref, workflow, None, "compensate", {"reason": reason}, None)
+        return await self.wait(run.id) if wait else run
+
+    async def retry(self, ref: str, *, workflow: str | None = None) -> Run:
+        """Re-run from where it stopped: a step waiting for a manual retry, a compensation
+        that failed, or a parked execution. A run that ended is final: start a new one."""
+        run = self._run_from_row(await self._resolve_row(ref, workflow))
+        if run.parked:
+            await self.resume(run.id)
+            return run
+        stuck = [s.id for s in run.steps.values()
+                 if s.state == "failed" or (s.state == "temp_failure"
+                                            and run.status == RunStatus.WAITING)]
+        if not stuck:
+            raise InvalidTransition(
+                f"execution {run.id} is {run.status}: nothing to retry (retry re-runs a step "
+                "left for a manual retry, a failed compensation, or a parked execution)")
+        for step in stuck:
+            await self.retry_step(run.id, step, workflow=run.workflow)
+        return run
+
     async def retry_step(self, transaction_id: str, step: str, *,
                          workflow: str | None = None) -> None:
         """Re-run a step left in ``temp_failure`` (``auto_retry=False``), or a compensation

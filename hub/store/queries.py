@@ -219,3 +219,116 @@ VALUES ($1, $2, $3, $4, $5)"""
 
 REDRIVES = """SELECT dlq_topic, partition, "offset", target, redriven_by, redriven_at
 FROM {s}.dlq_redrive WHERE dlq_topic = $1"""
+
+# -- scheduled jobs (hub.runtime.scheduler) -----------------------------------------------
+# Tick instants are computed in Python (cron and timezone math); every comparison with "now"
+# uses the scheduler's clock ($-parameters), except the crash-recovery deadlines (retry_at),
+# which are real time and so use the server's now().
+
+SCHEDULE_UPSERT = """-- 1 round trip when a scheduler starts, for all of its jobs. A known job keeps next_tick,
+-- last_tick and paused (a restart loses no tick), unless its cron or timezone changed: then
+-- the caller's next tick under the new definition applies (a new schedule does not catch up).
+-- An unchanged row is not written at all (no dead tuple per restart)
+INSERT INTO {s}.schedule AS s (job, workflow, cron, timezone, misfire, next_tick)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+ON CONFLICT (job) DO UPDATE SET
+    workflow   = EXCLUDED.workflow,
+    cron       = EXCLUDED.cron,
+    timezone   = EXCLUDED.timezone,
+    misfire    = EXCLUDED.misfire,
+    next_tick  = CASE WHEN (s.cron, s.timezone) IS DISTINCT FROM (EXCLUDED.cron, EXCLUDED.timezone)
+                      THEN EXCLUDED.next_tick ELSE s.next_tick END,
+    updated_at = now()
+WHERE (s.workflow, s.cron, s.timezone, s.misfire)
+      IS DISTINCT FROM (EXCLUDED.workflow, EXCLUDED.cron, EXCLUDED.timezone, EXCLUDED.misfire)"""
+
+SCHEDULE_PEEK = """-- the idle scheduler's only statement: 1 round trip, no locks, a handful of rows. It
+-- returns the next tick of every active job of the caller and whether any of their ticks
+-- waits for recovery (partial index: normally empty). Always one row, even with no jobs
+SELECT u.unstarted, s.job, s.cron, s.timezone, s.next_tick
+FROM (SELECT EXISTS (SELECT 1 FROM {s}.schedule_tick
+                     WHERE execution_id IS NULL AND retry_at <= now()
+                       AND job = ANY($1::text[])) AS unstarted) u
+LEFT JOIN {s}.schedule s ON s.job = ANY($1::text[]) AND NOT s.paused"""
+
+SCHEDULE_CLAIM = """-- 1 round trip, 1 commit: advance each due job from the next_tick the caller read and
+-- insert the ticks it fires. Compare-and-set: a job whose next_tick moved meanwhile is left
+-- alone; SKIP LOCKED: a job another scheduler is advancing right now is theirs (rows are
+-- locked in job order, so two claimers never deadlock). The primary key (job, tick) makes a
+-- second claim of a tick a no-op even so. Only the ticks inserted here are returned: the
+-- caller starts exactly those, after this commit
+WITH c AS (
+    SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[])
+        AS c(job, seen, next_tick, last_tick)
+), locked AS (
+    SELECT s.job FROM {s}.schedule s JOIN c ON c.job = s.job AND s.next_tick = c.seen
+    WHERE NOT s.paused
+    ORDER BY s.job
+    FOR UPDATE OF s SKIP LOCKED
+), adv AS (
+    UPDATE {s}.schedule s SET
+        next_tick     = c.next_tick,
+        last_tick     = GREATEST(s.last_tick, c.last_tick),
+        last_fired_at = CASE WHEN c.last_tick IS NULL THEN s.last_fired_at ELSE now() END,
+        updated_at    = now()
+    FROM c
+    WHERE s.job = c.job AND s.job IN (SELECT job FROM locked)
+    RETURNING s.job
+)
+INSERT INTO {s}.schedule_tick (job, tick, retry_at)
+SELECT t.job, t.tick, now() + make_interval(secs => $7)
+FROM unnest($5::text[], $6::timestamptz[]) AS t(job, tick)
+WHERE t.job IN (SELECT job FROM adv)
+ON CONFLICT (job, tick) DO NOTHING
+RETURNING job, tick"""
+
+SCHEDULE_TAKE_UNSTARTED = """-- 1 round trip: lease claimed-but-unstarted ticks whose deadline passed (their claimer
+-- died between claim and start, or the start failed) by pushing the deadline on; SKIP
+-- LOCKED: two recovering schedulers never take the same tick
+UPDATE {s}.schedule_tick t SET retry_at = now() + make_interval(secs => $2)
+WHERE (t.job, t.tick) IN (
+    SELECT job, tick FROM {s}.schedule_tick
+    WHERE execution_id IS NULL AND retry_at <= now() AND job = ANY($1::text[])
+    ORDER BY retry_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING t.job, t.tick, t.attempts"""
+
+SCHEDULE_MARK_STARTED = """-- 1 round trip for a batch of start outcomes: an execution id closes the tick; a failure
+-- records the error and a retry deadline with exponential backoff, or gives up (retry_at NULL,
+-- error kept) after $5 attempts
+UPDATE {s}.schedule_tick t SET
+    execution_id = c.execution_id,
+    attempts     = t.attempts + 1,
+    error        = c.error,
+    retry_at     = CASE WHEN c.execution_id IS NOT NULL OR t.attempts + 1 >= $5 THEN NULL
+                        ELSE now() + make_interval(secs => LEAST(3600, $6 * power(2, t.attempts)))
+                   END
+FROM unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::text[])
+    AS c(job, tick, execution_id, error)
+WHERE t.job = c.job AND t.tick = c.tick AND t.execution_id IS NULL"""
+
+SCHEDULE_JOBS = """-- for the API and CLI: every job with the execution of its latest fired tick
+SELECT s.job, s.workflow, s.cron, s.timezone, s.misfire, s.next_tick, s.last_tick,
+       s.last_fired_at, s.paused, s.updated_at, t.execution_id AS last_execution_id,
+       t.error AS last_error
+FROM {s}.schedule s
+LEFT JOIN {s}.schedule_tick t ON t.job = s.job AND t.tick = s.last_tick
+ORDER BY s.job"""
+
+SCHEDULE_TICKS = """SELECT job, tick, fired_at, execution_id, attempts, error, retry_at
+FROM {s}.schedule_tick WHERE job = $1 ORDER BY tick DESC LIMIT $2"""
+
+SCHEDULE_SET_PAUSED = """-- resuming moves next_tick to the caller's next tick ($3): paused ticks are not missed
+UPDATE {s}.schedule
+SET paused = $2, next_tick = COALESCE($3, next_tick), updated_at = now()
+WHERE job = $1
+RETURNING job"""
+
+SCHEDULE_PURGE_TICKS = """-- rare (hourly): started ticks past retention; the primary key index serves it. Unstarted
+-- or given-up ticks stay visible
+DELETE FROM {s}.schedule_tick
+WHERE (job, tick) IN (SELECT job, tick FROM {s}.schedule_tick
+                      WHERE job = ANY($1::text[]) AND tick < $2 AND execution_id IS NOT NULL
+                      LIMIT $3)"""

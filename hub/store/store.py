@@ -377,3 +377,76 @@ class Store:
 
     async def redrives(self, dlq_topic: str) -> list[Row]:
         return [_decode_row(r) for r in await self._fetch(q.REDRIVES, dlq_topic)]
+
+    # -- scheduled jobs ------------------------------------------------------------------
+    # Used by hub.runtime.scheduler only. Timestamps (``Any`` below) are aware datetimes;
+    # ticks come back as UTC datetimes, exactly as they went in.
+    async def schedule_upsert(
+        self, jobs: Sequence[tuple[str, str, str, str, str, Any]]
+    ) -> None:
+        """Make the jobs' rows match their definitions: ``(job, workflow, cron, timezone,
+        misfire, next_tick)``; ``next_tick`` applies to new jobs and changed schedules only."""
+        await self._execute(
+            q.SCHEDULE_UPSERT, [j[0] for j in jobs], [j[1] for j in jobs],
+            [j[2] for j in jobs], [j[3] for j in jobs], [j[4] for j in jobs],
+            [j[5] for j in jobs],
+        )
+
+    async def schedule_peek(self, jobs: Sequence[str]) -> tuple[bool, list[Row]]:
+        """(whether a tick of ``jobs`` awaits recovery, the active jobs' next ticks)."""
+        recs = await self._fetch(q.SCHEDULE_PEEK, list(jobs))
+        unstarted = bool(recs[0]["unstarted"]) if recs else False
+        return unstarted, [_decode_row(r) for r in recs if r["job"] is not None]
+
+    async def schedule_claim(
+        self,
+        advances: Sequence[tuple[str, Any, Any, Any]],
+        ticks: Sequence[tuple[str, Any]],
+        recover_after_s: float,
+    ) -> list[tuple[str, Any]]:
+        """Advance jobs ``(job, seen_next_tick, new_next_tick, new_last_tick | None)`` and
+        claim their ``(job, tick)`` rows in one transaction; returns the ticks this call
+        claimed. A claimed tick not marked started within ``recover_after_s`` is recovered."""
+        recs = await self._fetch(
+            q.SCHEDULE_CLAIM, [a[0] for a in advances], [a[1] for a in advances],
+            [a[2] for a in advances], [a[3] for a in advances], [t[0] for t in ticks],
+            [t[1] for t in ticks], recover_after_s,
+        )
+        return [(r["job"], r["tick"]) for r in recs]
+
+    async def schedule_take_unstarted(
+        self, jobs: Sequence[str], lease_s: float, limit: int
+    ) -> list[Row]:
+        """Lease up to ``limit`` ticks of ``jobs`` whose start is overdue (job, tick, attempts)."""
+        recs = await self._fetch(q.SCHEDULE_TAKE_UNSTARTED, list(jobs), lease_s, limit)
+        return [_decode_row(r) for r in recs]
+
+    async def schedule_mark_started(
+        self,
+        outcomes: Sequence[tuple[str, Any, uuid.UUID | None, str | None]],
+        max_attempts: int,
+        backoff_s: float,
+    ) -> None:
+        """Record start outcomes ``(job, tick, execution_id | None, error | None)``."""
+        if not outcomes:
+            return
+        await self._execute(
+            q.SCHEDULE_MARK_STARTED, [o[0] for o in outcomes], [o[1] for o in outcomes],
+            [o[2] for o in outcomes], [o[3] for o in outcomes], max_attempts, backoff_s,
+        )
+
+    async def schedule_jobs(self) -> list[Row]:
+        return [_decode_row(r) for r in await self._fetch(q.SCHEDULE_JOBS)]
+
+    async def schedule_ticks(self, job: str, limit: int = 100) -> list[Row]:
+        """The latest ticks of one job, newest first."""
+        return [_decode_row(r) for r in await self._fetch(q.SCHEDULE_TICKS, job, limit)]
+
+    async def schedule_set_paused(self, job: str, paused: bool, next_tick: Any = None) -> bool:
+        """Pause or resume a job (resuming from ``next_tick``); False if no such job."""
+        return bool(await self._fetch(q.SCHEDULE_SET_PAUSED, job, paused, next_tick))
+
+    async def schedule_purge_ticks(self, jobs: Sequence[str], before: Any,
+                                   limit: int = 10_000) -> int:
+        status = await self._execute(q.SCHEDULE_PURGE_TICKS, list(jobs), before, limit)
+        return int(status.split()[-1])

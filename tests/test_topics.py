@@ -114,3 +114,26 @@ def test_asyncapi_document_describes_every_topic_and_schema() -> None:
     assert doc["operations"]["sendOrderConfirmed"]["action"] == "send"
     text = yaml.safe_dump(doc)
     assert "#/$defs/" not in text, "every reference points into components"
+
+
+def test_publish_validates_then_sends(tmp_path: Path, kafka_bootstrap: str, prefix: str) -> None:
+    topics = write(tmp_path, f"""
+topics:
+  {prefix}.order.placed:
+    partitions: 1
+    event: workflows.events:OrderPlaced
+""")
+    env = {**os.environ, "HUB_KAFKA_BOOTSTRAP": kafka_bootstrap, "PYTHONPATH": str(ROOT),
+           "HUB_KAFKA_TOPICS_FILE": str(topics)}
+    good = subprocess.run([sys.executable, "-m", "hub", "publish", f"{prefix}.order.placed",
+                           str(ROOT / "examples" / "order.placed.json")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0, good.stderr
+    assert f"published 1 event(s) to {prefix}.order.placed" in good.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"id": "x"}')
+    refused = subprocess.run([sys.executable, "-m", "hub", "publish", f"{prefix}.order.placed",
+                              str(bad)], env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 1 and "does not match workflows.events:OrderPlaced" in (
+        refused.stderr)

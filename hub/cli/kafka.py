@@ -124,6 +124,61 @@ def add_kafka_commands(app: typer.Typer) -> None:
             output.write_text(text)
             typer.echo(f"wrote {output}")
 
+    @app.command("publish")
+    def publish(
+        topic: Annotated[str, typer.Argument(help="a topic of topics.yaml")],
+        file: Annotated[Path, typer.Argument(help="a JSON event, a JSON array, or JSON lines")],
+        key_field: Annotated[str, typer.Option("--key-field", help="event field used as key")]
+        = "id",
+        no_validate: Annotated[bool, typer.Option("--no-validate")] = False,
+    ) -> None:
+        """Publish events from a file, validated against the topic's model first."""
+        from hub.runtime import constants as h
+        from hub.runtime.kafka import start_producer
+        from hub.runtime.topics import load_topics
+
+        try:
+            text = file.read_text()
+        except OSError as exc:
+            typer.echo(f"error: {file}: {exc.strerror}", err=True)
+            raise typer.Exit(1) from None
+        try:
+            data = json.loads(text)
+            events = data if isinstance(data, list) else [data]
+        except ValueError:
+            try:
+                events = [json.loads(line) for line in text.splitlines() if line.strip()]
+            except ValueError as exc:
+                typer.echo(f"error: {file}: not JSON, a JSON array or JSON lines: {exc}",
+                           err=True)
+                raise typer.Exit(1) from None
+
+        async def go() -> int:
+            settings, bootstrap = _kafka()
+            spec = load_topics(settings.topics_file)[topic]
+            model = None if no_validate else spec.event_model()
+            for i, event in enumerate(events):
+                if model is not None:
+                    try:
+                        model.model_validate(event)
+                    except Exception as exc:
+                        raise HubError(f"{file}: event {i} does not match {spec.event}: {exc}"
+                                       ) from None
+            producer = await start_producer(settings, bootstrap)
+            try:
+                for event in events:
+                    key = event.get(key_field) if isinstance(event, dict) else None
+                    await producer.send_and_wait(
+                        topic, json.dumps(event).encode(),
+                        key=str(key).encode() if key is not None else None,
+                        headers=[(h.SCHEMA_VERSION, str(spec.schema_version).encode())])
+            finally:
+                await producer.stop()
+            return len(events)
+
+        n = _run(go)
+        typer.echo(f"published {n} event(s) to {topic}")
+
     @app.command("lag")
     def lag(as_json: JsonOut = False, file: TopicsFile = None) -> None:
         """Consumer lag of the deployment's group, per topic and partition."""

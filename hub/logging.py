@@ -9,8 +9,11 @@ import sys
 import structlog
 
 
-def configure_logging(level: str = "info", *, json_output: bool = False) -> None:
-    """Structured logs to stderr at ``level``; JSON lines when ``json_output``."""
+def configure_logging(level: str = "info", *, json_output: bool | None = None) -> None:
+    """Structured logs to stderr at ``level``: JSON lines when ``json_output`` (by default
+    when stderr is not a terminal, i.e. in production), readable lines in a terminal."""
+    if json_output is None:
+        json_output = not sys.stderr.isatty()
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     logging.basicConfig(level=lvl, stream=sys.stderr, format="%(message)s")
     renderer: structlog.typing.Processor = (

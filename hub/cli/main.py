@@ -28,7 +28,8 @@ app.add_typer(db_app, name="db")
 add_kafka_commands(app)
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
-JsonLogs = Annotated[bool, typer.Option("--json-logs", help="JSON log lines")]
+JsonLogs = Annotated[bool | None, typer.Option(
+    "--json-logs/--console-logs", help="JSON lines (default when not on a terminal)")]
 
 
 async def _until_signalled() -> None:
@@ -50,7 +51,7 @@ def worker(
              "is set)")] = None,
     execute: Annotated[bool, typer.Option(help="run the workflow executor")] = True,
     log_level: LogLevel = "info",
-    json_logs: JsonLogs = False,
+    json_logs: JsonLogs = None,
 ) -> None:
     """Run the executor, and the consumer and outbox relay, until SIGTERM."""
     configure_logging(log_level, json_output=json_logs)

@@ -266,6 +266,11 @@ class Executor:
     async def _drive(self, ex: Execution,
                      planned: list[tuple[StepNode, bool]] | None = None) -> None:
         running: dict[str, asyncio.Task[Outcome]] = {}
+        # every log line of this task (and of the step tasks it starts) carries these
+        structlog.contextvars.bind_contextvars(
+            execution_id=ex.sid, workflow=ex.workflow, transaction_id=ex.transaction_id,
+            **{k: ex.trigger[k] for k in ("topic", "partition", "offset")
+               if ex.trigger and k in ex.trigger})
         try:
             await self._loop(ex, running, planned)
         except LeaseLost:

@@ -214,7 +214,10 @@ class Handling:
                 event_id=decoded.event_id, attempt=attempt, replay=self.replaying,
             )
             try:
-                with self.hub.start_scope(ctx.trigger, replay_id=self.replay_id) as scope:
+                with self.hub.start_scope(ctx.trigger, replay_id=self.replay_id) as scope, \
+                        structlog.contextvars.bound_contextvars(
+                            topic=record.topic, partition=record.partition,
+                            offset=record.offset, subscriber=sub.name):
                     await sub.handler(event, ctx)
             except Exception as exc:
                 if attempt > sub.max_retries:

@@ -327,3 +327,34 @@ async def test_replay_and_lag_see_every_record_of_a_batched_publish(
     assert dry.events == 20 and len(dry.would_start) == 20
     lag = await consumer_lag(s, kafka_bootstrap, [topic])
     assert [(r.committed, r.end, r.lag) for r in lag] == [(None, 20, 20)]
+
+
+async def test_dead_letter_redriven_straight_to_its_subscriber(
+        hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    topics = await create_topics(kafka_bootstrap, topics_file(tmp_path, prefix, partitions=1))
+    topic = f"{prefix}.orders"
+    s = settings(kafka_bootstrap, prefix)
+    fixed = {"yes": False}
+    reg = SubscriberRegistry()
+
+    @subscriber(topic, registry=reg, max_retries=0)
+    async def on_order(event: OrderPlaced, ctx: SubscriberContext) -> None:
+        if not fixed["yes"]:
+            raise ConnectionError("ERP down")
+        await fulfil_order(ctx.hub).run(input=event, transaction_id=f"order.placed:{event.id}",
+                                        wait=False)
+
+    await produce(kafka_bootstrap, topic, [("o9", json.dumps(order(9)).encode(), [])])
+    async with runtime(hub, kafka_bootstrap, prefix, topics, reg):
+        async def dead() -> bool:
+            return bool(await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq"))
+
+        await until(dead, timeout=30)
+    letters = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+    fixed["yes"] = True
+    done = await redrive(hub, topics, reg, s, kafka_bootstrap, letters, to_subscriber=True,
+                         by="sre@test")
+    assert done[0]["target"] == "subscriber:on_order"
+    run = await hub.wait("order.placed:o9", timeout=30)
+    assert run.status == "succeeded"
+    assert run.trigger and run.trigger["offset"] == 0, "lineage points at the original record"

@@ -22,6 +22,7 @@ from hub.errors import StepError as StepError
 from hub.errors import TransientConnectorError as TransientConnectorError
 from hub.errors import UnknownWorkflow as UnknownWorkflow
 from hub.errors import WorkflowFailed as WorkflowFailed
+from hub.runtime.scheduler import scheduled as scheduled
 from hub.runtime.subscriber import SubscriberContext as SubscriberContext
 from hub.runtime.subscriber import subscriber as subscriber
 from hub.sdk.compose import parallelize as parallelize
@@ -71,6 +72,7 @@ __all__ = [
     "emit_event_step",
     "parallelize",
     "release_lock_step",
+    "scheduled",
     "subscriber",
     "transform",
     "when",

@@ -18,6 +18,7 @@ from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
 from hub.errors import HubError
 from hub.logging import configure_logging
+from hub.runtime.scheduler import Scheduler
 from hub.runtime.service import KafkaRuntime
 from hub.settings import HubSettings, KafkaSettings
 
@@ -53,7 +54,7 @@ def worker(
     log_level: LogLevel = "info",
     json_logs: JsonLogs = None,
 ) -> None:
-    """Run the executor, and the consumer and outbox relay, until SIGTERM."""
+    """Run the executor and scheduler, and the consumer and outbox relay, until SIGTERM."""
     configure_logging(log_level, json_output=json_logs)
     settings = HubSettings()
     kafka = KafkaSettings()
@@ -67,6 +68,9 @@ def worker(
             runtime = KafkaRuntime(hub, kafka) if with_kafka else None
             if runtime is not None:
                 await runtime.start()
+            scheduler = Scheduler(hub) if execute and settings.scheduler else None
+            if scheduler is not None:
+                await scheduler.start()
             try:
                 print(json.dumps({"event": "worker_ready", "worker": settings.worker_id,
                                   "workflows": hub.registry.names(),
@@ -74,6 +78,8 @@ def worker(
                       flush=True)
                 await _until_signalled()
             finally:
+                if scheduler is not None:
+                    await scheduler.stop()
                 if runtime is not None:
                     await runtime.stop()
 
@@ -109,7 +115,8 @@ def dev(
     async def run() -> None:
         settings = HubSettings()
         load_modules(settings.modules)
-        async with Hub(settings=settings) as hub, KafkaRuntime(hub) as runtime:
+        async with Hub(settings=settings) as hub, KafkaRuntime(hub) as runtime, \
+                Scheduler(hub):
             await run_demo(hub, runtime)
             if not once:
                 typer.echo(f"dev hub running, Kafka at {runtime.bootstrap} (Ctrl-C to stop)")

@@ -255,8 +255,8 @@ SCHEDULE_CLAIM = """-- 1 round trip, 1 commit: advance each due job from the nex
 -- insert the ticks it fires. Compare-and-set: a job whose next_tick moved meanwhile is left
 -- alone; SKIP LOCKED: a job another scheduler is advancing right now is theirs (rows are
 -- locked in job order, so two claimers never deadlock). The primary key (job, tick) makes a
--- second claim of a tick a no-op even so. Only the ticks inserted here are returned: the
--- caller starts exactly those, after this commit
+-- second claim of a tick a no-op even so. Returns a row per job advanced here, with each tick
+-- inserted here (NULL: none, e.g. a skip): the caller starts exactly those, after this commit
 WITH c AS (
     SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[])
         AS c(job, seen, next_tick, last_tick)
@@ -274,13 +274,15 @@ WITH c AS (
     FROM c
     WHERE s.job = c.job AND s.job IN (SELECT job FROM locked)
     RETURNING s.job
+), ins AS (
+    INSERT INTO {s}.schedule_tick (job, tick, retry_at)
+    SELECT t.job, t.tick, now() + make_interval(secs => $7)
+    FROM unnest($5::text[], $6::timestamptz[]) AS t(job, tick)
+    WHERE t.job IN (SELECT job FROM adv)
+    ON CONFLICT (job, tick) DO NOTHING
+    RETURNING job, tick
 )
-INSERT INTO {s}.schedule_tick (job, tick, retry_at)
-SELECT t.job, t.tick, now() + make_interval(secs => $7)
-FROM unnest($5::text[], $6::timestamptz[]) AS t(job, tick)
-WHERE t.job IN (SELECT job FROM adv)
-ON CONFLICT (job, tick) DO NOTHING
-RETURNING job, tick"""
+SELECT adv.job, ins.tick FROM adv LEFT JOIN ins ON ins.job = adv.job"""
 
 SCHEDULE_TAKE_UNSTARTED = """-- 1 round trip: lease claimed-but-unstarted ticks whose deadline passed (their claimer
 -- died between claim and start, or the start failed) by pushing the deadline on; SKIP
@@ -297,16 +299,17 @@ RETURNING t.job, t.tick, t.attempts"""
 
 SCHEDULE_MARK_STARTED = """-- 1 round trip for a batch of start outcomes: an execution id closes the tick; a failure
 -- records the error and a retry deadline with exponential backoff, or gives up (retry_at NULL,
--- error kept) after $5 attempts
+-- error kept) after $5 attempts or at once when retrying cannot help (final)
 UPDATE {s}.schedule_tick t SET
     execution_id = c.execution_id,
     attempts     = t.attempts + 1,
     error        = c.error,
-    retry_at     = CASE WHEN c.execution_id IS NOT NULL OR t.attempts + 1 >= $5 THEN NULL
+    retry_at     = CASE WHEN c.execution_id IS NOT NULL OR c.final OR t.attempts + 1 >= $5
+                        THEN NULL
                         ELSE now() + make_interval(secs => LEAST(3600, $6 * power(2, t.attempts)))
                    END
-FROM unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::text[])
-    AS c(job, tick, execution_id, error)
+FROM unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::text[], $7::bool[])
+    AS c(job, tick, execution_id, error, final)
 WHERE t.job = c.job AND t.tick = c.tick AND t.execution_id IS NULL"""
 
 SCHEDULE_JOBS = """-- for the API and CLI: every job with the execution of its latest fired tick
@@ -332,3 +335,54 @@ DELETE FROM {s}.schedule_tick
 WHERE (job, tick) IN (SELECT job, tick FROM {s}.schedule_tick
                       WHERE job = ANY($1::text[]) AND tick < $2 AND execution_id IS NOT NULL
                       LIMIT $3)"""
+
+# -- api keys --------------------------------------------------------------------------------
+# Used by hub.api only: its keys, and the reads of the JSON API that no other caller needs.
+# A key row holds the sha256 of its token, never the token; the public prefix finds the row.
+
+API_KEY_INSERT = """-- rare (a CLI command); the unique prefix index refuses a duplicate prefix
+INSERT INTO {s}.api_key (id, name, prefix, hash, scopes) VALUES ($1, $2, $3, $4, $5::text[])
+RETURNING id, name, prefix, scopes, created_at, revoked_at, last_used_at"""
+
+API_KEY_AUTHENTICATE = """-- 1 round trip per authenticated request: the prefix index finds the row and the caller
+-- compares the hash in constant time. last_used_at is written only for a matching live key
+-- and at most once per $3 seconds (a read must not become a write on every request); the
+-- data-modifying CTE runs whether or not its rows are read
+WITH k AS (
+    SELECT id, name, prefix, hash, scopes, created_at, revoked_at, last_used_at
+    FROM {s}.api_key WHERE prefix = $1
+), touched AS (
+    UPDATE {s}.api_key a SET last_used_at = now()
+    FROM k
+    WHERE a.id = k.id AND k.hash = $2 AND k.revoked_at IS NULL
+      AND (k.last_used_at IS NULL OR k.last_used_at < now() - make_interval(secs => $3))
+    RETURNING a.id
+)
+SELECT k.* FROM k"""
+
+API_KEY_REVOKE = """-- idempotent: a key revoked earlier keeps its first revocation time
+UPDATE {s}.api_key SET revoked_at = COALESCE(revoked_at, now())
+WHERE id = $1 OR prefix = $2
+RETURNING id, name, prefix, scopes, created_at, revoked_at, last_used_at"""
+
+API_KEY_LIST = """-- a handful of rows; the hash never leaves the database here
+SELECT id, name, prefix, scopes, created_at, revoked_at, last_used_at
+FROM {s}.api_key ORDER BY created_at, id"""
+
+API_LIST_EXECUTIONS = """-- 1 round trip per page: walks (created_at DESC, id) from the cursor ($6, $7) and
+-- stops at LIMIT; summary columns only (no input, steps or result: they can be large)
+SELECT id, workflow, version, transaction_id, status, phase, trigger, parked, archived,
+       error->>'message' AS error_message, error->>'step' AS error_step,
+       created_at, updated_at, finished_at
+FROM {s}.execution
+WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)
+  AND ($3::timestamptz IS NULL OR created_at >= $3)
+  AND ($4::timestamptz IS NULL OR created_at < $4)
+  AND ($5::text IS NULL OR trigger->>'kind' = $5)
+  AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $8"""
+
+API_EXECUTION_COUNTS = """-- for /metrics scrapes (cached by the caller for a few seconds): one pass over the
+-- execution table, whose size retention bounds; no locks
+SELECT workflow, status, count(*) AS n FROM {s}.execution GROUP BY workflow, status"""

@@ -403,16 +403,18 @@ class Store:
         advances: Sequence[tuple[str, Any, Any, Any]],
         ticks: Sequence[tuple[str, Any]],
         recover_after_s: float,
-    ) -> list[tuple[str, Any]]:
+    ) -> tuple[set[str], list[tuple[str, Any]]]:
         """Advance jobs ``(job, seen_next_tick, new_next_tick, new_last_tick | None)`` and
-        claim their ``(job, tick)`` rows in one transaction; returns the ticks this call
-        claimed. A claimed tick not marked started within ``recover_after_s`` is recovered."""
+        claim their ``(job, tick)`` rows in one transaction; returns (the jobs this call
+        advanced, the ticks it claimed). A claimed tick not marked started within
+        ``recover_after_s`` is recovered by any scheduler."""
         recs = await self._fetch(
             q.SCHEDULE_CLAIM, [a[0] for a in advances], [a[1] for a in advances],
             [a[2] for a in advances], [a[3] for a in advances], [t[0] for t in ticks],
             [t[1] for t in ticks], recover_after_s,
         )
-        return [(r["job"], r["tick"]) for r in recs]
+        return ({r["job"] for r in recs},
+                [(r["job"], r["tick"]) for r in recs if r["tick"] is not None])
 
     async def schedule_take_unstarted(
         self, jobs: Sequence[str], lease_s: float, limit: int
@@ -423,16 +425,18 @@ class Store:
 
     async def schedule_mark_started(
         self,
-        outcomes: Sequence[tuple[str, Any, uuid.UUID | None, str | None]],
+        outcomes: Sequence[tuple[str, Any, uuid.UUID | None, str | None, bool]],
         max_attempts: int,
         backoff_s: float,
     ) -> None:
-        """Record start outcomes ``(job, tick, execution_id | None, error | None)``."""
+        """Record start outcomes ``(job, tick, execution_id | None, error | None, final)``;
+        ``final``: the error will not go away by retrying (no retry is scheduled)."""
         if not outcomes:
             return
         await self._execute(
             q.SCHEDULE_MARK_STARTED, [o[0] for o in outcomes], [o[1] for o in outcomes],
             [o[2] for o in outcomes], [o[3] for o in outcomes], max_attempts, backoff_s,
+            [o[4] for o in outcomes],
         )
 
     async def schedule_jobs(self) -> list[Row]:
@@ -450,3 +454,55 @@ class Store:
                                    limit: int = 10_000) -> int:
         status = await self._execute(q.SCHEDULE_PURGE_TICKS, list(jobs), before, limit)
         return int(status.split()[-1])
+
+    # -- api keys ------------------------------------------------------------------------
+    # Used by hub.api only: its keys, the JSON API's execution list, the metrics and the
+    # readiness check.
+    async def api_key_insert(self, key_id: uuid.UUID, name: str, prefix: str, key_hash: str,
+                             scopes: Sequence[str]) -> Row:
+        recs = await self._fetch(q.API_KEY_INSERT, key_id, name, prefix, key_hash, list(scopes))
+        return _decode_row(recs[0])
+
+    async def api_key_authenticate(self, prefix: str, key_hash: str,
+                                   touch_every_s: float) -> Row | None:
+        """The key row of ``prefix`` (hash included, for the caller to compare), or None."""
+        recs = await self._fetch(q.API_KEY_AUTHENTICATE, prefix, key_hash, touch_every_s)
+        return _decode_row(recs[0]) if recs else None
+
+    async def api_key_revoke(self, key_id: uuid.UUID | None, prefix: str | None) -> Row | None:
+        recs = await self._fetch(q.API_KEY_REVOKE, key_id, prefix)
+        return _decode_row(recs[0]) if recs else None
+
+    async def api_key_list(self) -> list[Row]:
+        return [_decode_row(r) for r in await self._fetch(q.API_KEY_LIST)]
+
+    async def api_list_executions(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        created_after: Any = None,
+        created_before: Any = None,
+        trigger_kind: str | None = None,
+        before: tuple[Any, uuid.UUID] | None = None,
+        limit: int = 50,
+    ) -> list[Row]:
+        """Summaries, newest first; ``before`` is the (created_at, id) of the last row seen."""
+        recs = await self._fetch(
+            q.API_LIST_EXECUTIONS, workflow, status, created_after, created_before,
+            trigger_kind, before[0] if before else None, before[1] if before else None, limit,
+        )
+        return [_decode_row(r) for r in recs]
+
+    async def api_execution_counts(self) -> list[Row]:
+        return [_decode_row(r) for r in await self._fetch(q.API_EXECUTION_COUNTS)]
+
+    async def pending_migrations(self) -> list[str]:
+        """Migration files not applied to this schema (the readiness check); raises if the
+        database is unreachable or the schema was never migrated."""
+        recs = await self._fetch(q.APPLIED_MIGRATIONS)
+        done = {r["version"] for r in recs}
+        return sorted(
+            f.name for f in resources.files("hub.store.migrations").iterdir()
+            if f.name.endswith(".sql") and int(f.name.split("_", 1)[0]) not in done
+        )

@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from hub.api.cli import add_api_commands
+from hub.cli.executions import add_execution_commands
 from hub.cli.kafka import add_kafka_commands
 from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
@@ -27,6 +29,8 @@ app = typer.Typer(help="The commerce integration hub.", no_args_is_help=True,
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 add_kafka_commands(app)
+add_api_commands(app)
+add_execution_commands(app)
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 JsonLogs = Annotated[bool | None, typer.Option(

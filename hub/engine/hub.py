@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +220,10 @@ class Hub:
         except Unserializable as exc:
             raise InputValidationError(str(exc)) from None
         what = f"input of workflow {spec.name!r}"
-        return as_json, encode(as_json, what, self.settings.max_payload_bytes)
+        try:
+            return as_json, encode(as_json, what, self.settings.max_payload_bytes)
+        except Unserializable as exc:
+            raise InputValidationError(str(exc)) from None
 
     async def _start_rows(self, rows: Any) -> set[uuid.UUID]:
         return await self.store.start_batch(rows, self.settings.lease_seconds)
@@ -263,7 +266,7 @@ class Hub:
         owner = self.settings.worker_id if self._executor is not None else None
         fresh = {"id": exec_id, "workflow": spec.name, "version": spec.version,
                  "transaction_id": tx, "status": RunStatus.PENDING, "input": input_json,
-                 "trigger": trigger, "epoch": 1, "steps": {}, "created_at": datetime.now()}
+                 "trigger": trigger, "epoch": 1, "steps": {}, "created_at": datetime.now(UTC)}
         ex: Execution | None = None
         planned = None
         if self._executor is not None and not self._executor.step_events:

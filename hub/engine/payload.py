@@ -6,16 +6,20 @@ message naming the step and the size, instead of surprising production later.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pydantic_core
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from hub.errors import PayloadTooLarge
+from hub.errors import HubError, PayloadTooLarge
 from hub.types import JSON
 
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+"""An escaped NUL in JSON text (an odd run of backslashes before ``u0000``)."""
 
-class Unserializable(TypeError):
+
+class Unserializable(HubError, TypeError):
     """A value that cannot be stored as JSON."""
 
 
@@ -31,8 +35,16 @@ def to_json(value: Any, what: str) -> JSON:
 
 
 def encode(value: JSON, what: str, limit: int) -> str:
-    """Encode JSON text, refusing payloads over ``limit`` bytes."""
-    raw = pydantic_core.to_json(value)  # several times faster than json.dumps
+    """Encode JSON text, refusing payloads over ``limit`` bytes and what Postgres's jsonb
+    cannot store (NUL characters, lone surrogates): better refused here, naming the value,
+    than failing a whole batch of starts or a checkpoint later."""
+    try:
+        raw = pydantic_core.to_json(value)  # several times faster than json.dumps
+    except pydantic_core.PydanticSerializationError as exc:
+        raise Unserializable(f"{what} cannot be stored as JSON: {exc}") from None
+    if b"\\u0000" in raw and _NUL.search(raw):
+        raise Unserializable(f"{what} contains a NUL character (\\u0000), which Postgres "
+                             "cannot store in JSON")
     size = len(raw)
     if size > limit:
         raise PayloadTooLarge(

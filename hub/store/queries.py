@@ -386,3 +386,8 @@ LIMIT $8"""
 API_EXECUTION_COUNTS = """-- for /metrics scrapes (cached by the caller for a few seconds): one pass over the
 -- execution table, whose size retention bounds; no locks
 SELECT workflow, status, count(*) AS n FROM {s}.execution GROUP BY workflow, status"""
+
+API_OUTBOX_FOR_EXECUTION = """-- the events one execution published, with the step that emitted each and the relay's
+-- progress (outbox_execution index)
+SELECT id, step, topic, key, payload, headers, created_at, sent_at, attempts, last_error
+FROM {s}.outbox WHERE execution_id = $1 ORDER BY created_at, id"""

@@ -506,3 +506,7 @@ class Store:
             f.name for f in resources.files("hub.store.migrations").iterdir()
             if f.name.endswith(".sql") and int(f.name.split("_", 1)[0]) not in done
         )
+
+    async def api_outbox_for_execution(self, execution_id: uuid.UUID) -> list[Row]:
+        recs = await self._fetch(q.API_OUTBOX_FOR_EXECUTION, execution_id)
+        return [_decode_row(r) for r in recs]

@@ -1,0 +1,35 @@
+"""Custom routes of this project, next to the hub's built-in ones.
+
+Add a route by decorating a function with ``router``; the hub and the caller's API key come
+from ``hub.api``'s dependencies, exactly as for the built-in routes. The tutorial route runs
+the hello-world workflow, like Medusa's ``GET /workflow`` route.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+
+from hub import Hub
+from hub.api import ApiKey, api_trigger, get_hub, require_scope
+from workflows.hello_world import hello_world
+
+router = APIRouter(tags=["custom"])
+
+
+class HelloWorldResult(BaseModel):
+    message: str
+
+
+@router.get("/workflow", response_model=HelloWorldResult, summary="Run hello-world")
+async def run_hello_world(
+    request: Request,
+    hub: Annotated[Hub, Depends(get_hub)],
+    key: Annotated[ApiKey, Depends(require_scope("run"))],
+) -> HelloWorldResult:
+    """Runs the tutorial workflow for John and answers its result."""
+    run = await hello_world(hub).run(input={"name": "John"},
+                                     trigger=api_trigger(request, key))
+    return HelloWorldResult.model_validate(run.result)

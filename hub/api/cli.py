@@ -1,0 +1,174 @@
+"""``hub api`` (serve the HTTP API) and ``hub keys create|revoke|list``.
+
+``add_api_commands(app)`` adds them to the ``hub`` command; the API process does not run
+workflows unless ``--execute`` is given: workers run them, and an API that answers requests
+should not share its event loop with step code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Annotated, TypeVar
+
+import typer
+import uvicorn
+
+from hub.engine.hub import Hub
+from hub.engine.loader import load_modules
+from hub.errors import HubError
+from hub.logging import configure_logging
+from hub.settings import HubSettings, KafkaSettings
+
+LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
+T = TypeVar("T")
+
+AsJson = Annotated[bool, typer.Option("--json", help="JSON output for scripts")]
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+def add_api_commands(app: typer.Typer) -> None:
+    """Add ``api`` and the ``keys`` group to the ``hub`` typer app."""
+    keys_app = typer.Typer(help="API keys of the HTTP API (the token is shown once).",
+                           no_args_is_help=True)
+    app.add_typer(keys_app, name="keys")
+
+    @app.command("api")
+    def api(
+        host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+        execute: Annotated[bool, typer.Option(
+            help="also run workflows in this process (default: workers run them)")] = False,
+        modules: Annotated[str | None, typer.Option(
+            help="comma-separated workflow modules (default HUB_MODULES)")] = None,
+        routes: Annotated[str | None, typer.Option(
+            help="comma-separated custom route modules (default HUB_API_ROUTES, api.routes)")]
+        = None,
+        log_level: LogLevel = "info",
+    ) -> None:
+        """Serve the HTTP API (OpenAPI document at /openapi.json, docs at /docs)."""
+        configure_logging(log_level)
+        try:
+            asyncio.run(_serve(host, port, execute, modules, routes, log_level))
+        except HubError as exc:
+            raise _fail(exc) from None
+
+    @keys_app.command("create")
+    def create(
+        name: Annotated[str, typer.Argument(help="who will use the key, e.g. erp-sync")],
+        scope: Annotated[list[str], typer.Option(
+            "--scope", "-s", help="read, run or operate; repeat for several")],
+        as_json: AsJson = False,
+    ) -> None:
+        """Create a key and print its token: it is shown this once, and stored only hashed."""
+        from hub.api.keys import create_key
+
+        key = _with_hub(lambda hub: create_key(hub.store, name, scope))
+        if as_json:
+            typer.echo(key.model_dump_json())
+            return
+        typer.echo(f"created {key.name} ({key.prefix}) with scopes {', '.join(key.scopes)}")
+        typer.echo(f"token (shown once): {key.token}")
+
+    @keys_app.command("revoke")
+    def revoke(
+        key_id: Annotated[str, typer.Argument(metavar="ID", help="the key's id or prefix")],
+        as_json: AsJson = False,
+    ) -> None:
+        """Revoke a key: its next request gets 401."""
+        from hub.api.keys import revoke_key
+
+        key = _with_hub(lambda hub: revoke_key(hub.store, key_id))
+        if key is None:
+            raise _fail(HubError(f"no API key with id or prefix {key_id!r} "
+                                 "(see `hub keys list`)"))
+        if as_json:
+            typer.echo(key.model_dump_json())
+            return
+        assert key.revoked_at is not None
+        typer.echo(f"revoked {key.name} ({key.prefix}) at {key.revoked_at.isoformat()}")
+
+    @keys_app.command("list")
+    def list_(as_json: AsJson = False) -> None:
+        """Every key, revoked ones included; never a secret."""
+        from hub.api.keys import list_keys
+
+        keys = _with_hub(lambda hub: list_keys(hub.store))
+        if as_json:
+            typer.echo(json.dumps([k.model_dump(mode="json") for k in keys]))
+            return
+        for k in keys:
+            state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+            used = f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never"
+            typer.echo(f"{k.id}  {k.prefix}  {k.name:<20} {','.join(k.scopes):<18} "
+                       f"{state:<24} last used {used}")
+
+
+def _with_hub(op: Callable[[Hub], Awaitable[T]]) -> T:
+    """Run ``op(hub)`` on a hub that only reads and writes the store (no executor)."""
+    configure_logging("warning")
+
+    async def run() -> T:
+        async with Hub(execute=False) as hub:
+            return await op(hub)
+
+    try:
+        return asyncio.run(run())
+    except HubError as exc:
+        raise _fail(exc) from None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM once it has stopped, killing the process before the hub
+    closes (leases released, embedded Postgres stopped): ``_serve`` handles the signals
+    instead, and ``hub api`` exits 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve(host: str, port: int, execute: bool, modules: str | None,
+                 routes: str | None, log_level: str) -> None:
+    from hub.api.app import create_app, load_routes
+    from hub.api.settings import ApiSettings
+
+    settings = HubSettings()
+    if modules:
+        settings = settings.model_copy(update={"modules": modules.split(",")})
+    kafka = KafkaSettings()
+    api_settings = ApiSettings()
+    load_modules(settings.modules)
+    try:  # the AsyncAPI document names the consumers of each topic
+        load_modules(kafka.subscribers)
+    except HubError as exc:
+        typer.echo(f"warning: subscribers not loaded, /asyncapi.yaml lists none: {exc}",
+                   err=True)
+    specs = routes.split(",") if routes else api_settings.api_routes
+    explicit = routes is not None or "HUB_API_ROUTES" in os.environ
+    custom = load_routes([s.strip() for s in specs if s.strip()], explicit=explicit)
+    async with Hub(settings=settings, execute=execute) as hub:
+        app = create_app(hub, custom_routes=custom, settings=api_settings, kafka=kafka)
+        config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(),
+                                lifespan="off", server_header=False)
+        server = _Server(config)
+
+        def stop() -> None:  # a second signal skips the wait for open connections
+            if server.should_exit:
+                server.force_exit = True
+            server.should_exit = True
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop)
+        await server.serve()
+

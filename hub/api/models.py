@@ -1,0 +1,210 @@
+"""The JSON shapes of the HTTP API: request bodies and what the service layer returns.
+
+They are the OpenAPI document's schemas, and the service returns them to every reader (the
+JSON API now, the console and the CLI later), so an execution is formatted in one place.
+Request bodies forbid unknown fields: a misspelt ``inptu`` is a 422 naming it, not a run
+started with no input.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hub.engine.run import RunStatus, StepState
+from hub.types import JSON
+
+# -- request bodies -----------------------------------------------------------------------
+
+
+class StartRunBody(BaseModel):
+    """Start a workflow run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: JSON = Field(default=None, description="the workflow's input, validated by its model")
+    trigger: dict[str, Any] | None = Field(
+        default=None,
+        description="the caller's own lineage (e.g. the upstream request id); stored under "
+                    "`trigger.caller` next to what the hub records (`kind: api`, the key)",
+    )
+
+
+class StepSuccessBody(BaseModel):
+    """Complete an async step (or its async compensation) with this output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: JSON = Field(default=None, description="the step's output, read by later steps")
+
+
+class StepFailureBody(BaseModel):
+    """Fail an async step: the workflow compensates, or follows the step's options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: str = Field(min_length=1, max_length=4000, description="why the step failed")
+
+
+class OperateBody(BaseModel):
+    """Why an operator cancels or compensates (recorded as the run's error message)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, min_length=1, max_length=1000)
+
+
+# -- responses ----------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    """Every error but validation: a stable code and a message naming the problem."""
+
+    error: str = Field(description="stable code: unauthorized, forbidden, not_found, conflict, "
+                                   "payload_too_large, ...")
+    detail: str
+
+
+class StepOut(BaseModel):
+    """One step of an execution, as stored."""
+
+    id: str
+    state: StepState
+    attempts: int = Field(description="invocations so far (retries included)")
+    output: JSON = None
+    error: dict[str, Any] | None = Field(default=None,
+                                         description="the last failure: message, type, attempt")
+    compensation_error: dict[str, Any] | None = None
+    started_at: datetime | None = Field(default=None, description="start of the last attempt")
+    finished_at: datetime | None = None
+    duration_ms: float | None = Field(default=None, description="of the last attempt")
+
+
+class RunOut(BaseModel):
+    """An execution: where it is, what it was given, what it produced."""
+
+    id: str
+    workflow: str
+    version: str = Field(description="hash of the graph the execution runs on")
+    transaction_id: str
+    status: RunStatus
+    state: str = Field(description="Medusa's name for the transaction state")
+    phase: str = Field(description="forward, compensating or cancelling")
+    input: JSON = None
+    result: JSON = None
+    error: dict[str, Any] | None = None
+    trigger: dict[str, Any] | None = Field(
+        default=None, description="lineage: `kind` (event, schedule, api) and its details")
+    parked: str | None = Field(default=None,
+                               description="why the execution cannot run here (missing version)")
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    steps: list[StepOut] = Field(default_factory=list, description="in graph order")
+
+
+class OutboxEventOut(BaseModel):
+    """An event a step published through the outbox."""
+
+    id: str
+    step: str | None = None
+    topic: str
+    key: str | None = None
+    payload: JSON = None
+    headers: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    sent_at: datetime | None = Field(default=None, description="when the relay published it")
+    attempts: int = Field(default=0, description="publish attempts so far")
+    last_error: str | None = Field(default=None, description="why the last publish failed")
+
+
+class ExecutionDetail(RunOut):
+    """An execution with the events it published."""
+
+    outbox: list[OutboxEventOut] = Field(default_factory=list)
+
+
+class ExecutionSummary(BaseModel):
+    """A row of the execution list: no input, steps or result (they can be large)."""
+
+    id: str
+    workflow: str
+    version: str
+    transaction_id: str
+    status: RunStatus
+    phase: str
+    trigger_kind: str | None = None
+    trigger: dict[str, Any] | None = None
+    parked: str | None = None
+    archived: bool = False
+    error: str | None = Field(default=None, description="the error message, if any")
+    error_step: str | None = None
+    created_at: datetime
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class ExecutionPage(BaseModel):
+    """A page of executions, newest first."""
+
+    items: list[ExecutionSummary]
+    next: str | None = Field(default=None,
+                             description="opaque cursor of the next page; absent on the last")
+
+
+class WorkflowSummary(BaseModel):
+    name: str
+    version: str
+    steps: list[str]
+
+
+class WorkflowDefinitionOut(BaseModel):
+    """A workflow as deployed in this process: the graph its new executions run on."""
+
+    name: str
+    version: str
+    graph: dict[str, Any] = Field(description="nodes, order edges and data edges")
+    mermaid: str = Field(description="the graph as a Mermaid flowchart")
+    input_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema of the input model, if the workflow has one")
+    store: bool
+    idempotent: bool
+    retention_seconds: float | None = None
+
+
+class SignalAccepted(BaseModel):
+    """An outcome or an operation was recorded; a worker applies it (follow `Location`)."""
+
+    execution_id: str
+    workflow: str
+    transaction_id: str
+    step: str | None = None
+    signal: Literal["success", "failure", "retry", "cancel", "compensate"]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str] = Field(description="each check: ok, or what is wrong")
+
+
+class ApiKeyOut(BaseModel):
+    """An API key without its secret (only its public prefix)."""
+
+    id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class CreatedApiKey(ApiKeyOut):
+    """A new key: ``token`` is shown this once and never stored."""
+
+    token: str

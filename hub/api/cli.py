@@ -13,6 +13,7 @@ import json
 import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -172,3 +173,46 @@ async def _serve(host: str, port: int, execute: bool, modules: str | None,
                 loop.add_signal_handler(sig, stop)
         await server.serve()
 
+
+
+async def ensure_dev_key(hub: Hub, path: Path) -> str:
+    """The dev mode's key with every scope, kept in ``path`` across runs (made anew if the
+    file is missing or its key no longer authenticates)."""
+    from hub.api.keys import authenticate, create_key
+
+    token = await asyncio.to_thread(_read_key, path)
+    if token:
+        with contextlib.suppress(HubError):
+            await authenticate(hub.store, token)
+            return token
+    created = await create_key(hub.store, "dev", ["read", "run", "operate"])
+    await asyncio.to_thread(_write_key, path, created.token)
+    return created.token
+
+
+def _read_key(path: Path) -> str:
+    return path.read_text().strip() if path.exists() else ""
+
+
+def _write_key(path: Path, token: str) -> None:
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+
+
+async def start_api(hub: Hub, host: str, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """Serve the API of ``hub`` in this process (dev mode); stop with ``server.should_exit``."""
+    from hub.api.app import create_app, load_routes
+    from hub.api.settings import ApiSettings
+
+    api_settings = ApiSettings()
+    custom = load_routes(api_settings.api_routes, explicit=False)
+    app = create_app(hub, custom_routes=custom, settings=api_settings, kafka=KafkaSettings())
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                    lifespan="off", server_header=False))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # raises what stopped it (e.g. the port is taken)
+            raise HubError(f"the API could not listen on {host}:{port}")
+        await asyncio.sleep(0.02)
+    return server, task

@@ -9,11 +9,12 @@ import asyncio
 import contextlib
 import json
 import signal
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from hub.api.cli import add_api_commands
+from hub.api.cli import add_api_commands, ensure_dev_key, start_api
 from hub.cli.executions import add_execution_commands
 from hub.cli.kafka import add_kafka_commands
 from hub.engine.hub import Hub
@@ -111,6 +112,7 @@ def migrate(log_level: LogLevel = "warning") -> None:
 def dev(
     log_level: LogLevel = "info",
     once: Annotated[bool, typer.Option(help="run the demo and exit")] = False,
+    port: Annotated[int, typer.Option(help="port of the HTTP API")] = 8000,
 ) -> None:
     """Dev mode: embedded Postgres, a worker, and the demo workflows run end to end."""
     configure_logging(log_level)
@@ -122,9 +124,20 @@ def dev(
         async with Hub(settings=settings) as hub, KafkaRuntime(hub) as runtime, \
                 Scheduler(hub):
             await run_demo(hub, runtime)
-            if not once:
-                typer.echo(f"dev hub running, Kafka at {runtime.bootstrap} (Ctrl-C to stop)")
+            if once:
+                return
+            key_file = Path(settings.data_dir) / "dev-api-key"
+            token = await ensure_dev_key(hub, key_file)
+            server, task = await start_api(hub, "127.0.0.1", port)
+            try:
+                typer.echo(f"API at http://127.0.0.1:{port} (docs: /docs); dev key with every "
+                           f"scope in {key_file}:\n  curl -H 'Authorization: Bearer {token}' "
+                           f"http://127.0.0.1:{port}/workflow")
+                typer.echo(f"Kafka at {runtime.bootstrap}; Ctrl-C stops everything")
                 await _until_signalled()
+            finally:
+                server.should_exit = True
+                await task
 
     try:
         asyncio.run(run())

@@ -564,3 +564,16 @@ async def test_hub_api_serves_the_built_in_and_custom_routes(dsn: str, schema: s
         proc.send_signal(signal.SIGTERM)
         _, err_bytes = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err_bytes.decode()
+
+
+async def test_scheduled_jobs_are_listed(api: Api) -> None:
+    import tests.workflows.jobs_flows  # noqa: F401  registers tj-nightly
+    from hub.runtime.scheduler import Scheduler
+
+    await Scheduler(api.hub).sync()
+    r = await api.client.get("/jobs", headers=api.auth("read"))
+    assert r.status_code == 200, r.text
+    job = next(j for j in r.json() if j["name"] == "tj-nightly")
+    assert job["cron"] == "0 2 * * *" and job["timezone"] == "Europe/Berlin"
+    assert job["workflow"] == "tj-nightly-report" and job["next_tick"]
+    assert (await api.client.get("/jobs")).status_code == 401

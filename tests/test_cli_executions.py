@@ -37,3 +37,24 @@ async def test_list_show_and_cancel_from_the_cli(hub: Hub, dsn: str, schema: str
                                         "customer called")
     assert cancelled.returncode == 0, cancelled.stderr
     assert (await hub.wait("approval:cli", timeout=20)).status == "cancelled"
+
+
+async def test_jobs_list_pause_resume_from_the_cli(hub: Hub, dsn: str, schema: str) -> None:
+    import tests.workflows.jobs_flows  # noqa: F401
+    from hub.runtime.scheduler import Scheduler
+
+    await Scheduler(hub).sync()
+    env = worker_env(dsn, schema, "tests.workflows.jobs_flows")
+
+    def jobs(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hub", "jobs", *args], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    listed = await asyncio.to_thread(jobs, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [job] = [j for j in json.loads(listed.stdout) if j["name"] == "tj-nightly"]
+    assert job["paused"] is False and job["next_tick"]
+    assert (await asyncio.to_thread(jobs, "pause", "tj-nightly")).returncode == 0
+    after = json.loads((await asyncio.to_thread(jobs, "list", "--json")).stdout)
+    assert next(j for j in after if j["name"] == "tj-nightly")["paused"] is True
+    assert (await asyncio.to_thread(jobs, "resume", "tj-nightly")).returncode == 0

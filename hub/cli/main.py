@@ -16,6 +16,7 @@ import typer
 
 from hub.api.cli import add_api_commands, ensure_dev_key, start_api
 from hub.cli.executions import add_execution_commands
+from hub.cli.jobs import add_job_commands
 from hub.cli.kafka import add_kafka_commands
 from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
@@ -32,6 +33,7 @@ app.add_typer(db_app, name="db")
 add_kafka_commands(app)
 add_api_commands(app)
 add_execution_commands(app)
+add_job_commands(app)
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 JsonLogs = Annotated[bool | None, typer.Option(

@@ -21,6 +21,16 @@ from hub.api.problems import ERROR_RESPONSES, Problem
 router = APIRouter(tags=["system"])
 
 
+@router.get("/jobs", summary="Scheduled jobs with their next and last runs",
+            responses=ERROR_RESPONSES)
+async def jobs(service: ServiceDep, _key: ReadKey) -> list[dict[str, Any]]:
+    """Every scheduled job: cron, timezone, workflow, misfire policy, paused, next and last
+    tick, the last execution it started and its last error."""
+    from hub.runtime.scheduler import Scheduler
+
+    return await Scheduler(service.hub).jobs()
+
+
 @router.get("/healthz", response_model=Health, summary="The process is alive")
 async def healthz() -> Health:
     """Answers as long as the event loop runs; checks nothing else (use /readyz)."""

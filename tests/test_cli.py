@@ -42,3 +42,41 @@ def test_help_is_available_everywhere() -> None:
         out = subprocess.run([sys.executable, "-m", "hub", *args], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "Usage" in out.stdout
+
+
+def test_dev_processes_demo_events_and_stops_cleanly_on_sigint() -> None:
+    import signal
+    import socket
+    import time
+
+    data = Path("/tmp") / f"hubdev2-{os.getpid()}"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env.update({"HUB_DATA_DIR": str(data), "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen([sys.executable, "-m", "hub", "dev", "--demo-events", "5",
+                             "--port", str(port), "--log-level", "error"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "succeeded 5 compensated 1" in line:
+                break
+        assert any("succeeded 5 compensated 1" in ln for ln in lines), "".join(lines)
+        assert (data / "dev-api-key").read_text().startswith("hub_")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        leftovers = [p for p in psutil.process_iter(["cmdline"])
+                     if str(data) in " ".join(p.info["cmdline"] or [])]
+        assert not leftovers
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["rm", "-rf", str(data)], check=False)

@@ -79,3 +79,48 @@ async def _order_through_kafka(hub: Hub, runtime: KafkaRuntime, say: Callable[[s
     finally:
         await consumer.stop()
     say("order.confirmed  <- not seen within 30 s")
+
+
+async def trickle(hub: Hub, runtime: KafkaRuntime, count: int | None,
+                  interval: float = 1.0) -> None:
+    """Publish demo orders (every fifth one with a wrong total, which compensates) and print
+    a live summary of what the hub did with them. ``count=None``: until cancelled."""
+    producer = AIOKafkaProducer(bootstrap_servers=runtime.bootstrap)
+    await producer.start()
+    sent = 0
+    last_line = ""
+    try:
+        while count is None or sent < count:
+            sent += 1
+            order_id = f"demo-{int(time.time())}-{sent}"
+            total = 3000 if sent % 5 else 1
+            event = {"id": order_id, "customer_email": f"c{sent}@example.com",
+                     "currency": "EUR", "total": total,
+                     "lines": [{"sku": "TSHIRT-M", "quantity": 2, "unit_price": 1500}]}
+            await producer.send_and_wait("order.placed", json.dumps(event).encode(),
+                                         key=order_id.encode())
+            line = await _summary(hub, sent)
+            if line != last_line:
+                typer.echo(line)
+                last_line = line
+            await asyncio.sleep(interval)
+        for _ in range(30):  # let the last ones finish, then say where they ended
+            await asyncio.sleep(0.5)
+            line = await _summary(hub, sent)
+            if line != last_line:
+                typer.echo(line)
+                last_line = line
+            if "running 0" in line and "pending 0" in line:
+                break
+    finally:
+        await producer.stop()
+
+
+async def _summary(hub: Hub, sent: int) -> str:
+    rows = await hub.store.list_executions(workflow="fulfil-order", limit=10_000)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    parts = " ".join(f"{s} {counts.get(s, 0)}" for s in
+                     ("pending", "running", "succeeded", "compensated", "compensation_failed"))
+    return f"demo: sent {sent} order.placed | fulfil-order: {parts}"

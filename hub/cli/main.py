@@ -115,10 +115,12 @@ def dev(
     log_level: LogLevel = "info",
     once: Annotated[bool, typer.Option(help="run the demo and exit")] = False,
     port: Annotated[int, typer.Option(help="port of the HTTP API")] = 8000,
+    demo_events: Annotated[int | None, typer.Option(
+        help="publish N demo orders then stop sending (default: a steady trickle)")] = None,
 ) -> None:
     """Dev mode: embedded Postgres, a worker, and the demo workflows run end to end."""
     configure_logging(log_level)
-    from hub.cli.demo import run_demo
+    from hub.cli.demo import run_demo, trickle
 
     async def run() -> None:
         settings = HubSettings()
@@ -136,7 +138,11 @@ def dev(
                            f"scope in {key_file}:\n  curl -H 'Authorization: Bearer {token}' "
                            f"http://127.0.0.1:{port}/workflow")
                 typer.echo(f"Kafka at {runtime.bootstrap}; Ctrl-C stops everything")
+                demo = asyncio.create_task(trickle(hub, runtime, demo_events))
                 await _until_signalled()
+                demo.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await demo
             finally:
                 server.should_exit = True
                 await task

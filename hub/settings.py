@@ -40,6 +40,8 @@ class HubSettings(BaseSettings):
     max_payload_bytes: int = Field(default=1_000_000, ge=1024)
     retention_days: float = Field(default=7.0, gt=0, description="finished executions kept")
     scheduler: bool = Field(default=True, description="workers fire scheduled jobs")
+    metrics_port: int | None = Field(
+        default=None, description="`hub worker` serves Prometheus metrics on this port")
     hold_timer_seconds: float = Field(
         default=30.0, description="timers shorter than this keep the lease; longer ones release"
     )

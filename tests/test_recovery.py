@@ -109,3 +109,31 @@ async def test_postgres_restart_under_running_workers(pg_server: object, dsn: st
         assert await conn.fetchval(f"SELECT count(*) FROM {schema}.effects") == 3 * n
     finally:
         await conn.close()
+
+
+async def test_worker_serves_its_metrics(dsn: str, schema: str) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with Hub(dsn, schema=schema, execute=False) as starter:
+        conn = await asyncpg.connect(dsn)
+        await conn.execute(EFFECTS_DDL.format(schema=schema))
+        await conn.close()
+        env_port = {"HUB_METRICS_PORT": str(port)}
+        os.environ.update(env_port)
+        try:
+            async with worker(dsn, schema, "worker-metrics"):
+                run = await starter.start("crash-three-steps", {"n": 1, "sleep": 0.0},
+                                          wait=False)
+                await starter.wait(run.id, timeout=30)
+                body = await asyncio.to_thread(
+                    lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                                   timeout=10).read().decode())
+        finally:
+            os.environ.pop("HUB_METRICS_PORT", None)
+    assert 'hub_step_duration_seconds_count{outcome="ok",step="crash-a",' in body
+    assert 'hub_worker_executions_finished_total{status="succeeded",' in body
+    assert "hub_claim_seconds_count" in body

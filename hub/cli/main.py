@@ -71,6 +71,12 @@ def worker(
 
     async def run() -> None:
         load_modules(settings.modules)
+        if settings.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            from hub.metrics import REGISTRY
+
+            start_http_server(settings.metrics_port, registry=REGISTRY)
         async with Hub(settings=settings, execute=execute) as hub:
             runtime = KafkaRuntime(hub, kafka) if with_kafka else None
             if runtime is not None:

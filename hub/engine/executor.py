@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from hub import metrics
 from hub.engine.checkpoint import Batcher
 from hub.engine.context import Container, StepContext
 from hub.engine.execution import Execution, ResolveError
@@ -160,6 +161,7 @@ class Executor:
             return None
         ex = Execution(row, spec)
         self.run(ex, wake=from_claim and bool(row.get("has_signals")))
+        metrics.EXECUTIONS_STARTED.labels(ex.workflow, "claimed" if from_claim else "new").inc()
         return ex
 
     def plan_start(self, ex: Execution) -> list[tuple[StepNode, bool]] | None:
@@ -200,7 +202,9 @@ class Executor:
             try:
                 room = self.settings.max_executions - len(self._tasks)
                 if room > 0:
+                    t0 = time.perf_counter()
                     rows = await self.store.claim_due(self.owner, self.lease, min(room, 100))
+                    metrics.CLAIM_LATENCY.observe(time.perf_counter() - t0)
                     if rows:
                         # leases of a dead worker expire a few ms apart: look again soon
                         asyncio.get_running_loop().call_later(0.25, self._poke.set)
@@ -518,6 +522,7 @@ class Executor:
             due = now + opts.retry_delay(attempts) if opts.auto_retry else None
             ex.set_step(node.id, "step_failure", state=StepState.TEMP_FAILURE, error=error,
                         due=due)
+            metrics.STEP_RETRIES.labels(ex.workflow, node.step_name).inc()
             log.warning("step_retry_scheduled", execution_id=ex.sid, step=node.id,
                         attempt=attempts, delay_s=None if due is None else round(due - now, 3),
                         error=error["message"][:200])
@@ -605,6 +610,13 @@ class Executor:
         return result
 
     async def _invoke(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
+        t0 = time.perf_counter()
+        outcome = await self._invoke_once(ex, node, attempt)
+        metrics.STEP_DURATION.labels(ex.workflow, node.step_name, outcome.kind).observe(
+            time.perf_counter() - t0)
+        return outcome
+
+    async def _invoke_once(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
         try:
             value = ex.resolve(node.input)
             if node.input_model is not None:
@@ -652,6 +664,11 @@ class Executor:
         return Outcome("ok", out_json, comp_json, outbox=outbox)
 
     async def _compensate(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
+        outcome = await self._compensate_once(ex, node, attempt)
+        metrics.COMPENSATIONS.labels(ex.workflow, node.step_name, outcome.kind).inc()
+        return outcome
+
+    async def _compensate_once(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
         assert node.compensate is not None
         st = ex.step(node.id)
         ctx = self._ctx(ex, node, attempt, True)
@@ -789,6 +806,7 @@ class Executor:
 
     async def _finish(self, ex: Execution) -> None:
         ex.leaving = True
+        metrics.EXECUTIONS_FINISHED.labels(ex.workflow, ex.status).inc()
         await self._write(ex, self._row(ex, lease=False, due_s=None, finished=True))
         log.info("execution_finished", execution_id=ex.sid, workflow=ex.workflow,
                  status=ex.status)

@@ -27,6 +27,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import BaseModel, ValidationError
 
+from hub import metrics
 from hub.engine.checkpoint import Batcher
 from hub.engine.hub import Hub
 from hub.runtime import constants as h
@@ -171,6 +172,7 @@ class Handling:
             target = f"{record.topic}.dlq"
         headers = dead_letter_headers(record, stage, exc, subscriber=subscriber,
                                       attempts=attempts, group=self.group)
+        metrics.DEAD_LETTERS.labels(record.topic, stage).inc()
         log.warning("event_dead_lettered", topic=record.topic, partition=record.partition,
                     offset=record.offset, stage=stage, subscriber=subscriber,
                     dead_letter_topic=target, error=str(exc)[:300])
@@ -429,6 +431,11 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning("commit_failed", topic=part.tp.topic, partition=part.tp.partition,
                         offset=next_offset, error=repr(exc)[:300])
         self.stats["handled"] += result.handled
+        metrics.EVENTS_HANDLED.labels(part.tp.topic).inc(result.handled)
+        hw = self._consumer.highwater(part.tp)
+        if hw is not None:
+            metrics.CONSUMER_LAG.labels(part.tp.topic, str(part.tp.partition)).set(
+                max(0, hw - next_offset))
         self.stats["dead_lettered"] += result.dead_lettered
         self.stats["batches"] += 1
         self.stats["starts"] += len(created)

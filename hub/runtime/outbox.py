@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from hub import metrics
 from hub.engine.hub import Hub
 from hub.runtime import constants as h
 
@@ -63,6 +64,7 @@ class OutboxRelay:
             if n < self.batch:
                 break
         self.published += total
+        metrics.OUTBOX_PUBLISHED.inc(total)
         if total:
             log.debug("outbox_published", events=total)
         return total

@@ -1,0 +1,43 @@
+"""Prometheus metrics of a worker process: what only the process itself can count.
+
+Stored state (executions by status, outbox backlog) is read from Postgres by the API's
+``/metrics``; this module counts the events that leave no row behind: step durations,
+retries, claims, dead letters, lag. ``hub worker`` serves them on ``HUB_METRICS_PORT``.
+One registry per process (not prometheus_client's global one) keeps tests independent.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EXECUTIONS_STARTED = Counter(
+    "hub_worker_executions_started", "Executions this worker began driving (new or claimed)",
+    ["workflow", "how"], registry=REGISTRY)
+EXECUTIONS_FINISHED = Counter(
+    "hub_worker_executions_finished", "Executions this worker finished, by final status",
+    ["workflow", "status"], registry=REGISTRY)
+STEP_DURATION = Histogram(
+    "hub_step_duration_seconds", "Duration of step invocations, by outcome",
+    ["workflow", "step", "outcome"], registry=REGISTRY,
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+STEP_RETRIES = Counter(
+    "hub_step_retries", "Step retries scheduled", ["workflow", "step"], registry=REGISTRY)
+COMPENSATIONS = Counter(
+    "hub_compensations", "Step compensations run, by outcome", ["workflow", "step", "outcome"],
+    registry=REGISTRY)
+CLAIM_LATENCY = Histogram(
+    "hub_claim_seconds", "Round trip of a claim of due executions", registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1))
+EVENTS_HANDLED = Counter(
+    "hub_events_handled", "Kafka records handled by subscribers", ["topic"], registry=REGISTRY)
+DEAD_LETTERS = Counter(
+    "hub_dead_letters", "Kafka records sent to a dead-letter topic", ["topic", "stage"],
+    registry=REGISTRY)
+CONSUMER_LAG = Gauge(
+    "hub_consumer_lag", "Records behind the end of each assigned partition",
+    ["topic", "partition"], registry=REGISTRY)
+OUTBOX_PUBLISHED = Counter(
+    "hub_outbox_published", "Outbox events published by this worker's relay",
+    registry=REGISTRY)

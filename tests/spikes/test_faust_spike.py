@@ -51,7 +51,7 @@ from tests.spikes.faust_harness import (  # noqa: E402 - after the importorskip 
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.broker]  # runs on Tansu and on Apache Kafka
 
 SCENARIO_TIMEOUT = 40.0  # seconds, one faust app start (~4 s JoinGroup on Tansu) to stop
 STOP_PATIENCE = 4.0  # seconds we let App.stop() wait for an event that will never be acked

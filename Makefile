@@ -17,7 +17,7 @@ dev: $(STAMP)  ## the hub's main job: embedded Postgres, a worker, the demo
 	$(BIN)/hub dev
 
 test: $(STAMP)  ## every test (slow ones too) on both brokers, plus lint and type checks
-	$(BIN)/ruff check hub workflows subscribers connectors tests bench
+	$(BIN)/ruff check hub api workflows subscribers connectors tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q

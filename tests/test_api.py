@@ -577,3 +577,13 @@ async def test_scheduled_jobs_are_listed(api: Api) -> None:
     assert job["cron"] == "0 2 * * *" and job["timezone"] == "Europe/Berlin"
     assert job["workflow"] == "tj-nightly-report" and job["next_tick"]
     assert (await api.client.get("/jobs")).status_code == 401
+
+
+async def test_traceparent_header_is_carried_into_the_run(api: Api) -> None:
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    r = await api.client.post("/workflows/hello-world/runs?wait=true",
+                              json={"input": {"name": "Trace"}},
+                              headers={**api.auth("run"), "traceparent": tp})
+    assert r.status_code == 200, r.text
+    run = await api.hub.get_run(r.json()["id"])
+    assert run.trigger and run.trigger["traceparent"] == tp

@@ -23,6 +23,9 @@ from workflows.orders import fulfil_order
 
 pytestmark = pytest.mark.broker
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
 def order(i: int, *, total: int | None = None) -> dict[str, Any]:
     return {"id": f"o{i}", "customer_email": f"c{i}@example.com", "currency": "EUR",
             "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price": 500}],
@@ -122,7 +125,8 @@ async def test_events_become_durable_starts_with_lineage(
         hub: Hub, runtime: KafkaRuntime, kafka_bootstrap: str, prefix: str) -> None:
     topic = f"{prefix}.order.placed"
     await produce(kafka_bootstrap, topic,
-                  [(f"o{i}", json.dumps(order(i)).encode(), []) for i in range(20)])
+                  [(f"o{i}", json.dumps(order(i)).encode(),
+                    [("traceparent", TRACEPARENT.encode())]) for i in range(20)])
 
     async def all_done() -> bool:
         runs = await hub.store.list_executions(workflow="fulfil-order", limit=100)
@@ -131,6 +135,9 @@ async def test_events_become_durable_starts_with_lineage(
     await until(all_done)
     run = await hub.get_run("order.placed:o7")
     assert run.trigger is not None
+    assert run.trigger["traceparent"] == TRACEPARENT, "trace context carried into the run"
+    stored = await hub.store.outbox_for_execution(__import__("uuid").UUID(run.id))
+    assert stored and stored[0]["headers"]["traceparent"] == TRACEPARENT
     assert run.trigger["topic"] == topic and run.trigger["event_id"] == "o7"
     assert run.trigger["key"] == "o7" and isinstance(run.trigger["offset"], int)
     assert run.result["order"] == {"order_id": "o7", "total": 1000, "currency": "EUR"}

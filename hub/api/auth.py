@@ -8,6 +8,7 @@ but no" (the key lacks the scope); both bodies name the problem and never the to
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -85,11 +86,17 @@ def require_scope(scope: Scope | str) -> Callable[..., Awaitable[ApiKey]]:
     return dependency
 
 
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
 def api_trigger(request: Request, key: ApiKey | None, **extra: Any) -> dict[str, Any]:
     """The lineage of a run started over HTTP: which route, which key (never its secret)."""
     route = request.scope.get("route")
     path = getattr(route, "path", request.url.path)
     trigger: dict[str, Any] = {"kind": "api", "route": f"{request.method} {path}"}
+    traceparent = request.headers.get("traceparent")
+    if traceparent and _TRACEPARENT.match(traceparent):
+        trigger["traceparent"] = traceparent  # W3C trace context, carried into the steps
     if key is not None:
         trigger["api_key"] = {"id": key.id, "name": key.name,
                               "prefix": TOKEN_PREFIX + key.prefix}

@@ -57,6 +57,13 @@ class StepContext:
     trigger: dict[str, Any] | None = None
     outbox: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
+    @property
+    def traceparent(self) -> str | None:
+        """The W3C trace context of what started the run (a Kafka header or an HTTP header):
+        connectors pass it on so a trace spans the systems a workflow touches."""
+        value = (self.trigger or {}).get("traceparent")
+        return value if isinstance(value, str) else None
+
     def emit(self, topic: str, event: Any, *, key: str | None = None,
              headers: dict[str, str] | None = None) -> str:
         """Publish ``event`` to ``topic`` through the transactional outbox.
@@ -67,8 +74,11 @@ class StepContext:
         """
         event_id = str(uuid.uuid5(_OUTBOX_NS, f"{self.execution_id}/{self.step}/"
                                                f"{len(self.outbox)}"))
+        hdrs = dict(headers or {})
+        if self.traceparent and "traceparent" not in hdrs:
+            hdrs["traceparent"] = self.traceparent
         self.outbox.append({"id": event_id, "step": self.step, "topic": topic, "key": key,
-                            "payload": event, "headers": dict(headers or {})})
+                            "payload": event, "headers": hdrs})
         return event_id
 
     @staticmethod

@@ -47,6 +47,8 @@ class SubscriberContext:
             "offset": self.offset, "key": self.key, "event_id": self.event_id,
             "subscriber": self.subscriber, "timestamp": self.timestamp,
             **({"replay": True} if self.replay else {}),
+            **({"traceparent": self.headers["traceparent"]}
+               if "traceparent" in self.headers else {}),
         }
 
 

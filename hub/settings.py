@@ -18,7 +18,7 @@ def _default_worker_id() -> str:
 class HubSettings(BaseSettings):
     """Every knob has a default that works on a laptop."""
 
-    model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore", env_file=".env")
 
     database_url: str | None = Field(
         default=None, description="Postgres DSN; unset: an embedded server under data_dir"
@@ -57,7 +57,8 @@ class HubSettings(BaseSettings):
 class KafkaSettings(BaseSettings):
     """The Kafka side: broker, group, security. ``HUB_KAFKA_*`` variables."""
 
-    model_config = SettingsConfigDict(env_prefix="HUB_KAFKA_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="HUB_KAFKA_", extra="ignore",
+                                      env_file=".env")
 
     bootstrap: str | None = Field(
         default=None, description="host:port list; unset: an embedded broker (dev, tests)"

@@ -80,3 +80,11 @@ def test_dev_processes_demo_events_and_stops_cleanly_on_sigint() -> None:
         if proc.poll() is None:
             proc.kill()
         subprocess.run(["rm", "-rf", str(data)], check=False)
+
+
+def test_a_bad_setting_names_the_environment_variable() -> None:
+    env = {**os.environ, "HUB_LEASE_SECONDS": "soon", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "hub", "db", "migrate"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "HUB_LEASE_SECONDS: Input should be a valid number" in out.stderr

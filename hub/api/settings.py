@@ -18,7 +18,8 @@ from hub.errors import HubError
 class ApiSettings(BaseSettings):
     """Defaults suit a laptop; production sets the webhook secrets."""
 
-    model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore", populate_by_name=True,
+                                      env_file=".env")
 
     webhook_secrets: dict[str, SecretStr] = Field(
         default_factory=dict,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from hub.api.cli import add_api_commands, ensure_dev_key, start_api
 from hub.cli.executions import add_execution_commands
@@ -160,8 +161,22 @@ def dev(
         raise typer.Exit(1) from None
 
 
+_ENV_PREFIX = {"HubSettings": "HUB_", "KafkaSettings": "HUB_KAFKA_", "ApiSettings": "HUB_"}
+
+
 def main() -> None:
-    app()
+    """Run the CLI; a bad setting stops it naming the environment variable (exit 2)."""
+    try:
+        app()
+    except ValidationError as exc:
+        prefix = _ENV_PREFIX.get(exc.title)
+        if prefix is None:
+            raise
+        for err in exc.errors():
+            name = prefix + "_".join(str(p) for p in err["loc"]).upper()
+            name = "HUB_SCHEMA" if name == "HUB_DB_SCHEMA" else name
+            typer.echo(f"error: {name}: {err['msg']} (got {err.get('input')!r})", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

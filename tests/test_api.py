@@ -587,3 +587,14 @@ async def test_traceparent_header_is_carried_into_the_run(api: Api) -> None:
     assert r.status_code == 200, r.text
     run = await api.hub.get_run(r.json()["id"])
     assert run.trigger and run.trigger["traceparent"] == tp
+
+
+async def test_readyz_checks_the_broker_when_one_is_configured(hub: Hub) -> None:
+    from hub.api.service import HubService
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    ready = await HubService(hub, kafka_bootstrap=dead).readiness()
+    assert ready.status == "not_ready" and ready.checks["broker"].startswith(dead)
+    assert (await HubService(hub).readiness()).status == "ready"

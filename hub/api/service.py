@@ -365,8 +365,23 @@ class HubService:
         else:
             checks["database"] = "ok"
             checks["migrations"] = "ok" if not pending else f"pending: {', '.join(pending)}"
+        if self.kafka_bootstrap:
+            checks["broker"] = await self._broker_check(timeout_s)
         ready = all(v == "ok" for v in checks.values())
         return Readiness(status="ready" if ready else "not_ready", checks=checks)
+
+    async def _broker_check(self, timeout_s: float) -> str:
+        """A TCP connect to each bootstrap address (cheap enough for every probe; the
+        consumer's own errors are in the worker's logs and metrics)."""
+        for addr in self.kafka_bootstrap.split(","):
+            host, _, port = addr.strip().rpartition(":")
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host or "127.0.0.1", int(port)), timeout_s)
+            except (OSError, ValueError, TimeoutError) as exc:
+                return f"{addr}: {type(exc).__name__}: {str(exc)[:100]}"
+            writer.close()
+        return "ok"
 
     async def metrics_snapshot(self) -> MetricsSnapshot:
         """Counts for a scrape, cached for ``metrics_ttl_s`` so scrapes from several

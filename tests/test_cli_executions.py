@@ -58,3 +58,18 @@ async def test_jobs_list_pause_resume_from_the_cli(hub: Hub, dsn: str, schema: s
     after = json.loads((await asyncio.to_thread(jobs, "list", "--json")).stdout)
     assert next(j for j in after if j["name"] == "tj-nightly")["paused"] is True
     assert (await asyncio.to_thread(jobs, "resume", "tj-nightly")).returncode == 0
+
+
+async def test_db_purge_removes_only_finished_executions(hub: Hub, dsn: str,
+                                                         schema: str) -> None:
+    from tests.test_operations import op_manual, op_retained
+
+    await op_retained(hub).run(input={"sku": "P"})
+    live = await op_manual(hub).run(input={"sku": "Q"})
+    env = worker_env(dsn, schema, "tests.test_operations")
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "hub", "db", "purge"], env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "purged 1 finished execution(s)" in out.stdout
+    assert (await hub.get_run(live.id)).status == "waiting"

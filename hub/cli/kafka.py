@@ -53,6 +53,19 @@ def _print(data: Any, as_json: bool, human: Callable[[], None]) -> None:
         human()
 
 
+def _bar(label: str) -> Callable[[int, int], None]:
+    """A one-line progress bar on stderr (stdout stays for results)."""
+
+    def show(done: int, total: int) -> None:
+        filled = int(30 * done / max(1, total))
+        sys.stderr.write(f"\r{label:10} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
 def add_kafka_commands(app: typer.Typer) -> None:
     topics_app = typer.Typer(help="Topics of topics.yaml on the broker.", no_args_is_help=True)
     dlq_app = typer.Typer(help="Dead-lettered events.", no_args_is_help=True)
@@ -354,7 +367,8 @@ def add_kafka_commands(app: typer.Typer) -> None:
             load_modules(settings.subscribers)
             async with Hub(settings=hs, execute=False) as hub:
                 return await redrive(hub, load_topics(settings.topics_file), SUBSCRIBERS,
-                                     settings, bootstrap, chosen, to_subscriber=to_subscriber)
+                                     settings, bootstrap, chosen, to_subscriber=to_subscriber,
+                                     progress=None if as_json else _bar("redrive"))
 
         done = _run(go)
 

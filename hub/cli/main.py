@@ -117,6 +117,29 @@ def migrate(log_level: LogLevel = "warning") -> None:
     typer.echo("schema up to date" if not applied else "applied: " + ", ".join(applied))
 
 
+@db_app.command("purge")
+def purge(
+    grace_days: Annotated[float, typer.Option(
+        help="keep finished executions this many days past their retention")] = 0.0,
+    log_level: LogLevel = "warning",
+) -> None:
+    """Delete finished executions past their retention (never a live one), with progress."""
+    configure_logging(log_level)
+
+    async def run() -> int:
+        async with Hub(execute=False) as hub:
+            total = 0
+            while True:
+                n = await hub.store.purge_finished(grace_days * 86400.0)
+                total += n
+                typer.echo(f"\rpurged {total} execution(s)", nl=False, err=True)
+                if n < 1000:
+                    typer.echo("", err=True)
+                    return total
+
+    typer.echo(f"purged {asyncio.run(run())} finished execution(s)")
+
+
 @app.command()
 def dev(
     log_level: LogLevel = "info",

@@ -9,6 +9,7 @@ and is recorded in Postgres (who, when, where to), so ``list`` shows what was re
 from __future__ import annotations
 
 import getpass
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +101,8 @@ async def read_dead_letters(hub: Hub, settings: KafkaSettings, bootstrap: str,
 
 async def redrive(hub: Hub, topics: Topics, subscribers: SubscriberRegistry,
                   settings: KafkaSettings, bootstrap: str, letters: list[DeadLetter], *,
-                  to_subscriber: bool = False, by: str | None = None) -> list[dict[str, Any]]:
+                  to_subscriber: bool = False, by: str | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """Send each letter back to its topic, or straight to its subscriber; record it."""
     who = by or getpass.getuser()
     done: list[dict[str, Any]] = []
@@ -140,6 +142,8 @@ async def redrive(hub: Hub, topics: Topics, subscribers: SubscriberRegistry,
             await hub.store.record_redrive(letter.dlq_topic, letter.partition, letter.offset,
                                            target, who)
             done.append({"ref": letter.ref, "target": target, "by": who})
+            if progress is not None:
+                progress(len(done), len(letters))
     finally:
         await producer.stop()
     return done

@@ -125,6 +125,9 @@ topics:
 """)
     env = {**os.environ, "HUB_KAFKA_BOOTSTRAP": kafka_bootstrap, "PYTHONPATH": str(ROOT),
            "HUB_KAFKA_TOPICS_FILE": str(topics)}
+    created = subprocess.run([sys.executable, "-m", "hub", "topics", "apply", "--file",
+                              str(topics)], env=env, capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr  # Apache Kafka here does not auto-create
     good = subprocess.run([sys.executable, "-m", "hub", "publish", f"{prefix}.order.placed",
                            str(ROOT / "examples" / "order.placed.json")], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)

@@ -77,13 +77,6 @@ class Registry:
     def __iter__(self) -> Iterator[WorkflowSpec]:
         return iter(list(self._current.values()))
 
-    def remove_version(self, name: str, version: str) -> None:
-        """Forget one version (tests of version parking use this)."""
-        self._versions.pop((name, version), None)
-        cur = self._current.get(name)
-        if cur is not None and cur.version == version:
-            del self._current[name]
-
 
 REGISTRY = Registry()
 """Definitions register here when their module is imported."""

@@ -218,7 +218,10 @@ def find_main_class(lib: Path, candidates: Sequence[str]) -> str:
 
 
 def new_cluster_id() -> str:
-    """A Kafka cluster id: a random UUID as URL-safe base64 without padding (22 characters)."""
+    """A Kafka cluster id: a random UUID as URL-safe base64 without padding (22 characters).
+
+    It may start with '-': pass it as ``--cluster-id=<id>`` so argparse does not take it
+    for an option (one start in 64 failed that way)."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
 
@@ -430,7 +433,7 @@ class ApacheKafka:
         return (self.log_dirs / "meta.properties").is_file()
 
     def _format(self) -> None:
-        args = ["format", "--cluster-id", new_cluster_id(), "--config", str(self.properties_path)]
+        args = ["format", f"--cluster-id={new_cluster_id()}", "--config", str(self.properties_path)]
         if self.sasl_scram:
             for mechanism in SCRAM_MECHANISMS:
                 args += [

@@ -1,8 +1,8 @@
-"""Shared type aliases and seams."""
+"""Shared type aliases."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeAlias
+from typing import Any, TypeAlias
 
 JSON: TypeAlias = Any
 """A value that ``json.dumps`` accepts: dict, list, str, int, float, bool or None."""
@@ -13,8 +13,3 @@ ExecutionId: TypeAlias = str
 TransactionId: TypeAlias = str
 """The caller's key for an execution; unique per workflow, so a second start finds the first."""
 
-
-class Clock(Protocol):
-    """Where the engine reads time; tests may pass a fake."""
-
-    def __call__(self) -> float: ...

@@ -318,12 +318,12 @@ class Executor:
                     await self._release(ex, due)
                     return
                 if ex.dirty or ex.status_dirty:
-                    await self._checkpoint(ex, running_now=False)
+                    await self._checkpoint(ex)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), max(0.0, due - now))
                 continue
             if ex.dirty or ex.status_dirty:
-                await self._checkpoint(ex, running_now=True)
+                await self._checkpoint(ex)
             for node, compensating in launches:
                 attempt = int(ex.step(node.id).get(
                     "comp_attempts" if compensating else "attempts", 1))
@@ -785,7 +785,7 @@ class Executor:
             upto, ex.signals_upto = ex.signals_upto, 0
             await self.store.delete_signals(ex.id, upto)
 
-    async def _checkpoint(self, ex: Execution, *, running_now: bool) -> None:
+    async def _checkpoint(self, ex: Execution) -> None:
         if ex.status == RunStatus.PENDING:
             ex.status = RunStatus.RUNNING
             ex.events.insert(0, ["begin", ""])

@@ -123,10 +123,6 @@ class Graph:
         ).hexdigest()[:16]
         return Graph(workflow, dict(steps), dict(transforms), dict(conditions), result, version)
 
-    def compensation_order(self, completed: Mapping[str, int]) -> list[str]:
-        """Step ids to compensate: completed ones, latest completion first."""
-        return [s for s, _ in sorted(completed.items(), key=lambda kv: kv[1], reverse=True)]
-
     def to_dict(self) -> dict[str, JSON]:
         """A drawable description: nodes, order edges and data edges."""
         nodes = []

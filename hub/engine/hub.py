@@ -411,9 +411,9 @@ class Hub:
                     return await asyncio.wait_for(asyncio.shield(fut), step)
                 except TimeoutError:
                     row = await self.store.get(uuid.UUID(exec_id))
-                    if row is not None and self._settles(self._run_from_row(row),
-                                                         accept_waiting):
-                        return self._run_from_row(row)
+                    run = self._run_from_row(row) if row is not None else None
+                    if run is not None and self._settles(run, accept_waiting):
+                        return run
         finally:
             self._drop_waiter(exec_id, fut)
 

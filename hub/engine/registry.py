@@ -68,9 +68,6 @@ class Registry:
             )
         return found
 
-    def has(self, name: str, version: str) -> bool:
-        return (name, version) in self._versions
-
     def names(self) -> list[str]:
         return sorted(self._current)
 

@@ -132,8 +132,6 @@ WHERE e.id = h.id AND e.epoch = h.epoch"""
 
 GET_BY_ID = """SELECT * FROM {s}.execution WHERE id = $1"""
 
-GET_BY_IDS = """SELECT * FROM {s}.execution WHERE id = ANY($1::uuid[])"""
-
 GET_BY_TRANSACTION = """-- newest first: archived runs of a non-idempotent workflow come after the live one
 SELECT * FROM {s}.execution
 WHERE transaction_id = $1 AND ($2::text IS NULL OR workflow = $2)
@@ -182,8 +180,6 @@ WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)
   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
 ORDER BY created_at DESC, id DESC
 LIMIT $5"""
-
-COUNT_UNFINISHED = """SELECT count(*) FROM {s}.execution WHERE finished_at IS NULL AND parked IS NULL"""
 
 LOCK_ACQUIRE = """-- 1 round trip: take the key if free, expired, or already ours
 INSERT INTO {s}.lock AS l (key, owner, expires_at)

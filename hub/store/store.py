@@ -276,8 +276,6 @@ class Store:
         recs = await self._fetch(q.GET_BY_ID, execution_id)
         return _decode_row(recs[0]) if recs else None
 
-    async def get_many(self, ids: Sequence[uuid.UUID]) -> list[Row]:
-        return [_decode_row(r) for r in await self._fetch(q.GET_BY_IDS, list(ids))]
 
     async def get_by_transaction(self, transaction_id: str, workflow: str | None) -> list[Row]:
         recs = await self._fetch(q.GET_BY_TRANSACTION, transaction_id, workflow)
@@ -297,9 +295,6 @@ class Store:
         )
         return [_decode_row(r) for r in recs]
 
-    async def count_unfinished(self) -> int:
-        recs = await self._fetch(q.COUNT_UNFINISHED)
-        return int(recs[0][0])
 
     async def park(self, execution_id: uuid.UUID, epoch: int, message: str) -> None:
         await self._execute(q.PARK, execution_id, epoch, message)

@@ -2,6 +2,7 @@
 
 from hub.engine.context import Container as Container
 from hub.engine.context import StepContext as StepContext
+from hub.engine.context import provides as provides
 from hub.engine.hub import ExecutionEvent as ExecutionEvent
 from hub.engine.hub import Hub as Hub
 from hub.engine.response import StepResponse as StepResponse
@@ -71,6 +72,7 @@ __all__ = [
     "create_workflow",
     "emit_event_step",
     "parallelize",
+    "provides",
     "release_lock_step",
     "scheduled",
     "subscriber",

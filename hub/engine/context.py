@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -12,13 +13,45 @@ from hub.errors import HubError
 
 _OUTBOX_NS = uuid.UUID("6f1c1d0e-52a3-4c2e-9a55-3b0f3a1e7c11")
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+Factory = Callable[[], Any]
+
+PROVIDERS: dict[str, Factory] = {}
+"""Factories of named services (connectors), registered by ``@provides`` at import."""
+
+
+def provides(name: str) -> Callable[[F], F]:
+    """Register a factory that builds the service ``name`` (e.g. a connector) from its
+    configuration; every hub's container builds it on first use, or all of them at start-up
+    with ``Container.build_all()``, and closes what it built when the hub closes."""
+
+    def register(factory: F) -> F:
+        existing = PROVIDERS.get(name)
+        if existing is not None and existing.__qualname__ != factory.__qualname__:
+            raise HubError(f"service {name!r} is provided twice: by "
+                           f"{existing.__module__}.{existing.__qualname__} and "
+                           f"{factory.__module__}.{factory.__qualname__}")
+        PROVIDERS[name] = factory
+        return factory
+
+    return register
+
 
 class Container:
     """A small registry through which steps reach connectors and services by name, as in
-    Medusa's container: ``ctx.container.resolve("erp")``."""
+    Medusa's container: ``ctx.container.resolve("erp")``.
 
-    def __init__(self, services: dict[str, Any] | None = None) -> None:
+    Services given or registered explicitly win over ``@provides`` factories, so a test can
+    hand in its own; a service built from a factory is owned, and closed by ``aclose``.
+    """
+
+    def __init__(self, services: dict[str, Any] | None = None,
+                 providers: dict[str, Factory] | None = None) -> None:
         self._services: dict[str, Any] = dict(services or {})
+        self._providers = PROVIDERS if providers is None else providers
+        self._built: list[Any] = []
 
     def register(self, name: str, service: Any) -> None:
         self._services[name] = service
@@ -27,17 +60,40 @@ class Container:
         try:
             return self._services[name]
         except KeyError:
-            known = ", ".join(sorted(self._services)) or "none"
+            pass
+        factory = self._providers.get(name)
+        if factory is None:
+            known = ", ".join(self.names()) or "none"
             raise HubError(
                 f"nothing is registered in the container as {name!r} (registered: {known}); "
-                "register it with hub.container.register(name, service)"
-            ) from None
+                "register it with hub.container.register(name, service) or @provides(name)"
+            )
+        service = factory()
+        self._services[name] = service
+        self._built.append(service)
+        return service
+
+    def build_all(self) -> list[str]:
+        """Build every provided service now, so bad configuration fails at start-up."""
+        for name in sorted(self._providers):
+            self.resolve(name)
+        return self.names()
+
+    async def aclose(self) -> None:
+        """Close the services this container built (those with an ``aclose``)."""
+        built, self._built = self._built, []
+        for service in reversed(built):
+            close = getattr(service, "aclose", None)
+            if close is not None:
+                await close()
+        for name in [n for n, s in self._services.items() if any(s is b for b in built)]:
+            del self._services[name]
 
     def __contains__(self, name: str) -> bool:
-        return name in self._services
+        return name in self._services or name in self._providers
 
     def names(self) -> list[str]:
-        return sorted(self._services)
+        return sorted(set(self._services) | set(self._providers))
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,7 @@ class Hub:
             for f, _ in entries:
                 if not f.done():
                     f.cancel()
+        await self.container.aclose()
         if self._store is not None:
             await self._store.close()
             self._store = None

@@ -2,7 +2,8 @@
 
 Add a route by decorating a function with ``router``; the hub and the caller's API key come
 from ``hub.api``'s dependencies, exactly as for the built-in routes. The tutorial route runs
-the hello-world workflow, like Medusa's ``GET /workflow`` route.
+the hello-world workflow, like Medusa's ``GET /workflow`` route; the second one counts
+the ERP's products through the ``erp`` connector.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pydantic import BaseModel
 
 from hub import Hub
 from hub.api import ApiKey, api_trigger, get_hub, require_scope
-from workflows.hello_world import hello_world
+from workflows.hello_world import erp_product_count, hello_world
 
 router = APIRouter(tags=["custom"])
 
@@ -33,3 +34,19 @@ async def run_hello_world(
     run = await hello_world(hub).run(input={"name": "John"},
                                      trigger=api_trigger(request, key))
     return HelloWorldResult.model_validate(run.result)
+
+
+class ProductCount(BaseModel):
+    count: int
+
+
+@router.get("/erp/products/count", response_model=ProductCount,
+            summary="Count the ERP's products")
+async def count_erp_products(
+    request: Request,
+    hub: Annotated[Hub, Depends(get_hub)],
+    key: Annotated[ApiKey, Depends(require_scope("run"))],
+) -> ProductCount:
+    """Runs a workflow whose step resolves the ERP connector from the container."""
+    run = await erp_product_count(hub).run(input=None, trigger=api_trigger(request, key))
+    return ProductCount.model_validate(run.result)

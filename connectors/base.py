@@ -13,7 +13,9 @@ breaker open                             no                 CircuitOpenError (tr
 Every attempt carries the step's idempotency key (``Idempotency-Key``), so the system can
 deduplicate a call repeated by us, by the engine or by a worker that took over after a crash.
 Error messages name connector, method, path and status with a short, redacted body excerpt;
-never headers, query parameters or credentials.
+never headers, query parameters or credentials. ``CallGuard`` holds the limits, the breaker
+and the retries apart from httpx, so a connector built on a vendor SDK (Stripe's) shares
+them instead of copying them.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ Verdict = Literal["success", "transient", "permanent"]
 """How a connector reads an HTTP answer; see ``HttpConnector.classify``."""
 
 S = TypeVar("S", bound="ConnectorSettings")
+T = TypeVar("T")
 
 _EXCERPT_CHARS = 200
 _TRANSIENT_4XX = frozenset({408, 425, 429})
@@ -172,13 +175,111 @@ class Connector(Protocol):
 Sleep = Callable[[float], Awaitable[None]]
 
 
+class CallGuard:
+    """What every connector puts around a call to its system, whether it speaks HTTP itself
+    (``HttpConnector``) or through a vendor SDK: a concurrency limit, a rate limit, the
+    circuit breaker and bounded retries with jitter that honour ``Retry-After``.
+
+    An attempt reports through what it raises: ``RetryableHttpError`` is worth repeating
+    here; any other ``ConnectorError`` is final. The breaker counts attempts that got no
+    answer (status None) or a 5xx as failures, and any answer (a 4xx or 429 included) as a
+    sign of life; an attempt ended by anything else (cancelled) decides nothing.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: ConnectorSettings,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self._sleep = sleep
+        self._semaphore = asyncio.Semaphore(settings.max_concurrency)
+        rate = settings.rate_per_second
+        # aiolimiter cannot hand out one token from a bucket smaller than one.
+        self._limiter = AsyncLimiter(rate, 1.0) if rate >= 1 else AsyncLimiter(1, 1.0 / rate)
+        self.breaker = CircuitBreaker(
+            name, failure_threshold=settings.breaker_failure_threshold,
+            window_s=settings.breaker_window_s, reset_s=settings.breaker_reset_s, clock=clock)
+
+    async def call(self, attempt: Callable[[], Awaitable[T]], *, idempotent: bool = True,
+                   log_fields: Mapping[str, object] | None = None) -> T:
+        """Run ``attempt`` until it returns or fails for good (or retries run out).
+
+        ``idempotent=False`` repeats only attempts that surely never reached the system
+        (``RetryableHttpError.sent`` is False) and 429s. ``log_fields`` (e.g. method and
+        path; never secrets) go with the retry log line.
+        """
+        fields = dict(log_fields or {})
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(1 + self.settings.max_retries),
+            wait=self._wait,
+            retry=retry_if_exception(lambda e: self._retry_in_process(e, idempotent)),
+            sleep=self._sleep,
+            before_sleep=lambda state: self._log_retry(state, fields),
+            reraise=True,
+        )
+        return await retrying(self._guarded, attempt)
+
+    async def _guarded(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        self.breaker.before_call()
+        system_failed: bool | None = None
+        try:
+            async with self._semaphore, self._limiter:
+                result = await attempt()
+            system_failed = False
+            return result
+        except RetryableHttpError as exc:
+            system_failed = exc.status is None or exc.status >= 500
+            raise
+        except TransientConnectorError:
+            system_failed = True
+            raise
+        except PermanentConnectorError:
+            system_failed = False
+            raise
+        finally:
+            if system_failed is None:
+                self.breaker.on_abandon()
+            elif system_failed:
+                self.breaker.on_failure()
+            else:
+                self.breaker.on_success()
+
+    def _retry_in_process(self, exc: BaseException, idempotent: bool) -> bool:
+        if not isinstance(exc, RetryableHttpError):
+            return False
+        if exc.retry_after_s is not None and exc.retry_after_s > self.settings.retry_after_max_s:
+            return False  # a long outage: let the engine schedule the step later
+        return idempotent or not exc.sent or exc.status == 429
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RetryableHttpError) and exc.retry_after_s is not None:
+            return exc.retry_after_s
+        jitter = wait_random_exponential(multiplier=self.settings.retry_initial_s,
+                                         max=self.settings.retry_max_s)
+        return float(jitter(state))
+
+    def _log_retry(self, state: RetryCallState, fields: Mapping[str, object]) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("connector_retry_scheduled", connector=self.name, **fields,
+                    status=getattr(exc, "status", None), attempt=state.attempt_number,
+                    delay_s=state.next_action.sleep if state.next_action else None)
+
+
 class HttpConnector:
     """One ``httpx.AsyncClient`` per outside system, behind a concurrency limit, a rate limit,
-    a circuit breaker and bounded retries.
+    a circuit breaker and bounded retries (its ``CallGuard``).
 
     Subclasses add the system's calls on top of ``request`` and may override ``classify``
-    (e.g. read 409 as success when it means "already created with this key"), and
-    ``idempotency_header`` (``None`` when the system has no such mechanism).
+    (e.g. read 409 as success when it means "already created with this key"),
+    ``idempotency_header`` (``None`` when the system has no such mechanism), and the hooks
+    ``before_send`` / ``after_receive``, which see every attempt (e.g. to pace calls by the
+    system's rate-limit headers, or to turn its own reset header into ``Retry-After``).
     """
 
     idempotency_header: ClassVar[str | None] = "Idempotency-Key"
@@ -196,7 +297,6 @@ class HttpConnector:
     ) -> None:
         self.name = name
         self.settings = settings
-        self._sleep = sleep
         self._secrets = settings.secret_values()
         self._client = httpx.AsyncClient(
             base_url=str(settings.base_url),
@@ -206,14 +306,20 @@ class HttpConnector:
             timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
             limits=httpx.Limits(max_connections=settings.max_connections,
                                 max_keepalive_connections=settings.max_connections),
+            event_hooks={"request": [self.before_send], "response": [self.after_receive]},
         )
-        self._semaphore = asyncio.Semaphore(settings.max_concurrency)
-        rate = settings.rate_per_second
-        # aiolimiter cannot hand out one token from a bucket smaller than one.
-        self._limiter = AsyncLimiter(rate, 1.0) if rate >= 1 else AsyncLimiter(1, 1.0 / rate)
-        self.breaker = CircuitBreaker(
-            name, failure_threshold=settings.breaker_failure_threshold,
-            window_s=settings.breaker_window_s, reset_s=settings.breaker_reset_s, clock=clock)
+        self.guard = CallGuard(name, settings, sleep=sleep, clock=clock)
+        self.breaker = self.guard.breaker
+
+    async def before_send(self, request: httpx.Request) -> None:
+        """Called before every attempt goes out."""
+
+    async def after_receive(self, response: httpx.Response) -> None:
+        """Called with every answer, before ``classify`` reads it."""
+
+    def redact(self, text: str) -> str:
+        """``text`` with every configured secret replaced by ``***``."""
+        return self._redact(text)
 
     async def __aenter__(self) -> Self:
         return self
@@ -258,47 +364,27 @@ class HttpConnector:
             if ctx.traceparent:
                 hdrs["traceparent"] = ctx.traceparent
         method = method.upper()
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(1 + self.settings.max_retries),
-            wait=self._wait,
-            retry=retry_if_exception(lambda e: self._retry_in_process(e, idempotent)),
-            sleep=self._sleep,
-            before_sleep=lambda state: self._log_retry(state, method, path),
-            reraise=True,
-        )
-        return await retrying(self._attempt, method, path, json, params, hdrs)
+        return await self.guard.call(
+            lambda: self._attempt(method, path, json, params, hdrs),
+            idempotent=idempotent, log_fields={"method": method, "path": path})
 
     async def _attempt(self, method: str, path: str, json: Any,
                        params: Mapping[str, Any] | None, headers: dict[str, str],
                        ) -> httpx.Response:
-        self.breaker.before_call()
-        system_failed: bool | None = None
         try:
-            async with self._semaphore, self._limiter:
-                try:
-                    response = await self._client.request(
-                        method, path, json=json, params=params, headers=headers)
-                except httpx.RequestError as exc:
-                    error = self._request_error(method, path, exc)
-                    system_failed = isinstance(error, TransientConnectorError)
-                    raise error from exc
-            verdict = self.classify(response)
-            system_failed = verdict == "transient" and response.status_code >= 500
-            if verdict == "success":
-                return response
-            message = (f"connector {self.name!r}: {method} {path} answered "
-                       f"{response.status_code}: {self._excerpt(response)}")
-            if verdict == "permanent":
-                raise PermanentConnectorError(message)
-            raise RetryableHttpError(message, status=response.status_code,
-                                     retry_after_s=retry_after_s(response))
-        finally:
-            if system_failed is None:
-                self.breaker.on_abandon()
-            elif system_failed:
-                self.breaker.on_failure()
-            else:
-                self.breaker.on_success()
+            response = await self._client.request(
+                method, path, json=json, params=params, headers=headers)
+        except httpx.RequestError as exc:
+            raise self._request_error(method, path, exc) from exc
+        verdict = self.classify(response)
+        if verdict == "success":
+            return response
+        message = (f"connector {self.name!r}: {method} {path} answered "
+                   f"{response.status_code}: {self._excerpt(response)}")
+        if verdict == "permanent":
+            raise PermanentConnectorError(message)
+        raise RetryableHttpError(message, status=response.status_code,
+                                 retry_after_s=retry_after_s(response))
 
     def _request_error(self, method: str, path: str, exc: httpx.RequestError) -> Exception:
         """The one place httpx's exceptions become ours."""
@@ -310,27 +396,6 @@ class HttpConnector:
             return PermanentConnectorError(message)
         sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
         return RetryableHttpError(message, status=None, sent=sent)
-
-    def _retry_in_process(self, exc: BaseException, idempotent: bool) -> bool:
-        if not isinstance(exc, RetryableHttpError):
-            return False
-        if exc.retry_after_s is not None and exc.retry_after_s > self.settings.retry_after_max_s:
-            return False  # a long outage: let the engine schedule the step later
-        return idempotent or not exc.sent or exc.status == 429
-
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RetryableHttpError) and exc.retry_after_s is not None:
-            return exc.retry_after_s
-        jitter = wait_random_exponential(multiplier=self.settings.retry_initial_s,
-                                         max=self.settings.retry_max_s)
-        return float(jitter(state))
-
-    def _log_retry(self, state: RetryCallState, method: str, path: str) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning("connector_retry_scheduled", connector=self.name, method=method, path=path,
-                    status=getattr(exc, "status", None), attempt=state.attempt_number,
-                    delay_s=state.next_action.sleep if state.next_action else None)
 
     def _excerpt(self, response: httpx.Response) -> str:
         text = " ".join(response.text.split())
@@ -344,7 +409,11 @@ class HttpConnector:
 
 def retry_after_s(response: httpx.Response) -> float | None:
     """Seconds the system asked us to wait, from ``Retry-After`` (seconds or HTTP-date)."""
-    value = response.headers.get("retry-after")
+    return parse_retry_after(response.headers.get("retry-after"))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` value (seconds or HTTP-date) in seconds; None if absent or bad."""
     if value is None:
         return None
     value = value.strip()

@@ -8,7 +8,8 @@ half_open --probe fails-----> open (the cool-down starts again)
 ```
 Failing fast raises ``TransientConnectorError``: the engine retries the step later, by which
 time the breaker may have closed. Everything here is synchronous and runs on one event loop,
-so no lock is needed; the clock is injectable so tests need not sleep.
+so no lock is needed; the clock is injectable so tests need not sleep. The worker's metrics
+show it: ``hub_connector_circuit_open{connector}`` and ``hub_connector_circuit_transitions``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from hub import TransientConnectorError
+from hub.metrics import CIRCUIT_OPEN, CIRCUIT_TRANSITIONS
 
 
 class BreakerState(enum.StrEnum):
@@ -90,6 +92,9 @@ class CircuitBreaker:
             self._probe_in_flight = True
 
     def on_success(self) -> None:
+        if self._state is not BreakerState.CLOSED:
+            CIRCUIT_OPEN.labels(self.name).set(0)
+            CIRCUIT_TRANSITIONS.labels(self.name, BreakerState.CLOSED.value).inc()
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._probe_in_flight = False
@@ -110,6 +115,8 @@ class CircuitBreaker:
         self._probe_in_flight = False
 
     def _open(self, now: float) -> None:
+        CIRCUIT_OPEN.labels(self.name).set(1)
+        CIRCUIT_TRANSITIONS.labels(self.name, BreakerState.OPEN.value).inc()
         self._state = BreakerState.OPEN
         self._opened_at = now
         self._failures = 0

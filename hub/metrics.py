@@ -41,3 +41,10 @@ CONSUMER_LAG = Gauge(
 OUTBOX_PUBLISHED = Counter(
     "hub_outbox_published", "Outbox events published by this worker's relay",
     registry=REGISTRY)
+CIRCUIT_OPEN = Gauge(
+    "hub_connector_circuit_open",
+    "1 while a connector's circuit breaker is open (failing fast) or probing, else 0",
+    ["connector"], registry=REGISTRY)
+CIRCUIT_TRANSITIONS = Counter(
+    "hub_connector_circuit_transitions", "Circuit breaker state changes, by new state",
+    ["connector", "state"], registry=REGISTRY)

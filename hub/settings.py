@@ -68,6 +68,10 @@ class KafkaSettings(BaseSettings):
         default=None, description="static membership: a restarted worker keeps its partitions"
     )
     topics_file: Path = Field(default=Path("topics.yaml"))
+    topic_prefix: str = Field(
+        default="", pattern=r"^[A-Za-z0-9._-]*$", max_length=100,
+        description="put before every topic name (consumed, produced, dead letters), so "
+                    "environments can share a cluster; e.g. `staging.`")
     subscribers: Annotated[list[str], NoDecode] = Field(default=["subscribers"])
     security_protocol: str = Field(default="PLAINTEXT",
                                    pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$")

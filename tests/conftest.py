@@ -17,6 +17,7 @@ import pytest
 import structlog
 
 from hub import Hub
+from hub.sandbox import SandboxControl, SandboxServer
 from hub.store.embedded import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,3 +102,46 @@ def worker_env(dsn: str, schema: str, modules: str, **extra: str) -> dict[str, s
         **extra,
     })
     return env
+
+
+FAST_CONNECTOR_RETRIES = {
+    "RETRY_INITIAL_S": "0.05", "RETRY_MAX_S": "0.5", "BREAKER_RESET_S": "1",
+    "BREAKER_FAILURE_THRESHOLD": "3", "TIMEOUT_S": "5",
+}
+
+
+@pytest.fixture(scope="session")
+def sandboxes() -> Iterator[SandboxServer]:
+    """The four sandbox systems, once per session, on free loopback ports; the connectors
+    of every hub the tests open (and of the workers they start) point at them."""
+    from hub.sandbox.systems import all_sandboxes
+
+    server = all_sandboxes(seed=7).start_in_thread()
+    env = server.connector_env()
+    for system in ("STRIPE", "ODOO", "HUBSPOT", "CONTENTFUL"):
+        env.update({f"HUB_{system}_{k}": v for k, v in FAST_CONNECTOR_RETRIES.items()})
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop_thread()
+
+
+@pytest.fixture
+async def sandbox(sandboxes: SandboxServer) -> AsyncIterator[SandboxControl]:
+    """The sandboxes' control client; faults are cleared after the test."""
+    async with SandboxControl(sandboxes.control_url) as control:
+        await control.clear_faults()
+        yield control
+        await control.clear_faults()
+
+
+def broker_session_ms() -> int:
+    """Tansu holds a join for half the session timeout; Apache Kafka refuses < 6 s."""
+    return 6000 if os.environ.get("HUB_TEST_BROKER") == "kafka" else 2000

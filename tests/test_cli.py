@@ -21,15 +21,16 @@ def test_dev_mode_runs_the_demo_on_an_embedded_postgres(tmp_path: Path) -> None:
     env.update({"HUB_DATA_DIR": str(data), "PYTHONPATH": str(ROOT)})
     try:
         out = subprocess.run([sys.executable, "-m", "hub", "dev", "--once", "--log-level",
-                              "error"], env=env, cwd=ROOT, capture_output=True, text=True,
-                             timeout=180)
+                              "error", "--sandbox-port", "0"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stderr
         hello = "hello-world      -> succeeded: {'message': 'Hello John from step two!'}"
         assert hello in out.stdout
-        assert "demo-order fails -> compensated" in out.stdout
-        assert "demo-approval    -> succeeded" in out.stdout
-        assert "order.placed     -> fulfil-order succeeded" in out.stdout
-        assert "(via the outbox)" in out.stdout
+        assert "order.placed     -> fulfil-order succeeded (payment pi_" in out.stdout
+        assert "order.confirmed  -> ship-order waiting" in out.stdout
+        assert "shipment         -> ship-order succeeded" in out.stdout
+        assert "declined card    -> fulfil-order compensated; undone: open-fulfilment, " \
+               "reserve-stock" in out.stdout
         leftovers = [p for p in psutil.process_iter(["cmdline"])
                      if str(data) in " ".join(p.info["cmdline"] or [])]
         assert not leftovers, "the dev hub stops the server it started"
@@ -44,6 +45,9 @@ def test_help_is_available_everywhere() -> None:
         assert out.returncode == 0 and "Usage" in out.stdout
 
 
+DONE = "succeeded 5 compensated 2 in flight 0 | ship-order: waiting 0 shipped 5"
+
+
 def test_dev_processes_demo_events_and_stops_cleanly_on_sigint() -> None:
     import signal
     import socket
@@ -56,7 +60,8 @@ def test_dev_processes_demo_events_and_stops_cleanly_on_sigint() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
     env.update({"HUB_DATA_DIR": str(data), "PYTHONPATH": str(ROOT)})
     proc = subprocess.Popen([sys.executable, "-m", "hub", "dev", "--demo-events", "5",
-                             "--port", str(port), "--log-level", "error"], env=env, cwd=ROOT,
+                             "--port", str(port), "--log-level", "error",
+                             "--sandbox-port", "0"], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, text=True)
     lines: list[str] = []
     try:
@@ -67,9 +72,11 @@ def test_dev_processes_demo_events_and_stops_cleanly_on_sigint() -> None:
             if not line:
                 break
             lines.append(line)
-            if "succeeded 5 compensated 1" in line:
+            if DONE in line:
                 break
-        assert any("succeeded 5 compensated 1" in ln for ln in lines), "".join(lines)
+        # the one-of-each demo (1 good, 1 declined), then orders 1-5 (the 5th declined);
+        # the warehouse ships every confirmed order through the signed webhook
+        assert any(DONE in ln for ln in lines), "".join(lines)
         assert (data / "dev-api-key").read_text().startswith("hub_")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0

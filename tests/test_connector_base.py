@@ -30,6 +30,7 @@ from connectors import (
     load_settings,
 )
 from hub import Container, PermanentConnectorError, StepContext, TransientConnectorError
+from hub.metrics import REGISTRY as METRICS
 
 SECRET = "sk-live-very-secret"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -225,6 +226,7 @@ async def test_breaker_opens_fails_fast_half_opens_and_closes_on_success() -> No
             with pytest.raises(TransientConnectorError):
                 await erp.request("GET", "/ping", ctx=None)
         assert erp.breaker.state is BreakerState.OPEN
+        assert circuit_open(erp.name) == 1.0
 
         with pytest.raises(CircuitOpenError, match="circuit open"):
             await erp.request("GET", "/ping", ctx=None)
@@ -236,6 +238,12 @@ async def test_breaker_opens_fails_fast_half_opens_and_closes_on_success() -> No
         await erp.request("GET", "/ping", ctx=None)
         assert state_of(erp) is BreakerState.CLOSED
         assert len(calls) == 4
+        assert circuit_open(erp.name) == 0.0
+
+
+def circuit_open(name: str) -> float | None:
+    """The worker's ``hub_connector_circuit_open`` gauge of one connector."""
+    return METRICS.get_sample_value("hub_connector_circuit_open", {"connector": name})
 
 
 async def test_failed_half_open_probe_opens_the_breaker_again() -> None:

@@ -25,8 +25,8 @@ from hub.runtime.topics import Topics, load_topics
 from hub.settings import KafkaSettings
 from tests.conftest import ROOT, worker_env
 from tests.test_subscribers import order, produce, until
+from tests.workflows.orders_lite import record_order
 from workflows.events import OrderPlaced
-from workflows.orders import fulfil_order
 
 pytestmark = pytest.mark.broker
 
@@ -45,7 +45,7 @@ topics:
     dead_letter: {prefix}.orders.dlq
   {prefix}.orders.dlq:
     partitions: 1
-  order.confirmed:
+  order.recorded:
     partitions: 1
 """)
     return path
@@ -68,7 +68,7 @@ def starting_registry(prefix: str, seen: list[tuple[str, str]] | None = None
             await asyncio.sleep(0.001)
         if event.customer_email.startswith("broken"):
             raise RuntimeError(f"cannot handle {event.id}")
-        await fulfil_order(ctx.hub).run(input=event, transaction_id=f"order.placed:{event.id}",
+        await record_order(ctx.hub).run(input=event, transaction_id=f"order.placed:{event.id}",
                                         wait=False)
 
     return reg
@@ -94,7 +94,7 @@ async def create_topics(bootstrap: str, path: Path) -> Topics:
 
 
 async def count_started(hub: Hub) -> int:
-    rows = await hub.store.list_executions(workflow="fulfil-order", limit=10_000)
+    rows = await hub.store.list_executions(workflow="record-order", limit=10_000)
     return len(rows)
 
 
@@ -171,7 +171,7 @@ async def test_consumer_sigkilled_mid_batch_then_everything_started_once(
     finally:
         if first.poll() is None:
             first.kill()
-    rows = await hub.store.list_executions(workflow="fulfil-order", limit=10_000)
+    rows = await hub.store.list_executions(workflow="record-order", limit=10_000)
     assert len(rows) == n
     assert len({r["transaction_id"] for r in rows}) == n
 
@@ -197,7 +197,7 @@ async def test_replay_dry_run_then_skip_then_new_runs(
     fresh = await replay(hub, topics, reg, s, kafka_bootstrap, topic, Position(offset=0),
                          new_runs=True, partitions=[0])
     assert fresh.replay_id and len(fresh.started) == fresh.events > 0
-    replayed = await hub.get_run(fresh.started[0].split(":", 1)[1], workflow="fulfil-order")
+    replayed = await hub.get_run(fresh.started[0].split(":", 1)[1], workflow="record-order")
     assert replayed.transaction_id.endswith(f"#replay:{fresh.replay_id}")
     assert replayed.trigger and replayed.trigger.get("replay") is True
 
@@ -214,7 +214,7 @@ async def test_dead_letter_redriven_to_its_topic_then_its_workflow_completes(
     async def on_order(event: OrderPlaced, ctx: SubscriberContext) -> None:
         if not fixed["yes"]:
             raise ConnectionError("CRM down")
-        await fulfil_order(ctx.hub).run(input=event, transaction_id=f"order.placed:{event.id}",
+        await record_order(ctx.hub).run(input=event, transaction_id=f"order.placed:{event.id}",
                                         wait=False)
 
     await produce(kafka_bootstrap, topic, [("o1", json.dumps(order(1)).encode(), [])])
@@ -341,7 +341,7 @@ async def test_dead_letter_redriven_straight_to_its_subscriber(
     async def on_order(event: OrderPlaced, ctx: SubscriberContext) -> None:
         if not fixed["yes"]:
             raise ConnectionError("ERP down")
-        await fulfil_order(ctx.hub).run(input=event, transaction_id=f"order.placed:{event.id}",
+        await record_order(ctx.hub).run(input=event, transaction_id=f"order.placed:{event.id}",
                                         wait=False)
 
     await produce(kafka_bootstrap, topic, [("o9", json.dumps(order(9)).encode(), [])])

@@ -108,3 +108,14 @@ async def test_timeouts_hang_past_the_client(sandbox: SandboxServer) -> None:
         await control.set_faults("echo", latency_ms=150)
         async with httpx.AsyncClient(base_url=sandbox.url("echo"), timeout=5) as client:
             assert (await client.post("/v1/items/fast")).status_code == 200
+
+
+async def test_faults_can_target_one_route_and_status(sandbox: SandboxServer) -> None:
+    async with SandboxControl(sandbox.control_url) as control, \
+            httpx.AsyncClient(base_url=sandbox.url("echo")) as client:
+        await control.set_faults("echo", error_rate=1.0, error_status=400,
+                                 match=r"^POST /v1/items/bad")
+        assert (await client.post("/v1/items/bad-1")).status_code == 400
+        assert (await client.post("/v1/items/good-1")).status_code == 200
+        answer = await client.put("/_sandbox/faults", json={"match": "("})
+        assert answer.status_code == 422 and "regular expression" in answer.text

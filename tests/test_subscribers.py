@@ -18,8 +18,8 @@ from hub.runtime.service import KafkaRuntime
 from hub.runtime.subscriber import SubscriberRegistry
 from hub.runtime.topics import Topics, load_topics
 from hub.settings import KafkaSettings
+from tests.workflows.orders_lite import record_order
 from workflows.events import OrderPlaced
-from workflows.orders import fulfil_order
 
 pytestmark = pytest.mark.broker
 
@@ -65,7 +65,7 @@ def registry(prefix: str) -> SubscriberRegistry:
                 raise ConnectionError("CRM briefly unavailable")
         if event.customer_email.startswith("broken"):
             raise RuntimeError(f"cannot handle {event.id}")
-        await fulfil_order(ctx.hub).run(input=event, transaction_id=f"order.placed:{event.id}",
+        await record_order(ctx.hub).run(input=event, transaction_id=f"order.placed:{event.id}",
                                         wait=False)
 
     return reg
@@ -129,7 +129,7 @@ async def test_events_become_durable_starts_with_lineage(
                     [("traceparent", TRACEPARENT.encode())]) for i in range(20)])
 
     async def all_done() -> bool:
-        runs = await hub.store.list_executions(workflow="fulfil-order", limit=100)
+        runs = await hub.store.list_executions(workflow="record-order", limit=100)
         return len(runs) == 20 and all(r["status"] == "succeeded" for r in runs)
 
     await until(all_done)
@@ -154,7 +154,7 @@ async def test_redelivered_event_starts_nothing_new(
         return runtime.consumer is not None and runtime.consumer.stats["handled"] >= 3
 
     await until(consumed)
-    runs = await hub.store.list_executions(workflow="fulfil-order", limit=10)
+    runs = await hub.store.list_executions(workflow="record-order", limit=10)
     assert len(runs) == 1
 
 
@@ -189,7 +189,7 @@ async def test_poison_events_are_dead_lettered_and_good_ones_flow(
     assert "Traceback" in handler_dead[h.DLQ_EXCEPTION_STACKTRACE]
 
     async def good_ones_started() -> bool:
-        runs = await hub.store.list_executions(workflow="fulfil-order", limit=10)
+        runs = await hub.store.list_executions(workflow="record-order", limit=10)
         return {r["transaction_id"] for r in runs} == {"order.placed:o92", "order.placed:o93"}
 
     await until(good_ones_started)
@@ -202,7 +202,7 @@ async def test_failed_workflow_does_not_dead_letter_the_event(
                   [("o5", json.dumps(order(5, total=1)).encode(), [])])
 
     async def compensated() -> bool:
-        runs = await hub.store.list_executions(workflow="fulfil-order", limit=10)
+        runs = await hub.store.list_executions(workflow="record-order", limit=10)
         return bool(runs) and runs[0]["status"] == "compensated"
 
     await until(compensated)

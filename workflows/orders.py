@@ -1,10 +1,25 @@
-"""Order fulfilment as the subscribers start it: check the order, then publish the outcome
-through the outbox (the connectors' steps join this workflow in the connectors issue)."""
+"""``fulfil-order``: an ``order.placed`` event made real in the four systems, or in none.
+
+```
+open-fulfilment      (rollback: publish order.failed with the reason)
+validate-order
+reserve-stock        ERP stock.picking reserved        (rollback: release it)
+authorize-payment    Stripe PaymentIntent, manual capture (rollback: cancel it)
+create-sales-order   ERP sale.order, confirmed         (rollback: cancel it)
+sync-crm             HubSpot contact upserted, deal    (rollback: mark the deal lost)
+capture-payment      Stripe capture                    (rollback: refund)
+publish-order-confirmed  order.confirmed, through the outbox
+```
+Each system call is made safe to repeat: Stripe by idempotency keys, Odoo and HubSpot by
+natural keys (the order id), so a step re-run after a crash finds what its first attempt
+made instead of making it twice.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from connectors.stripe import StripeRefused
 from hub import (
     StepContext,
     StepResponse,
@@ -14,22 +29,157 @@ from hub import (
     emit_event_step,
     transform,
 )
-from workflows.events import OrderPlaced
+from workflows.events import OrderConfirmed, OrderFailed, OrderPlaced
+from workflows.systems import CONNECTOR_STEP, crm, erp, payments
+
+DEAL_STAGE_PAID = "contractsent"
 
 
-@create_step("check-order")
-async def check_order(order: OrderPlaced, ctx: StepContext) -> StepResponse[dict[str, Any]]:
+async def _publish_failure(order_id: str, ctx: StepContext) -> None:
+    failure = ctx.failure or {}
+    reason = str(failure.get("message") or "the order was rolled back")
+    ctx.emit("order.failed", OrderFailed(order_id=order_id, reason=reason[:1000],
+                                         failed_step=failure.get("step")), key=order_id)
+
+
+@create_step("open-fulfilment", compensate=_publish_failure)
+async def open_fulfilment(order: OrderPlaced, ctx: StepContext) -> StepResponse[str]:
+    """Does nothing going forward; rolling back, it is undone last and tells the shop."""
+    return StepResponse(order.id)
+
+
+@create_step("validate-order")
+async def validate_order(order: OrderPlaced, ctx: StepContext) -> StepResponse[dict[str, Any]]:
     lines_total = sum(line.quantity * line.unit_price for line in order.lines)
     if lines_total != order.total:
         return StepResponse.permanent_failure(
             f"order {order.id}: total {order.total} does not match its lines ({lines_total})")
+    if order.total == 0:
+        return StepResponse.permanent_failure(f"order {order.id}: nothing to charge")
+    skus = [line.sku for line in order.lines]
+    if len(set(skus)) != len(skus):
+        return StepResponse.permanent_failure(f"order {order.id}: a SKU appears on two lines")
     return StepResponse({"order_id": order.id, "total": order.total,
-                         "currency": order.currency})
+                         "currency": order.currency.upper()})
+
+
+async def _release_stock(picking_id: int, ctx: StepContext) -> None:
+    await erp(ctx).release_stock(ctx, picking_id)
+
+
+@create_step("reserve-stock", compensate=_release_stock, **CONNECTOR_STEP)
+async def reserve_stock(order: OrderPlaced, ctx: StepContext) -> StepResponse[dict[str, Any]]:
+    reservation = await erp(ctx).reserve_stock(
+        ctx, order_ref=order.id, lines=[(line.sku, line.quantity) for line in order.lines])
+    return StepResponse(reservation, compensate_input=reservation["picking_id"])
+
+
+async def _cancel_payment(payment_intent_id: str, ctx: StepContext) -> None:
+    """Release the hold; if the money was taken after all (a capture whose step never
+    recorded it), give it back: a captured payment cannot be cancelled."""
+    system = payments(ctx)
+    intent = await system.retrieve_payment_intent(ctx, payment_intent_id)
+    if intent["status"] == "canceled":
+        return
+    if intent["status"] != "succeeded":
+        await system.cancel(ctx, payment_intent_id, reason="abandoned")
+        return
+    try:
+        await system.refund(ctx, payment_intent_id, reason="requested_by_customer",
+                            metadata={"cause": "order rolled back"})
+    except StripeRefused as exc:
+        if exc.code != "charge_already_refunded":  # capture-payment's rollback refunded it
+            raise
+
+
+@create_step("authorize-payment", compensate=_cancel_payment, **CONNECTOR_STEP)
+async def authorize_payment(order: OrderPlaced, ctx: StepContext,
+                            ) -> StepResponse[dict[str, Any]]:
+    intent = await payments(ctx).authorize(
+        ctx, amount=order.total, currency=order.currency.lower(), order_id=order.id,
+        payment_method=order.payment_method, customer_email=order.customer_email)
+    return StepResponse({"payment_intent_id": intent["id"], "status": intent["status"]},
+                        compensate_input=intent["id"])
+
+
+async def _cancel_sales_order(sales_order_id: int, ctx: StepContext) -> None:
+    await erp(ctx).cancel_sale_order(ctx, sales_order_id)
+
+
+@create_step("create-sales-order", compensate=_cancel_sales_order, **CONNECTOR_STEP)
+async def create_sales_order(order: OrderPlaced, ctx: StepContext,
+                             ) -> StepResponse[dict[str, Any]]:
+    system = erp(ctx)
+    partner_id = await system.find_or_create_partner(
+        ctx, email=order.customer_email, name=order.customer_name or order.customer_email)
+    sales_order_id = await system.create_sale_order(
+        ctx, order_ref=order.id, partner_id=partner_id,
+        lines=[{"sku": line.sku, "quantity": line.quantity,
+                "unit_price": line.unit_price / 100} for line in order.lines])
+    await system.confirm_sale_order(ctx, sales_order_id)
+    return StepResponse({"sales_order_id": sales_order_id, "partner_id": partner_id},
+                        compensate_input=sales_order_id)
+
+
+async def _mark_deal_lost(deal_id: str, ctx: StepContext) -> None:
+    failure = ctx.failure or {}
+    await crm(ctx).mark_deal_lost(ctx, deal_id,
+                                  reason=str(failure.get("message") or "order rolled back"))
+
+
+@create_step("sync-crm", compensate=_mark_deal_lost, **CONNECTOR_STEP)
+async def sync_crm(order: OrderPlaced, ctx: StepContext) -> StepResponse[dict[str, Any]]:
+    system = crm(ctx)
+    first, _, last = (order.customer_name or "").partition(" ")
+    properties = {"firstname": first, "lastname": last} if first else {}
+    contact_id = await system.upsert_contact(ctx, email=order.customer_email,
+                                             properties=properties)
+    deal_id = await system.create_deal(
+        ctx, order_id=order.id, name=f"Order {order.id}", amount=f"{order.total / 100:.2f}",
+        stage=DEAL_STAGE_PAID, contact_id=contact_id)
+    return StepResponse({"contact_id": contact_id, "deal_id": deal_id},
+                        compensate_input=deal_id)
+
+
+async def _refund(payment_intent_id: str, ctx: StepContext) -> None:
+    await payments(ctx).refund(ctx, payment_intent_id, reason="requested_by_customer",
+                               metadata={"cause": "order rolled back"})
+
+
+@create_step("capture-payment", compensate=_refund, **CONNECTOR_STEP)
+async def capture_payment(payment: dict[str, Any], ctx: StepContext,
+                          ) -> StepResponse[dict[str, Any]]:
+    intent = await payments(ctx).capture(ctx, payment["payment_intent_id"])
+    return StepResponse({"payment_intent_id": intent["id"], "status": intent["status"]},
+                        compensate_input=intent["id"])
+
+
+def _confirmation(v: dict[str, Any]) -> dict[str, Any]:
+    order = OrderPlaced.model_validate(v["order"])
+    event = OrderConfirmed(
+        order_id=order.id, total=order.total, currency=order.currency.upper(),
+        customer_email=order.customer_email,
+        payment_intent_id=v["capture"]["payment_intent_id"],
+        sales_order_id=v["sales"]["sales_order_id"], deal_id=v["crm"]["deal_id"])
+    return {"topic": "order.confirmed", "key": order.id, "event": event.model_dump()}
 
 
 @create_workflow("fulfil-order")
 def fulfil_order(order: OrderPlaced) -> WorkflowResponse:
-    checked = check_order(order)
-    confirmed = emit_event_step.config(name="publish-order-confirmed")(transform(
-        checked, lambda c: {"topic": "order.confirmed", "key": c["order_id"], "event": c}))
-    return WorkflowResponse({"order": checked, "published": confirmed})
+    open_fulfilment(order)
+    validate_order(order)
+    reservation = reserve_stock(order)
+    payment = authorize_payment(order)
+    sales = create_sales_order(order)
+    deal = sync_crm(order)
+    captured = capture_payment(payment)
+    confirmation = transform(
+        {"order": order, "capture": captured, "sales": sales, "crm": deal}, _confirmation)
+    emit_event_step.config(name="publish-order-confirmed")(confirmation)
+    return WorkflowResponse(transform(
+        {"r": reservation, "p": captured, "s": sales, "c": deal},
+        lambda v: {"picking_id": v["r"]["picking_id"],
+                   "payment_intent_id": v["p"]["payment_intent_id"],
+                   "sales_order_id": v["s"]["sales_order_id"],
+                   "partner_id": v["s"]["partner_id"],
+                   "contact_id": v["c"]["contact_id"], "deal_id": v["c"]["deal_id"]}))

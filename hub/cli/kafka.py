@@ -78,7 +78,8 @@ def add_kafka_commands(app: typer.Typer) -> None:
 
         async def go() -> Any:
             settings, bootstrap = _kafka(file)
-            return await reconcile(load_topics(settings.topics_file), settings, bootstrap,
+            topics = load_topics(settings.topics_file, settings.topic_prefix)
+            return await reconcile(topics, settings, bootstrap,
                                    create=create)
 
         report = _run(go)
@@ -123,9 +124,10 @@ def add_kafka_commands(app: typer.Typer) -> None:
 
         try:
             settings = KafkaSettings()
-            topics = load_topics(file or settings.topics_file)
+            topics = load_topics(file or settings.topics_file, settings.topic_prefix)
             load_modules(settings.subscribers)
-            doc = build_asyncapi(topics, SUBSCRIBERS, bootstrap=settings.bootstrap or "")
+            doc = build_asyncapi(topics, SUBSCRIBERS.with_prefix(settings.topic_prefix),
+                                 bootstrap=settings.bootstrap or "")
         except HubError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
@@ -168,7 +170,9 @@ def add_kafka_commands(app: typer.Typer) -> None:
 
         async def go() -> int:
             settings, bootstrap = _kafka()
-            spec = load_topics(settings.topics_file)[topic]
+            prefix = settings.topic_prefix
+            name = topic if topic.startswith(prefix) else prefix + topic
+            spec = load_topics(settings.topics_file, prefix)[name]
             model = None if no_validate else spec.event_model()
             for i, event in enumerate(events):
                 if model is not None:
@@ -182,7 +186,7 @@ def add_kafka_commands(app: typer.Typer) -> None:
                 for event in events:
                     key = event.get(key_field) if isinstance(event, dict) else None
                     await producer.send_and_wait(
-                        topic, json.dumps(event).encode(),
+                        name, json.dumps(event).encode(),
                         key=str(key).encode() if key is not None else None,
                         headers=[(h.SCHEMA_VERSION, str(spec.schema_version).encode())])
             finally:
@@ -201,7 +205,8 @@ def add_kafka_commands(app: typer.Typer) -> None:
         async def go() -> Any:
             settings, bootstrap = _kafka(file)
             load_modules(settings.subscribers)
-            return await consumer_lag(settings, bootstrap, SUBSCRIBERS.topics())
+            subscribed = SUBSCRIBERS.with_prefix(settings.topic_prefix).topics()
+            return await consumer_lag(settings, bootstrap, subscribed)
 
         rows = _run(go)
         data = [{"topic": r.topic, "partition": r.partition, "committed": r.committed,
@@ -265,7 +270,8 @@ def add_kafka_commands(app: typer.Typer) -> None:
                 stop = Position(offset=to_offset, timestamp=parse_timestamp(to_timestamp)
                                 if to_timestamp else None)
             async with Hub(settings=hs, execute=False) as hub:
-                return await replay(hub, load_topics(settings.topics_file), SUBSCRIBERS,
+                return await replay(hub, load_topics(settings.topics_file, settings.topic_prefix),
+                                    SUBSCRIBERS.with_prefix(settings.topic_prefix),
                                     settings, bootstrap, topic, start, stop,
                                     partitions=partition, dry_run=dry_run, new_runs=new_runs,
                                     progress=None if as_json else progress)
@@ -296,7 +302,7 @@ def add_kafka_commands(app: typer.Typer) -> None:
 
         async def go() -> Any:
             settings, bootstrap = _kafka()
-            topics = load_topics(settings.topics_file)
+            topics = load_topics(settings.topics_file, settings.topic_prefix)
             names = [topic] if topic else dead_letter_topics(topics)
             out = []
             async with Hub(settings=HubSettings(), execute=False) as hub:
@@ -366,7 +372,8 @@ def add_kafka_commands(app: typer.Typer) -> None:
             load_modules(hs.modules)
             load_modules(settings.subscribers)
             async with Hub(settings=hs, execute=False) as hub:
-                return await redrive(hub, load_topics(settings.topics_file), SUBSCRIBERS,
+                return await redrive(hub, load_topics(settings.topics_file, settings.topic_prefix),
+                                     SUBSCRIBERS.with_prefix(settings.topic_prefix),
                                      settings, bootstrap, chosen, to_subscriber=to_subscriber,
                                      progress=None if as_json else _bar("redrive"))
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
+import os
+import secrets
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,8 @@ from hub.api.cli import add_api_commands, ensure_dev_key, start_api
 from hub.cli.executions import add_execution_commands
 from hub.cli.jobs import add_job_commands
 from hub.cli.kafka import add_kafka_commands
+from hub.cli.sandbox import SANDBOX_PORT, add_sandbox_command, export_env, sandbox_server
+from hub.cli.signals import until_signalled
 from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
 from hub.errors import HubError
@@ -35,19 +38,11 @@ add_kafka_commands(app)
 add_api_commands(app)
 add_execution_commands(app)
 add_job_commands(app)
+add_sandbox_command(app)
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 JsonLogs = Annotated[bool | None, typer.Option(
     "--json-logs/--console-logs", help="JSON lines (default when not on a terminal)")]
-
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 @app.command()
@@ -90,7 +85,7 @@ def worker(
                                   "workflows": hub.registry.names(),
                                   "kafka": runtime.bootstrap if runtime else None}),
                       flush=True)
-                await _until_signalled()
+                await until_signalled()
             finally:
                 if scheduler is not None:
                     await scheduler.stop()
@@ -143,45 +138,77 @@ def purge(
 @app.command()
 def dev(
     log_level: LogLevel = "info",
-    once: Annotated[bool, typer.Option(help="run the demo and exit")] = False,
+    once: Annotated[bool, typer.Option(help="run one of each demo path and exit")] = False,
     port: Annotated[int, typer.Option(help="port of the HTTP API")] = 8000,
     demo_events: Annotated[int | None, typer.Option(
         help="publish N demo orders then stop sending (default: a steady trickle)")] = None,
+    sandbox_port: Annotated[int, typer.Option(
+        help="control port of the sandbox systems, which take the next four (0: free ports)")
+    ] = SANDBOX_PORT,
 ) -> None:
-    """Dev mode: embedded Postgres, a worker, and the demo workflows run end to end."""
+    """Dev mode: embedded Postgres and Kafka, the sandbox systems, a worker, the API and the
+    scheduler in one process, with demo orders flowing through them. Ctrl-C stops it all."""
     configure_logging(log_level)
-    from hub.cli.demo import run_demo, trickle
+    from hub.cli.demo import Warehouse, run_demo, trickle
 
     async def run() -> None:
         settings = HubSettings()
-        load_modules(settings.modules)
-        async with Hub(settings=settings) as hub, KafkaRuntime(hub) as runtime, \
-                Scheduler(hub):
-            await run_demo(hub, runtime)
-            if once:
-                return
-            key_file = Path(settings.data_dir) / "dev-api-key"
-            token = await ensure_dev_key(hub, key_file)
-            server, task = await start_api(hub, "127.0.0.1", port)
-            try:
-                typer.echo(f"API at http://127.0.0.1:{port} (docs: /docs); dev key with every "
-                           f"scope in {key_file}:\n  curl -H 'Authorization: Bearer {token}' "
-                           f"http://127.0.0.1:{port}/workflow")
-                typer.echo(f"Kafka at {runtime.bootstrap}; Ctrl-C stops everything")
-                demo = asyncio.create_task(trickle(hub, runtime, demo_events))
-                await _until_signalled()
-                demo.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await demo
-            finally:
-                server.should_exit = True
-                await task
+        sandboxes = sandbox_server(sandbox_port)
+        try:
+            await asyncio.to_thread(sandboxes.start_in_thread)
+        except OSError as exc:
+            raise HubError(f"{exc}; pass --sandbox-port 0 for free ports") from None
+        try:
+            export_env(sandboxes.connector_env())
+            secret = await asyncio.to_thread(_dev_secret, Path(settings.data_dir))
+            os.environ.setdefault("HUB_WEBHOOK_SECRETS", json.dumps({"warehouse": secret}))
+            load_modules(settings.modules)
+            async with Hub(settings=settings) as hub, KafkaRuntime(hub) as runtime, \
+                    Scheduler(hub):
+                hub.container.build_all()
+                typer.echo(f"sandboxes at {sandboxes.control_url} (state: "
+                           f"{sandboxes.control_url}/systems/odoo/state)")
+                await run_demo(hub, runtime)
+                if once:
+                    return
+                key_file = Path(settings.data_dir) / "dev-api-key"
+                token = await ensure_dev_key(hub, key_file)
+                server, task = await start_api(hub, "127.0.0.1", port)
+                api = f"http://127.0.0.1:{port}"
+                try:
+                    typer.echo(f"API at {api} (docs: /docs); dev key with every scope in "
+                               f"{key_file}:\n  curl -H 'Authorization: Bearer {token}' "
+                               f"{api}/workflow")
+                    typer.echo(f"Kafka at {runtime.bootstrap}; Ctrl-C stops everything")
+                    demo = asyncio.create_task(trickle(
+                        hub, runtime, demo_events, warehouse=Warehouse(api, secret.encode())))
+                    await until_signalled()
+                    demo.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await demo
+                finally:
+                    server.should_exit = True
+                    await task
+        finally:
+            await asyncio.to_thread(sandboxes.stop_thread)
 
     try:
         asyncio.run(run())
     except HubError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _dev_secret(data_dir: Path) -> str:
+    """The dev warehouse's webhook secret, kept under ``.hub/`` across runs."""
+    path = data_dir / "dev-webhook-secret"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(16)
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return secret
 
 
 _ENV_PREFIX = {"HubSettings": "HUB_", "KafkaSettings": "HUB_KAFKA_", "ApiSettings": "HUB_"}

@@ -111,6 +111,9 @@ class StepContext:
     log: Any = field(repr=False)
     compensating: bool = False
     trigger: dict[str, Any] | None = None
+    failure: dict[str, Any] | None = None
+    """While compensating: the error that made the workflow roll back (``message``, ``step``,
+    ``type``), so a compensation can report why, e.g. in an ``order.failed`` event."""
     outbox: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
@@ -128,7 +131,8 @@ class StepContext:
         relayed to Kafka afterwards. Its id is derived from the execution, the step and the
         event's position in the step, so a re-run step emits the same ids: returns the id.
         """
-        event_id = str(uuid.uuid5(_OUTBOX_NS, f"{self.execution_id}/{self.step}/"
+        phase = "/compensate" if self.compensating else ""
+        event_id = str(uuid.uuid5(_OUTBOX_NS, f"{self.execution_id}/{self.step}{phase}/"
                                                f"{len(self.outbox)}"))
         hdrs = dict(headers or {})
         if self.traceparent and "traceparent" not in hdrs:
@@ -148,6 +152,7 @@ class StepContext:
         container: Container,
         compensating: bool = False,
         trigger: dict[str, Any] | None = None,
+        failure: dict[str, Any] | None = None,
     ) -> StepContext:
         key = f"{execution_id}:{step}" + (":compensate" if compensating else "")
         return StepContext(
@@ -164,4 +169,5 @@ class StepContext:
             ),
             compensating=compensating,
             trigger=trigger,
+            failure=failure,
         )

@@ -570,6 +570,7 @@ class Executor:
         st = ex.step(node.id)
         attempts = int(st.get("comp_attempts", 1))
         if outcome.kind == "ok":
+            ex.outbox.extend(outcome.outbox)
             if node.options.compensate_async:
                 ex.set_step(node.id, "compensate_step_awaiting",
                             state=StepState.WAITING_TO_COMPENSATE)
@@ -598,6 +599,7 @@ class Executor:
             execution_id=ex.sid, transaction_id=ex.transaction_id, workflow=ex.workflow,
             step=node.id, attempt=attempt, container=self.container,
             compensating=compensating, trigger=ex.trigger,
+            failure=ex.error if compensating else None,
         )
 
     async def _call(self, fn: Any, value: Any, ctx: StepContext, timeout: float | None) -> Any:
@@ -675,13 +677,17 @@ class Executor:
         try:
             await self._call(node.compensate, st.get("compensate_input"), ctx,
                              node.options.timeout)
+            outbox = tuple(
+                {**o, "payload": to_json(o["payload"], f"event emitted by step {node.id!r}")}
+                for o in ctx.outbox
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             retryable = bool(getattr(exc, "retryable", True))
             return Outcome("retryable" if retryable else "permanent",
                            error=_error(node.id, exc, attempt))
-        return Outcome("ok")
+        return Outcome("ok", outbox=outbox)
 
     # -- signals from outside ------------------------------------------------------------
     async def _apply_signals(

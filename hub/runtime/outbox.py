@@ -25,9 +25,10 @@ class OutboxRelay:
     """Wakes on the hub's notifications (and a rare poll) and drains the outbox."""
 
     def __init__(self, hub: Hub, producer: AIOKafkaProducer, *, batch: int = 500,
-                 poll_interval: float | None = None) -> None:
+                 poll_interval: float | None = None, prefix: str = "") -> None:
         self.hub = hub
         self.producer = producer
+        self.prefix = prefix
         self.batch = batch
         self.poll_interval = poll_interval or hub.settings.poll_interval
         self._wake = asyncio.Event()
@@ -49,7 +50,7 @@ class OutboxRelay:
             headers = dict(row["headers"] or {})
             headers[h.EVENT_ID] = str(row["id"])
             futures.append(await self.producer.send(
-                row["topic"], row["payload"].encode(),
+                self.prefix + row["topic"], row["payload"].encode(),
                 key=row["key"].encode() if row["key"] is not None else None,
                 headers=[(k, str(v).encode()) for k, v in headers.items()],
             ))

@@ -67,9 +67,10 @@ class KafkaRuntime:
             self.bootstrap = self.broker.start()
             log.info("embedded_broker_started", bootstrap=self.bootstrap)
         if self.topics is None:
-            self.topics = load_topics(s.topics_file)
+            self.topics = load_topics(s.topics_file, s.topic_prefix)
         if self.consume and self.subscribers is SUBSCRIBERS:
             load_modules(s.subscribers)
+            self.subscribers = SUBSCRIBERS.with_prefix(s.topic_prefix)
         if self.create_topics:
             report = await reconcile(self.topics, s, self.bootstrap, create=True)
             for d in report.drift:
@@ -77,7 +78,8 @@ class KafkaRuntime:
                             declared=d.declared, actual=d.actual)
         if self.relay:
             self._producer = await start_producer(s, self.bootstrap)
-            self.outbox = OutboxRelay(self.hub, self._producer, batch=s.relay_batch)
+            self.outbox = OutboxRelay(self.hub, self._producer, batch=s.relay_batch,
+                                      prefix=s.topic_prefix)
             self.outbox.start()
         if self.consume and self.subscribers.topics():
             self.consumer = ConsumerRuntime(self.hub, self.topics, s, self.bootstrap,

@@ -7,6 +7,7 @@ is never a guess.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
@@ -85,6 +86,15 @@ class SubscriberRegistry:
 
     def all(self) -> list[SubscriberSpec]:
         return list(self._by_name.values())
+
+    def with_prefix(self, prefix: str) -> SubscriberRegistry:
+        """The same subscribers on ``prefix`` + their topic (see ``Topics.with_prefix``)."""
+        if not prefix:
+            return self
+        out = SubscriberRegistry()
+        for spec in self._by_name.values():
+            out.add(dataclasses.replace(spec, topic=prefix + spec.topic))
+        return out
 
     def get(self, name: str) -> SubscriberSpec:
         try:

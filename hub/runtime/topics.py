@@ -122,6 +122,17 @@ class Topics:
     def __contains__(self, name: str) -> bool:
         return name in self.topics
 
+    def with_prefix(self, prefix: str) -> Topics:
+        """The same topics under ``prefix`` (``HUB_KAFKA_TOPIC_PREFIX``), dead letters too:
+        several environments, or tests, can share one cluster without sharing topics."""
+        if not prefix:
+            return self
+        return Topics(self.path, {
+            prefix + name: spec.model_copy(update={
+                "name": prefix + name,
+                "dead_letter": prefix + spec.dead_letter if spec.dead_letter else None})
+            for name, spec in self.topics.items()})
+
     def __iter__(self) -> Any:
         return iter(self.topics.values())
 
@@ -147,8 +158,9 @@ def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
     return line
 
 
-def load_topics(path: str | Path) -> Topics:
-    """Read and validate ``topics.yaml``; every error names file, line and field."""
+def load_topics(path: str | Path, prefix: str = "") -> Topics:
+    """Read and validate ``topics.yaml``; every error names file, line and field.
+    ``prefix`` is put before every name (see ``Topics.with_prefix``)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -195,4 +207,4 @@ def load_topics(path: str | Path) -> Topics:
                 f"{path}:{_line_of(root, dl_loc)}: {'.'.join(dl_loc)}: dead-letter topic "
                 f"{spec.dead_letter!r} is not declared in this file"
             )
-    return Topics(path, topics)
+    return Topics(path, topics).with_prefix(prefix)

@@ -6,6 +6,8 @@ error_rate      this share of requests answer 500 in the system's own error form
 burst_429       the next N requests answer 429 with the system's rate-limit headers
 timeout_rate    this share of requests hang for hang_s (longer than a client's timeout)
 down            the system's port refuses connections (its listener is closed)
+match           a regex on "METHOD /path": only matching requests are faulted (not down)
+error_status    the status of injected errors (500; a 4xx makes a permanent failure)
 ```
 Only the system's own API is affected: the ``/_sandbox`` control routes always answer.
 """
@@ -13,8 +15,9 @@ Only the system's own API is affected: the ``/_sandbox`` control routes always a
 from __future__ import annotations
 
 import random
+import re
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Faults(BaseModel):
@@ -31,6 +34,19 @@ class Faults(BaseModel):
     timeout_rate: float = Field(default=0.0, ge=0, le=1)
     hang_s: float = Field(default=30.0, ge=0, le=600)
     down: bool = False
+    match: str | None = Field(default=None, max_length=500,
+                              description='regex on "METHOD /path"; unset: every request')
+    error_status: int = Field(default=500, ge=400, le=599)
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
 
 class FaultPlan:
@@ -45,6 +61,10 @@ class FaultPlan:
 
     def clear(self) -> None:
         self.faults = Faults()
+
+    def applies(self, method: str, path: str) -> bool:
+        pattern = self.faults.match
+        return pattern is None or re.search(pattern, f"{method} {path}") is not None
 
     def delay_s(self) -> float:
         f = self.faults

@@ -76,12 +76,13 @@ class _Listener:
 
     async def close(self) -> None:
         server, task = self._server, self._task
-        self._server = self._task = None
         if server is None or task is None:
             return
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        # only now is the socket closed: until then the system still reads as up
+        self._server = self._task = None
 
 
 class SandboxServer:

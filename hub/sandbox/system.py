@@ -133,6 +133,9 @@ class _FaultMiddleware:
             return
         system, plan = self.system, self.system.plan
         system.requests[f"{scope['method']} {_route_shape(path)}"] += 1
+        if not plan.applies(scope["method"], path):
+            await self.app(scope, receive, send)
+            return
         delay = plan.delay_s()
         if delay:
             await asyncio.sleep(delay)
@@ -143,7 +146,7 @@ class _FaultMiddleware:
         elif plan.take_429():
             response = system.error_response(429, retry_after_s=plan.faults.retry_after_s)
         elif plan.error():
-            response = system.error_response(500)
+            response = system.error_response(plan.faults.error_status)
         else:
             await self.app(scope, receive, send)
             return

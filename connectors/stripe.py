@@ -147,12 +147,18 @@ class StripeConnector:
         """Hold ``amount`` on the card: create a manual-capture intent, then confirm it.
 
         Two calls with two keys (``:create``, ``:confirm``), so a re-run step replays both
-        and holds the money once. A decline raises ``StripeRefused`` with its decline code.
+        and holds the money once. A decline raises ``StripeRefused`` with its decline code,
+        after cancelling the intent: a failed step is not rolled back by the engine, so it
+        leaves nothing open behind it.
         """
         created = await self.create_payment_intent(
             ctx, amount=amount, currency=currency, order_id=order_id,
             payment_method=payment_method, customer_email=customer_email)
-        return await self.confirm_payment_intent(ctx, created["id"])
+        try:
+            return await self.confirm_payment_intent(ctx, created["id"])
+        except StripeRefused:
+            await self.cancel(ctx, created["id"], reason="abandoned")
+            raise
 
     async def create_payment_intent(
             self, ctx: StepContext | None, *, amount: int, currency: str, order_id: str,

@@ -13,8 +13,7 @@ from workflows.systems import CONNECTOR_STEP, crm
 @create_step("upsert-contact", **CONNECTOR_STEP, no_compensation=True)
 async def upsert_contact(customer: CustomerCreated, ctx: StepContext,
                          ) -> StepResponse[dict[str, Any]]:
-    properties = {"firstname": customer.first_name, "lastname": customer.last_name,
-                  "shop_customer_id": customer.id}
+    properties = {"firstname": customer.first_name, "lastname": customer.last_name}
     if customer.phone:
         properties["phone"] = customer.phone
     contact_id = await crm(ctx).upsert_contact(

@@ -28,6 +28,7 @@ from hub.api import (
     revoke_key,
     sign,
 )
+from hub.sandbox import SandboxControl
 from tests.conftest import ROOT, worker_env
 from tests.workflows.async_flows import tw_approval  # noqa: F401  (registers tw-approval)
 from workflows.hello_world import hello_world
@@ -469,6 +470,14 @@ async def test_the_openapi_document_declares_the_bearer_scheme(api: Api) -> None
     assert doc["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
     assert doc["paths"]["/workflows/{name}/runs"]["post"]["operationId"] == "start_run"
     assert "security" not in doc["paths"]["/healthz"]["get"]
+
+
+async def test_the_custom_erp_route_counts_the_sandbox_erps_products(
+        api: Api, sandbox: SandboxControl) -> None:
+    r = await api.client.get("/erp/products/count", headers=api.auth("run"))
+    assert r.status_code == 200, r.text
+    odoo = await sandbox.state("odoo")
+    assert r.json() == {"count": len(odoo["stock"])}
 
 
 async def test_the_custom_workflow_route_answers_hello_world(api: Api) -> None:

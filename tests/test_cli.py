@@ -95,3 +95,31 @@ def test_a_bad_setting_names_the_environment_variable() -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "HUB_LEASE_SECONDS: Input should be a valid number" in out.stderr
+
+
+def test_hub_sandbox_serves_the_systems_and_stops_on_sigint(tmp_path: Path) -> None:
+    import json
+    import signal
+
+    import httpx
+
+    env_file = tmp_path / "sandbox.env"
+    proc = subprocess.Popen([sys.executable, "-m", "hub", "sandbox", "--port", "0",
+                             "--env-file", str(env_file)], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready["event"] == "sandbox_ready"
+        assert set(ready["systems"]) == {"stripe", "odoo", "hubspot", "contentful"}
+        assert f"HUB_ODOO_BASE_URL={ready['systems']['odoo']}" in env_file.read_text()
+        control = ready["control"]
+        state = httpx.get(f"{control}/systems/odoo/state", timeout=10).json()
+        assert "SKU-001" in state["stock"]
+        refused = httpx.post(f"{ready['systems']['stripe']}/v1/payment_intents", timeout=10)
+        assert refused.status_code == 401 and refused.json()["error"]["type"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

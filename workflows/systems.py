@@ -13,7 +13,6 @@ from connectors.contentful import ContentfulConnector
 from connectors.hubspot import HubSpotConnector
 from connectors.odoo import OdooConnector
 from connectors.stripe import StripeConnector
-
 from hub import StepContext
 
 CONNECTOR_STEP: dict[str, Any] = {

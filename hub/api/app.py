@@ -14,6 +14,7 @@ import structlog
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
+from hub.api.console import create_console
 from hub.api.limits import BodyLimitMiddleware
 from hub.api.metrics import ApiMetrics, MetricsMiddleware, hub_version
 from hub.api.problems import install_problem_handlers
@@ -22,6 +23,7 @@ from hub.api.service import HubService
 from hub.api.settings import ApiSettings
 from hub.engine.hub import Hub
 from hub.errors import HubError
+from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
 from hub.settings import KafkaSettings
 
 log = structlog.get_logger("hub.api")
@@ -60,13 +62,17 @@ def create_app(
     custom_routes: Sequence[APIRouter] | None = None,
     settings: ApiSettings | None = None,
     kafka: KafkaSettings | None = None,
+    subscribers: SubscriberRegistry | None = None,
 ) -> FastAPI:
-    """The API of ``hub`` (already open), with ``custom_routes`` after the built-in ones."""
+    """The API of ``hub`` (already open), with ``custom_routes`` after the built-in ones,
+    and the web console under ``/ui``. ``subscribers`` (default: every loaded one) are the
+    topics whose consumer lag the console shows."""
     settings = settings or ApiSettings()
     kafka = kafka or KafkaSettings()
     service = HubService(hub, topics_file=kafka.topics_file,
                          kafka_bootstrap=kafka.bootstrap or "",
-                         max_wait_s=settings.max_wait_seconds)
+                         max_wait_s=settings.max_wait_seconds, kafka=kafka,
+                         subscribers=subscribers or SUBSCRIBERS)
     app = FastAPI(title="Commerce integration hub", version=hub_version(),
                   description=DESCRIPTION, openapi_tags=TAGS,
                   generate_unique_id_function=_operation_id)
@@ -80,6 +86,7 @@ def create_app(
         app.include_router(module.router)
     for router in custom_routes or ():
         app.include_router(router)
+    app.mount("/ui", create_console(service, settings), name="console")
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -12,15 +12,18 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 import time
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import structlog
 
+from hub.api.keys import ApiKey
 from hub.api.models import (
     ExecutionDetail,
     ExecutionPage,
@@ -33,10 +36,12 @@ from hub.api.models import (
     WorkflowDefinitionOut,
     WorkflowSummary,
 )
+from hub.engine.context import Container, StepContext
 from hub.engine.hub import Hub
-from hub.engine.run import Run, RunStatus
+from hub.engine.run import FINAL_STATUSES, Run, RunStatus
 from hub.errors import ExecutionNotFound, HubError
 from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
+from hub.settings import KafkaSettings
 
 log = structlog.get_logger("hub.api")
 
@@ -185,6 +190,308 @@ class MetricsSnapshot:
     outbox_oldest_age_s: float
 
 
+SECRET_KEY = re.compile(r"secret|password|token|api[_-]?key|authorization", re.IGNORECASE)
+"""Keys whose values a front end never shows: ``redact`` replaces them at any depth."""
+
+REDACTED = "***"
+
+_REDACT_DEPTH = 100
+
+
+def redact(value: Any, _depth: int = 0) -> Any:
+    """``value`` with the value of every key matching ``SECRET_KEY`` replaced by ``***``
+    (inputs, outputs, results, headers: whatever a step was given may hold a credential)."""
+    if _depth > _REDACT_DEPTH:
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: REDACTED if isinstance(k, str) and SECRET_KEY.search(k)
+                else redact(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, _depth + 1) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asked for an operation, as the audit records it: the API key (name and id) and the
+    front end the request came through (``api``, ``console``, ``cli``, ``webhook``)."""
+
+    name: str
+    via: str
+    id: str | None = None
+
+    @staticmethod
+    def of_key(key: ApiKey, via: str) -> Actor:
+        return Actor(name=key.name, via=via, id=key.id)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.via})"
+
+
+UNATTRIBUTED = Actor(name="unattributed", via="service")
+"""The actor of an operation whose front end named none."""
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One recorded operator action."""
+
+    id: int
+    at: datetime
+    actor: Actor
+    action: str
+    execution_id: str | None
+    target: str | None
+    detail: dict[str, Any]
+
+
+def _audit_entry(row: dict[str, Any]) -> AuditEntry:
+    return AuditEntry(
+        id=row["id"], at=row["at"],
+        actor=Actor(name=row["actor_name"], via=row["via"], id=row["actor_id"]),
+        action=row["action"],
+        execution_id=str(row["execution_id"]) if row["execution_id"] is not None else None,
+        target=row["target"], detail=row["detail"] or {},
+    )
+
+
+@dataclass(frozen=True)
+class StatusSeries:
+    """Executions of one workflow created per time bucket, by their status now."""
+
+    workflow: str
+    counts: dict[str, list[int]]
+    """status -> one count per bucket of ``StatusChart.buckets``"""
+
+    @property
+    def totals(self) -> dict[str, int]:
+        return {status: sum(n) for status, n in self.counts.items()}
+
+    @property
+    def per_bucket(self) -> list[int]:
+        return [sum(col) for col in zip(*self.counts.values(), strict=True)] if self.counts \
+            else []
+
+
+@dataclass(frozen=True)
+class StatusChart:
+    """The overview's chart: every bucket of the window (oldest first), a series a workflow."""
+
+    window: timedelta
+    bucket: timedelta
+    buckets: list[datetime]
+    series: list[StatusSeries]
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A reading of something outside Postgres (the broker): a value, or why there is none."""
+
+    value: Any
+    error: str | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """A connector's circuit breaker as this process sees it."""
+
+    connector: str
+    state: str
+    source: str
+
+
+@dataclass(frozen=True)
+class DeadLetterView:
+    """A dead-lettered record: where it came from, why it failed, what it carried."""
+
+    ref: str
+    dlq_topic: str
+    partition: int
+    offset: int
+    timestamp: datetime | None
+    key: str | None
+    topic: str | None
+    original_partition: str | None
+    original_offset: str | None
+    stage: str | None
+    subscriber: str | None
+    error: str
+    message: str
+    payload: str | None
+    headers: dict[str, str]
+    redrives: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class StepView:
+    """A step of one execution with what the console shows beside ``StepOut``: its node,
+    the idempotency keys its connector calls carry, and its compensation."""
+
+    out: StepOut
+    kind: str
+    is_async: bool
+    compensable: bool
+    idempotency_key: str
+    compensation_key: str | None
+    compensation_attempts: int
+    compensated_at: datetime | None
+    completed_order: int | None
+    due_at: datetime | None
+    compensate_input: Any
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One transition of an execution (or an operator action on it), for the timeline."""
+
+    at: datetime | None
+    kind: str
+    text: str
+    step: str | None = None
+    attempt: int | None = None
+    duration_ms: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ExecutionView:
+    """One execution for a person: secrets redacted, its graph, timeline and actions."""
+
+    detail: ExecutionDetail
+    steps: list[StepView]
+    graph: dict[str, Any] | None
+    graph_note: str | None
+    timeline: list[TimelineEntry]
+    audit: list[AuditEntry]
+    redrives: list[AuditEntry] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.detail.status in FINAL_STATUSES
+
+    @property
+    def retryable(self) -> bool:
+        """What ``Hub.retry`` accepts: parked, a failed compensation, a manual retry."""
+        d = self.detail
+        return (d.parked is not None or any(
+            s.state == "failed" or (s.state == "temp_failure" and d.status == "waiting")
+            for s in d.steps))
+
+    @property
+    def awaiting(self) -> list[str]:
+        """Async steps (or compensations) waiting for an outcome from outside."""
+        return [s.id for s in self.detail.steps
+                if s.state in ("waiting", "waiting_to_compensate")]
+
+
+def _epoch(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(float(value), UTC) if value is not None else None
+
+
+def _timeline(detail: ExecutionDetail, steps: list[StepView],
+              audit: list[AuditEntry]) -> list[TimelineEntry]:
+    """The transitions the stored state tells: every step's last attempt with its outcome,
+    retries and compensations, the start and the end, and the operators' actions."""
+    out: list[TimelineEntry] = []
+    kind = (detail.trigger or {}).get("kind")
+    created = TimelineEntry(detail.created_at, "created",
+                            f"execution created ({kind})" if kind else "execution created")
+    for sv in steps:
+        s = sv.out
+        msg = (s.error or {}).get("message")
+        if s.attempts and s.started_at is not None:
+            earlier = f"; {s.attempts - 1} earlier attempt(s) failed" if s.attempts > 1 else ""
+            out.append(TimelineEntry(s.started_at, "step_started",
+                                     f"attempt {s.attempts} started{earlier}", s.id,
+                                     s.attempts))
+        at, done = s.finished_at, s.duration_ms
+        if s.state == "done" or (s.state in ("compensating", "waiting_to_compensate",
+                                             "reverted", "failed") and at is not None):
+            out.append(TimelineEntry(at, "step_succeeded", "succeeded", s.id, s.attempts,
+                                     done))
+        elif s.state == "skipped":
+            out.append(TimelineEntry(at, "step_skipped", "skipped", s.id))
+        elif s.state in ("permanent_failure", "timeout"):
+            what = "timed out" if s.state == "timeout" else "failed"
+            out.append(TimelineEntry(at, "step_failed", what, s.id, s.attempts, done, msg))
+        elif s.state == "temp_failure":
+            when = (f"retry due {sv.due_at.isoformat()}" if sv.due_at is not None
+                    else "waiting for a manual retry")
+            out.append(TimelineEntry(s.started_at, "step_retrying",
+                                     f"attempt {s.attempts} failed; {when}", s.id,
+                                     s.attempts, None, msg))
+        elif s.state == "waiting":
+            out.append(TimelineEntry(s.started_at, "step_waiting",
+                                     "waiting for its outcome from outside", s.id))
+        elif s.state == "invoking":
+            out.append(TimelineEntry(s.started_at, "step_running", "running", s.id,
+                                     s.attempts))
+        comp_msg = (s.compensation_error or {}).get("message")
+        n = sv.compensation_attempts
+        if s.state == "reverted":
+            out.append(TimelineEntry(sv.compensated_at, "compensated",
+                                     f"compensated (attempt {n})", s.id, n))
+        elif s.state == "failed":
+            out.append(TimelineEntry(None, "compensation_failed",
+                                     f"compensation failed after {n} attempt(s)", s.id, n,
+                                     None, comp_msg))
+        elif s.state == "compensating":
+            text = f"compensating (attempt {n})"
+            out.append(TimelineEntry(None, "compensating", text, s.id, n, None, comp_msg))
+        elif s.state == "waiting_to_compensate":
+            out.append(TimelineEntry(None, "compensating",
+                                     "compensation waiting for its outcome from outside",
+                                     s.id, n))
+    if detail.finished_at is not None:
+        err = (detail.error or {}).get("message")
+        out.append(TimelineEntry(detail.finished_at, "finished", f"ended {detail.status}",
+                                 None, None, None, err))
+    for a in audit:
+        what = a.action + (f" {a.target}" if a.target and a.action != "redrive" else "")
+        out.append(TimelineEntry(a.at, "action", f"{what} by {a.actor.label}", None, None,
+                                 None, a.detail.get("reason") or a.detail.get("error")))
+    far = datetime.max.replace(tzinfo=UTC)
+    # the creation time is the database's and a first step's start the worker's clock: the
+    # creation comes first whatever the clocks say
+    return [created, *sorted(out, key=lambda e: _aware(e.at) or far)]
+
+
+async def _observe(read: Callable[[], Awaitable[Any]], timeout_s: float) -> Observed:
+    """A bounded reading of the broker; its errors are shown, never raised."""
+    try:
+        return Observed(await asyncio.wait_for(read(), timeout_s), None, datetime.now(UTC))
+    except HubError as exc:
+        return Observed(None, str(exc), datetime.now(UTC))
+    except Exception as exc:
+        return Observed(None, f"{type(exc).__name__}: {str(exc)[:200]}", datetime.now(UTC))
+
+
+class _Cache:
+    """Readings of the broker for a few seconds: an auto-refreshing page must not open a
+    Kafka client per refresh, and concurrent readers share one reading."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._values: dict[str, tuple[float, Observed]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, name: str, read: Callable[[], Awaitable[Any]],
+                  timeout_s: float) -> Observed:
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            hit = self._values.get(name)
+            if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
+                return hit[1]
+            seen = await _observe(read, timeout_s)
+            self._values[name] = (time.monotonic(), seen)
+            return seen
+
+    def forget(self, name: str) -> None:
+        self._values.pop(name, None)
+
+
 class HubService:
     """Reads and operations on one hub, formatted once for every front end."""
 
@@ -197,6 +504,8 @@ class HubService:
         subscribers: SubscriberRegistry = SUBSCRIBERS,
         max_wait_s: float = 60.0,
         metrics_ttl_s: float = 5.0,
+        kafka: KafkaSettings | None = None,
+        broker_ttl_s: float = 10.0,
     ) -> None:
         self.hub = hub
         self.topics_file = topics_file
@@ -204,8 +513,13 @@ class HubService:
         self.subscribers = subscribers
         self.max_wait_s = max_wait_s
         self.metrics_ttl_s = metrics_ttl_s
+        self.kafka = kafka
+        """Security settings and group of the broker connection (lag, dead letters)."""
         self._snapshot: tuple[float, MetricsSnapshot] | None = None
         self._snapshot_lock = asyncio.Lock()
+        self._broker = _Cache(broker_ttl_s)
+        self._charts: dict[tuple[int, int], tuple[float, StatusChart]] = {}
+        self._chart_locks: dict[tuple[int, int], asyncio.Lock] = {}
 
     # -- workflows -----------------------------------------------------------------------
     def workflows(self) -> list[WorkflowSummary]:
@@ -272,16 +586,27 @@ class HubService:
         trigger_kind: str | None = None,
         cursor: str | None = None,
         limit: int = 50,
+        transaction_id: str | None = None,
+        key: str | None = None,
     ) -> ExecutionPage:
-        """A page, newest first; ``next`` is the cursor of the following page."""
+        """A page, newest first; ``next`` is the cursor of the following page.
+
+        ``transaction_id`` matches exactly; ``key`` finds executions started by events whose
+        key starts with it (an order id finds its executions; a prefix, its neighbours)."""
         check_text(workflow, ("query", "workflow"))
         check_text(trigger_kind, ("query", "trigger_kind"))
+        check_text(transaction_id, ("query", "transaction_id"))
+        check_text(key, ("query", "key"))
         before = decode_cursor(cursor) if cursor else None
+        pattern = None
+        if key:
+            pattern = re.sub(r"([\\%_])", r"\\\1", key) + "%"
         rows = await self.hub.store.api_list_executions(
             workflow=workflow, status=status,
             created_after=_utc(created_after, ("query", "created_after")),
             created_before=_utc(created_before, ("query", "created_before")),
             trigger_kind=trigger_kind, before=before, limit=limit + 1,
+            transaction_id=transaction_id or None, key_pattern=pattern,
         )
         page = rows[:limit]
         more = len(rows) > limit
@@ -308,9 +633,10 @@ class HubService:
 
     async def complete_step(
         self, ref: str, step: str, *, success: bool, output: Any = None,
-        error: str | None = None, workflow: str | None = None,
+        error: str | None = None, workflow: str | None = None, actor: Actor | None = None,
     ) -> SignalAccepted:
-        """Record an async step's outcome; a worker applies it."""
+        """Record an async step's outcome; a worker applies it. Audited, as every
+        operation: ``actor`` names who asked."""
         check_json(output, ("body", "output"))
         check_text(error, ("body", "error"))
         run = await self._run(ref, workflow)
@@ -320,19 +646,24 @@ class HubService:
         else:
             await self.hub.set_step_failure(run.id, step, error or "failed",
                                             workflow=run.workflow)
+        await self._audit(actor, "complete_step" if success else "fail_step", run.id, step,
+                          {"step": step, "error": error} if not success else {"step": step})
         return SignalAccepted(execution_id=run.id, workflow=run.workflow,
                               transaction_id=run.transaction_id, step=step,
                               signal="success" if success else "failure")
 
-    async def retry(self, ref: str, *, workflow: str | None = None) -> SignalAccepted:
+    async def retry(self, ref: str, *, workflow: str | None = None,
+                    actor: Actor | None = None) -> SignalAccepted:
         run = await self._run(ref, workflow)
         await self.hub.retry(run.id, workflow=run.workflow)
+        await self._audit(actor, "retry", run.id, None, {})
         return SignalAccepted(execution_id=run.id, workflow=run.workflow,
                               transaction_id=run.transaction_id, signal="retry")
 
     async def stop(
         self, ref: str, kind: Literal["cancel", "compensate"], *, reason: str | None,
         wait: bool, timeout: float | None = None, workflow: str | None = None,
+        actor: Actor | None = None,
     ) -> Outcome:
         """Cancel or compensate; with ``wait``, until the run ends (or the wait times out)."""
         check_text(reason, ("body", "reason"))
@@ -344,6 +675,7 @@ class HubService:
             run = await self.hub.compensate(run.id, workflow=run.workflow,
                                             reason=reason or "compensation requested",
                                             wait=False)
+        await self._audit(actor, kind, run.id, None, {"reason": reason} if reason else {})
         if not wait:
             return Outcome(run_out(run), settled=False)
         try:
@@ -414,3 +746,327 @@ class HubService:
         except HubError as exc:
             raise Misconfigured(f"{self.topics_file}: {exc}") from exc
 
+
+    # -- audit ---------------------------------------------------------------------------
+    async def _audit(self, actor: Actor | None, action: str, execution_id: str | None,
+                     target: str | None, detail: dict[str, Any]) -> None:
+        """Record an accepted operation (after it was: a refused one changed nothing)."""
+        who = actor or UNATTRIBUTED
+        await self.hub.store.audit_insert(
+            who.id, who.name, who.via, action,
+            uuid.UUID(execution_id) if execution_id is not None else None, target,
+            json.dumps({k: v for k, v in detail.items() if v is not None}))
+        log.info("operation_audited", action=action, actor=who.name, via=who.via,
+                 execution_id=execution_id, target=target)
+
+    # -- the console's reads ---------------------------------------------------------------
+    async def execution_view(self, ref: str, *, workflow: str | None = None) -> ExecutionView:
+        """One execution as a person reads it: secrets redacted; the graph it runs on; each
+        step's idempotency keys (what its connector calls carry); the timeline of its
+        transitions and of the actions taken on it."""
+        detail = await self.execution(ref, workflow=workflow)
+        row = await self.hub.store.get(uuid.UUID(detail.id)) or {}
+        raw: dict[str, dict[str, Any]] = row.get("steps") or {}
+        graph: dict[str, Any] | None = None
+        note: str | None = None
+        nodes: dict[str, dict[str, Any]] = {}
+        try:
+            spec = self.hub.registry.get(detail.workflow, detail.version)
+            graph = spec.graph.to_dict()
+            nodes = {n["id"]: n for n in graph["steps"]}
+        except HubError as exc:
+            note = str(exc)
+        steps: list[StepView] = []
+        for out in detail.steps:
+            st = raw.get(out.id, {})
+            node = nodes.get(out.id, {})
+            compensable = bool(node.get("compensates"))
+            steps.append(StepView(
+                out=out.model_copy(update={"output": redact(out.output)}),
+                kind=str(node.get("kind", "step")),
+                is_async=bool((node.get("options") or {}).get("is_async")),
+                compensable=compensable,
+                idempotency_key=_idempotency_key(detail, out.id, compensating=False),
+                compensation_key=(_idempotency_key(detail, out.id, compensating=True)
+                                  if compensable else None),
+                compensation_attempts=int(st.get("comp_attempts") or 0),
+                compensated_at=_epoch(st.get("compensated_at")),
+                completed_order=st.get("seq"),
+                due_at=_epoch(st.get("due")),
+                compensate_input=redact(st.get("compensate_input")),
+            ))
+        audit = [_audit_entry(r) for r in
+                 await self.hub.store.audit_for_execution(uuid.UUID(detail.id))]
+        safe = detail.model_copy(update={
+            "input": redact(detail.input), "result": redact(detail.result),
+            "trigger": redact(detail.trigger), "steps": [s.out for s in steps],
+            "outbox": [e.model_copy(update={"payload": redact(e.payload),
+                                            "headers": redact(e.headers)})
+                       for e in detail.outbox],
+        })
+        return ExecutionView(detail=safe, steps=steps, graph=graph, graph_note=note,
+                             timeline=_timeline(safe, steps, audit), audit=audit)
+
+    async def status_chart(self, window: timedelta, buckets: int) -> StatusChart:
+        """Executions created in the last ``window`` per workflow, split into ``buckets``
+        equal slices, counted by their status now (the overview's chart).
+
+        Kept for 1/120 of a bucket (2.5 s of an hour's 5-minute bars, 3 min of a week's
+        6-hour ones): the week's chart counts a quarter of a million rows of a million, and
+        every open overview asks again every few seconds."""
+        bucket_s = max(1, int(window.total_seconds() // max(1, buckets)))
+        key = (bucket_s, buckets)
+        lock = self._chart_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            hit = self._charts.get(key)
+            if hit is not None and time.monotonic() - hit[0] < min(300.0, bucket_s / 120):
+                return hit[1]
+            chart = await self._status_chart(bucket_s, buckets)
+            self._charts[key] = (time.monotonic(), chart)
+            return chart
+
+    async def _status_chart(self, bucket_s: int, buckets: int) -> StatusChart:
+        now = datetime.now(UTC).timestamp()
+        last = int(now // bucket_s) * bucket_s
+        starts = [last - bucket_s * i for i in range(buckets - 1, -1, -1)]
+        rows = await self.hub.store.api_execution_buckets(
+            datetime.fromtimestamp(starts[0], UTC), bucket_s)
+        index = {b: i for i, b in enumerate(starts)}
+        by_wf: dict[str, dict[str, list[int]]] = {}
+        for r in rows:
+            i = index.get(int(r["bucket"].timestamp()))
+            if i is None:
+                continue
+            counts = by_wf.setdefault(r["workflow"], {})
+            counts.setdefault(r["status"], [0] * buckets)[i] += int(r["n"])
+        order = [s.value for s in RunStatus]
+        series = [StatusSeries(wf, {st: c[st] for st in order if st in c})
+                  for wf, c in sorted(by_wf.items())]
+        return StatusChart(timedelta(seconds=bucket_s * buckets), timedelta(seconds=bucket_s),
+                           [datetime.fromtimestamp(b, UTC) for b in starts], series)
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        """Scheduled jobs with their next and last runs (as ``GET /jobs``)."""
+        from hub.runtime.scheduler import Scheduler
+
+        return await Scheduler(self.hub).jobs()
+
+    def breakers(self) -> list[Breaker]:
+        """Circuit breakers this process knows: those of the connectors registered in the
+        hub's container (``connector.breaker.state``), and any ``*breaker*`` gauge of the
+        process's metrics (``{connector=..., state=...}``). A worker's own breakers are in
+        its metrics, not here."""
+        found: dict[str, Breaker] = {}
+        # only the services already built: resolving a provided one would build a connector
+        # (and fail on its missing configuration) just to look at it
+        built: dict[str, Any] = dict(getattr(self.hub.container, "_services", {}))
+        for name, service in sorted(built.items()):
+            state = getattr(getattr(service, "breaker", None), "state", None)
+            if state is not None:
+                label = str(getattr(service, "name", name))
+                found[label] = Breaker(label, str(getattr(state, "value", state)),
+                                       "connector")
+        from hub.metrics import REGISTRY
+
+        for family in REGISTRY.collect():
+            if "breaker" not in family.name:
+                continue
+            for sample in family.samples:
+                who = sample.labels.get("connector") or sample.labels.get("name")
+                state = sample.labels.get("state")
+                if who and who not in found and (state is None or sample.value):
+                    found[who] = Breaker(who, state or ("open" if sample.value else "closed"),
+                                         "metrics")
+        return sorted(found.values(), key=lambda b: b.connector)
+
+    def _kafka(self) -> tuple[KafkaSettings, str]:
+        settings = self.kafka or KafkaSettings(bootstrap=self.kafka_bootstrap or None)
+        bootstrap = self.kafka_bootstrap or settings.bootstrap or ""
+        if not bootstrap:
+            raise HubError("no broker configured (HUB_KAFKA_BOOTSTRAP)")
+        return settings, bootstrap
+
+    async def consumer_lag(self) -> Observed:
+        """Lag of the deployment's group per subscribed topic and partition (cached)."""
+
+        async def read() -> list[dict[str, Any]]:
+            from hub.runtime.admin import consumer_lag
+
+            settings, bootstrap = self._kafka()
+            topics = self.subscribers.topics()
+            if not topics:
+                return []
+            rows = await consumer_lag(settings, bootstrap, topics)
+            return [{"topic": r.topic, "partition": r.partition, "committed": r.committed,
+                     "end": r.end, "lag": r.lag} for r in rows]
+
+        return await self._broker.get("lag", read, timeout_s=15.0)
+
+    async def dead_letter_count(self) -> Observed:
+        """Dead letters not redriven yet, per dead-letter topic (cached)."""
+
+        async def read() -> dict[str, int]:
+            letters = await self.dead_letters()
+            counts: dict[str, int] = {}
+            for d in letters:
+                counts[d.dlq_topic] = counts.get(d.dlq_topic, 0) + (0 if d.redrives else 1)
+            return counts
+
+        return await self._broker.get("dead_letters", read, timeout_s=30.0)
+
+    def _topics(self) -> Any:
+        from hub.runtime.topics import load_topics
+
+        if self.topics_file is None or not self.topics_file.is_file():
+            raise HubError(f"no topics file at {self.topics_file} (HUB_KAFKA_TOPICS_FILE)")
+        try:
+            return load_topics(self.topics_file)
+        except HubError as exc:
+            raise Misconfigured(f"{self.topics_file}: {exc}") from exc
+
+    async def dead_letters(self, dlq_topic: str | None = None) -> list[DeadLetterView]:
+        """Every record of the dead-letter topics of topics.yaml (or of one), oldest first,
+        with each one's redrives (who, when, where to)."""
+        from hub.runtime import constants as h
+        from hub.runtime.deadletters import dead_letter_topics, read_dead_letters
+
+        settings, bootstrap = self._kafka()
+        names = dead_letter_topics(self._topics())
+        if dlq_topic is not None:
+            if dlq_topic not in names:
+                raise InvalidArgument(("query", "topic"),
+                                      f"{dlq_topic!r} is no dead-letter topic of topics.yaml")
+            names = [dlq_topic]
+        letters = []
+        for name in names:
+            letters.extend(await read_dead_letters(self.hub, settings, bootstrap, name))
+        actions: dict[str, list[AuditEntry]] = {}
+        for r in await self.hub.store.audit_for_targets([d.ref for d in letters]):
+            entry = _audit_entry(r)
+            actions.setdefault(entry.target or "", []).append(entry)
+        out = []
+        for d in letters:
+            hd = d.headers
+            redrives = [{"at": r["redriven_at"], "target": r["target"], "by": r["redriven_by"]}
+                        for r in d.redriven]
+            out.append(DeadLetterView(
+                ref=d.ref, dlq_topic=d.dlq_topic, partition=d.partition, offset=d.offset,
+                timestamp=datetime.fromtimestamp(d.timestamp / 1000, UTC)
+                if d.timestamp and d.timestamp > 0 else None,
+                key=d.key, topic=hd.get(h.DLQ_TOPIC), original_partition=hd.get(h.DLQ_PARTITION),
+                original_offset=hd.get(h.DLQ_OFFSET), stage=hd.get(h.DLQ_STAGE),
+                subscriber=hd.get(h.DLQ_SUBSCRIBER) or None,
+                error=hd.get(h.DLQ_EXCEPTION_CLASS, "").rsplit(".", 1)[-1],
+                message=hd.get(h.DLQ_EXCEPTION_MESSAGE) or "",
+                payload=_payload_text(d.value),
+                headers={k: REDACTED if SECRET_KEY.search(k) else v for k, v in hd.items()},
+                redrives=redrives or [{"at": a.at, "target": a.detail.get("to"),
+                                       "by": a.actor.label} for a in actions.get(d.ref, [])],
+            ))
+        return out
+
+    async def redrive(self, refs: list[str], *, to_subscriber: bool = False,
+                      actor: Actor | None = None) -> list[dict[str, Any]]:
+        """Send dead letters (``dlq-topic/partition/offset``) back to their topic, or straight
+        to their subscriber; each redrive is recorded (``dlq_redrive`` and the audit)."""
+        from hub.runtime.deadletters import read_dead_letters
+        from hub.runtime.deadletters import redrive as send_back
+
+        if not refs:
+            raise InvalidArgument(("body", "ref"), "choose at least one dead letter")
+        settings, bootstrap = self._kafka()
+        topics = self._topics()
+        by_topic: dict[str, list[str]] = {}
+        for ref in refs:
+            check_text(ref, ("body", "ref"))
+            by_topic.setdefault(ref.rsplit("/", 2)[0], []).append(ref)
+        chosen: list[Any] = []
+        for name, wanted in by_topic.items():
+            found = {d.ref: d for d in await read_dead_letters(self.hub, settings, bootstrap,
+                                                               name)}
+            missing = [r for r in wanted if r not in found]
+            if missing:
+                raise ExecutionNotFound(f"no dead letter {', '.join(missing)}")
+            chosen.extend(found[r] for r in wanted)
+        who = actor or UNATTRIBUTED
+        done = await send_back(self.hub, topics, self.subscribers, settings, bootstrap, chosen,
+                               to_subscriber=to_subscriber, by=who.label)
+        for letter, result in zip(chosen, done, strict=False):
+            hd = letter.headers
+            await self._audit(actor, "redrive", None, letter.ref, {
+                "to": result["target"], "topic": hd.get("hub.errors.topic"),
+                "partition": hd.get("hub.errors.partition"),
+                "offset": hd.get("hub.errors.offset"), "key": letter.key})
+        self._broker.forget("dead_letters")
+        return done
+
+    async def event_record(self, ref: str, *, workflow: str | None = None) -> Observed:
+        """The Kafka record that started an execution, read back from its position (topic,
+        partition, offset) while the topic retains it: key, headers, payload (redacted)."""
+        run = await self._run(ref, workflow)
+        trigger = run.trigger or {}
+        if trigger.get("kind") != "event":
+            raise InvalidArgument(("path", "id"), "this execution was not started by an event")
+
+        async def read() -> dict[str, Any] | None:
+            from aiokafka import AIOKafkaConsumer, TopicPartition
+
+            from hub.runtime.constants import REDRIVEN_FROM
+            from hub.runtime.consumer import decode_headers
+            from hub.runtime.kafka import client_kwargs
+
+            settings, bootstrap = self._kafka()
+            tp = TopicPartition(str(trigger["topic"]), int(trigger["partition"]))
+            offset = int(trigger["offset"])
+            consumer = AIOKafkaConsumer(**client_kwargs(settings, bootstrap), group_id=None,
+                                        enable_auto_commit=False)
+            await consumer.start()
+            try:
+                consumer.assign([tp])
+                consumer.seek(tp, offset)
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    batch = await consumer.getmany(tp, timeout_ms=500, max_records=50)
+                    for rec in batch.get(tp, []):
+                        if rec.offset == offset:
+                            headers = decode_headers(rec.headers)
+                            source = headers.get(REDRIVEN_FROM)
+                            redrives = [_audit_entry(r) for r in
+                                        await self.hub.store.audit_for_targets([source])
+                                        ] if source else []
+                            return {"key": rec.key.decode("utf-8", "replace")
+                                    if rec.key is not None else None,
+                                    "timestamp": datetime.fromtimestamp(rec.timestamp / 1000,
+                                                                        UTC),
+                                    "headers": {k: REDACTED if SECRET_KEY.search(k) else v
+                                                for k, v in headers.items()},
+                                    "payload": _payload_text(rec.value),
+                                    "redriven_from": source, "redrives": redrives}
+                        if rec.offset > offset:
+                            return None
+                return None
+            finally:
+                await consumer.stop()
+
+        return await _observe(read, timeout_s=10.0)
+
+
+def _idempotency_key(detail: ExecutionDetail, step: str, *, compensating: bool) -> str:
+    """The key the step's connector calls carry: made where the executor makes it."""
+    return StepContext.make(execution_id=detail.id, transaction_id=detail.transaction_id,
+                            workflow=detail.workflow, step=step, attempt=0,
+                            container=_NO_SERVICES, compensating=compensating).idempotency_key
+
+
+_NO_SERVICES = Container()
+
+
+def _payload_text(value: bytes | None) -> str | None:
+    """A record's value for display: JSON pretty-printed with secrets redacted, else text."""
+    if value is None:
+        return None
+    text = value.decode("utf-8", "replace")
+    try:
+        return json.dumps(redact(json.loads(text)), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text

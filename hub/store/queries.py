@@ -366,7 +366,10 @@ SELECT id, name, prefix, scopes, created_at, revoked_at, last_used_at
 FROM {s}.api_key ORDER BY created_at, id"""
 
 API_LIST_EXECUTIONS = """-- 1 round trip per page: walks (created_at DESC, id) from the cursor ($6, $7) and
--- stops at LIMIT; summary columns only (no input, steps or result: they can be large)
+-- stops at LIMIT; summary columns only (no input, steps or result: they can be large).
+-- Each filter has an index walkable newest first (workflow, status, trigger kind, time) or
+-- selective enough to sort what it finds (transaction id, event key prefix $10: 'abc%').
+-- The store plans it for the values at hand (see Store.api_list_executions)
 SELECT id, workflow, version, transaction_id, status, phase, trigger, parked, archived,
        error->>'message' AS error_message, error->>'step' AS error_step,
        created_at, updated_at, finished_at
@@ -376,6 +379,8 @@ WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)
   AND ($4::timestamptz IS NULL OR created_at < $4)
   AND ($5::text IS NULL OR trigger->>'kind' = $5)
   AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
+  AND ($9::text IS NULL OR transaction_id = $9)
+  AND ($10::text IS NULL OR trigger->>'key' LIKE $10)
 ORDER BY created_at DESC, id DESC
 LIMIT $8"""
 
@@ -387,3 +392,35 @@ API_OUTBOX_FOR_EXECUTION = """-- the events one execution published, with the st
 -- progress (outbox_execution index)
 SELECT id, step, topic, key, payload, headers, created_at, sent_at, attempts, last_error
 FROM {s}.outbox WHERE execution_id = $1 ORDER BY created_at, id"""
+
+# -- console (hub.api.console, through HubService) -----------------------------------------
+
+API_EXECUTION_BUCKETS = """-- the overview chart, refreshed every few seconds: executions created since $1, counted per
+-- workflow, status and time bucket of $2 seconds. A range scan of execution_created (the
+-- window bounds the rows read); no locks
+SELECT workflow, status,
+       to_timestamp(floor(extract(epoch FROM created_at) / $2) * $2) AS bucket,
+       count(*) AS n
+FROM {s}.execution
+WHERE created_at >= $1
+GROUP BY 1, 2, 3"""
+
+AUDIT_INSERT = """-- 1 round trip after an operator action was accepted
+INSERT INTO {s}.audit (actor_id, actor_name, via, action, execution_id, target, detail)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+RETURNING id, at"""
+
+AUDIT_FOR_EXECUTION = """-- the execution page: its actions oldest first (audit_execution index)
+SELECT id, at, actor_id, actor_name, via, action, execution_id, target, detail
+FROM {s}.audit WHERE execution_id = $1 ORDER BY id LIMIT $2"""
+
+AUDIT_FOR_TARGETS = """-- the dead-letter page: the actions on these targets (audit_target index)
+SELECT id, at, actor_id, actor_name, via, action, execution_id, target, detail
+FROM {s}.audit WHERE target = ANY($1::text[]) ORDER BY id"""
+
+CUSTOM_PLAN_BEGIN = """-- opens the transaction of Store._fetch_custom_plan (one simple-query round trip): the
+-- next statement is planned for its parameter values, and nothing in it can write
+BEGIN READ ONLY; SET LOCAL plan_cache_mode = force_custom_plan"""
+
+CUSTOM_PLAN_END = """-- ends it (a rollback if the statement failed)
+COMMIT"""

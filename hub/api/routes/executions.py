@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Path, Query, Response
 
 from hub.api.auth import OperateKey, ReadKey, RunKey, ServiceDep
+from hub.api.keys import ApiKey
 from hub.api.models import (
     ErrorBody,
     ExecutionDetail,
@@ -25,7 +26,7 @@ from hub.api.models import (
     StepSuccessBody,
 )
 from hub.api.problems import ERROR_RESPONSES
-from hub.api.service import HubService, Outcome
+from hub.api.service import Actor, HubService, Outcome
 from hub.engine.run import RunStatus
 
 router = APIRouter(tags=["executions"])
@@ -76,11 +77,17 @@ async def list_executions(
     cursor: Annotated[str | None, Query(
         max_length=500, description="`next` of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    transaction_id: Annotated[str | None, Query(
+        max_length=500, description="exactly this transaction id")] = None,
+    event_key: Annotated[str | None, Query(
+        alias="key", max_length=500,
+        description="started by an event whose key starts with this")] = None,
 ) -> ExecutionPage:
     return await service.executions(
         workflow=workflow, status=status.value if status else None,
         created_after=created_after, created_before=created_before,
-        trigger_kind=trigger_kind, cursor=cursor, limit=limit)
+        trigger_kind=trigger_kind, cursor=cursor, limit=limit,
+        transaction_id=transaction_id, key=event_key)
 
 
 @router.get("/executions/{id}", response_model=ExecutionDetail,
@@ -101,7 +108,8 @@ async def step_success(
 ) -> SignalAccepted:
     output = body.output if body is not None else None
     return _accepted(response, await service.complete_step(
-        execution, step, success=True, output=output, workflow=workflow))
+        execution, step, success=True, output=output, workflow=workflow,
+        actor=Actor.of_key(key, "api")))
 
 
 @router.post("/executions/{id}/steps/{step}/failure", response_model=SignalAccepted,
@@ -111,7 +119,8 @@ async def step_failure(
     service: ServiceDep, key: RunKey, workflow: WorkflowFilter = None,
 ) -> SignalAccepted:
     return _accepted(response, await service.complete_step(
-        execution, step, success=False, error=body.error, workflow=workflow))
+        execution, step, success=False, error=body.error, workflow=workflow,
+        actor=Actor.of_key(key, "api")))
 
 
 @router.post("/executions/{id}/retry", response_model=SignalAccepted, status_code=202,
@@ -120,15 +129,17 @@ async def retry(execution: ExecutionRef, response: Response, service: ServiceDep
                 key: OperateKey, workflow: WorkflowFilter = None) -> SignalAccepted:
     """Re-runs a step left for a manual retry, a compensation that failed, or resumes a
     parked execution. A run that ended is final: start a new one."""
-    return _accepted(response, await service.retry(execution, workflow=workflow))
+    return _accepted(response, await service.retry(execution, workflow=workflow,
+                                                   actor=Actor.of_key(key, "api")))
 
 
 async def _stop(kind: Literal["cancel", "compensate"], execution: str, response: Response,
                 service: HubService, body: OperateBody | None, wait: bool, timeout: float | None,
-                workflow: str | None) -> RunOut:
+                workflow: str | None, key: ApiKey) -> RunOut:
     reason = body.reason if body is not None else None
     return _outcome(response, await service.stop(
-        execution, kind, reason=reason, wait=wait, timeout=timeout, workflow=workflow))
+        execution, kind, reason=reason, wait=wait, timeout=timeout, workflow=workflow,
+        actor=Actor.of_key(key, "api")))
 
 
 _STOP: dict[int | str, dict[str, Any]] = {
@@ -147,7 +158,7 @@ async def compensate(
 ) -> RunOut:
     """The run ends ``compensated``; the reason becomes its error message."""
     return await _stop("compensate", execution, response, service, body, wait, timeout,
-                       workflow)
+                       workflow, key)
 
 
 @router.post("/executions/{id}/cancel", response_model=RunOut, status_code=202,
@@ -158,4 +169,5 @@ async def cancel(
     timeout: Timeout = None, workflow: WorkflowFilter = None,
 ) -> RunOut:
     """The run ends ``cancelled``; the reason becomes its error message."""
-    return await _stop("cancel", execution, response, service, body, wait, timeout, workflow)
+    return await _stop("cancel", execution, response, service, body, wait, timeout, workflow,
+                       key)

@@ -1,0 +1,551 @@
+"""The web console end to end: a real Chromium (Debian's package, driven by Playwright)
+against a live hub, its embedded Postgres and broker, over HTTP on loopback.
+
+The workflows are this module's own, so the console is tested apart from the project's.
+Each browser test leaves screenshots of the pages it visits in docs/console/ (the pictures
+of docs/console.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from playwright.async_api import Browser, Page, async_playwright, expect
+from pydantic import BaseModel
+
+from hub import (
+    Hub,
+    StepContext,
+    StepResponse,
+    SubscriberContext,
+    WorkflowResponse,
+    create_step,
+    create_workflow,
+    subscriber,
+)
+from hub.api import ApiSettings, create_app, create_key
+from hub.runtime.service import KafkaRuntime
+from hub.runtime.subscriber import SubscriberRegistry
+from hub.runtime.topics import load_topics
+from hub.settings import KafkaSettings
+from tests.support.console import CHROMIUM_ARGS, Shots, ensure_chromium, serve
+
+SECRET = "sk_live_do-not-show-me"
+
+
+# -- the workflows of these tests ------------------------------------------------------
+class Order(BaseModel):
+    id: str
+    amount: int
+    fail: bool = False
+    api_token: str = SECRET
+
+
+async def _reserve(inp: Order, ctx: StepContext) -> StepResponse[Any]:
+    await asyncio.sleep(0.3)  # long enough for the page to see the run before it ends
+    return StepResponse({"reservation": f"r-{inp.id}", "password": "hunter2"},
+                        {"reservation": f"r-{inp.id}"})
+
+
+def _release(comp: Any, ctx: StepContext) -> None:
+    return None
+
+
+async def _charge(inp: Order, ctx: StepContext) -> StepResponse[Any]:
+    await asyncio.sleep(0.3)
+    return StepResponse({"charge": f"ch-{inp.id}", "amount": inp.amount})
+
+
+def _refund(comp: Any, ctx: StepContext) -> None:
+    return None
+
+
+def _confirm(inp: Order, ctx: StepContext) -> dict[str, Any]:
+    if inp.fail:
+        raise RuntimeError(f"carrier refused order {inp.id}")
+    return {"confirmed": inp.id}
+
+
+reserve = create_step("reserve-stock", _reserve, compensate=_release)
+charge = create_step("charge-payment", _charge, compensate=_refund)
+confirm = create_step("confirm-order", _confirm)
+
+
+@create_workflow("console-order")
+def console_order(inp: Order) -> WorkflowResponse:
+    reserve(inp)
+    charge(inp)
+    return WorkflowResponse(confirm(inp))
+
+
+class Approval(BaseModel):
+    id: str
+
+
+async def _ask(inp: Approval, ctx: StepContext) -> StepResponse[Any]:
+    return StepResponse({"asked": inp.id})
+
+
+approve = create_step("await-approval", _ask, is_async=True)
+ship = create_step("ship", lambda a, c: {"shipped_by": (a or {}).get("by", "nobody")})
+
+
+@create_workflow("console-approval")
+def console_approval(inp: Approval) -> WorkflowResponse:
+    return WorkflowResponse(ship(approve(inp)))
+
+
+class OrderEvent(BaseModel):
+    id: str
+    amount: int
+
+
+BROKEN: set[str] = set()
+"""Event ids the subscriber refuses (until a test repairs it)."""
+
+
+# -- fixtures --------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    return ensure_chromium()
+
+
+@pytest.fixture(scope="session")
+async def browser(chromium: str) -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@pytest.fixture(scope="session")
+def shots() -> Shots:
+    return Shots()
+
+
+@dataclass
+class Console:
+    hub: Hub
+    url: str
+    keys: dict[str, str]
+    browser: Browser
+
+    async def page(self, who: str = "ops", *, width: int = 1280, height: int = 900,
+                   bypass_csp: bool = False) -> Page:
+        """A fresh browser context logged in with the key of ``who``."""
+        context = await self.browser.new_context(
+            viewport={"width": width, "height": height}, timezone_id="Europe/Berlin",
+            locale="en-GB", bypass_csp=bypass_csp)
+        page = await context.new_page()
+        await page.goto(f"{self.url}/ui/login")
+        await page.get_by_label("API key").fill(self.keys[who])
+        await page.get_by_role("button", name="Log in").click()
+        await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        return page
+
+
+async def _keys(hub: Hub) -> dict[str, str]:
+    return {
+        "ops": (await create_key(hub.store, "ops-alice", ["read", "run", "operate"])).token,
+        "viewer": (await create_key(hub.store, "viewer-bob", ["read"])).token,
+    }
+
+
+@pytest.fixture
+async def console(hub: Hub, browser: Browser) -> AsyncIterator[Console]:
+    """The console of a hub with no broker configured."""
+    app = create_app(hub, settings=ApiSettings(), kafka=KafkaSettings(
+        bootstrap=None, topics_file=Path("/nonexistent/topics.yaml")),
+        subscribers=SubscriberRegistry())
+    async with serve(app) as url:
+        yield Console(hub, url, await _keys(hub), browser)
+
+
+def _topics_file(tmp_path: Path, prefix: str) -> Path:
+    path = tmp_path / "topics.yaml"
+    path.write_text(f"""
+topics:
+  {prefix}.orders:
+    partitions: 1
+    event: tests.test_console:OrderEvent
+    dead_letter: {prefix}.orders.dlq
+  {prefix}.orders.dlq:
+    partitions: 1
+""")
+    return path
+
+
+@pytest.fixture
+async def kafka_console(hub: Hub, browser: Browser, kafka_bootstrap: str, prefix: str,
+                        tmp_path: Path) -> AsyncIterator[Console]:
+    """The console of a hub whose subscriber consumes ``<prefix>.orders`` in-process."""
+    registry = SubscriberRegistry()
+
+    @subscriber(f"{prefix}.orders", registry=registry, max_retries=0, retry_backoff=0.01)
+    async def on_order(event: OrderEvent, ctx: SubscriberContext) -> None:
+        if event.id in BROKEN:
+            raise RuntimeError(f"inventory service rejected order {event.id}")
+        await console_order(ctx.hub).run(input={"id": event.id, "amount": event.amount},
+                                         transaction_id=f"order:{event.id}", wait=False)
+
+    topics_file = _topics_file(tmp_path, prefix)
+    settings = KafkaSettings(bootstrap=kafka_bootstrap, group=f"{prefix}-hub",
+                             topics_file=topics_file, fetch_max_wait_ms=20,
+                             session_timeout_ms=6000)
+    runtime = KafkaRuntime(hub, settings, subscribers=registry, topics=load_topics(topics_file))
+    await runtime.start()
+    try:
+        assert runtime.consumer is not None
+        await asyncio.wait_for(runtime.consumer.ready.wait(), 30)
+        app = create_app(hub, settings=ApiSettings(), kafka=settings, subscribers=registry)
+        async with serve(app) as url:
+            yield Console(hub, url, await _keys(hub), browser)
+    finally:
+        await runtime.stop()
+
+
+async def until(probe: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+async def _status(page: Page, status: str, timeout: float = 20_000) -> None:
+    await expect(page.locator("#run-status")).to_have_attribute("data-status", status,
+                                                                timeout=timeout)
+
+
+def nav(page: Page, name: str) -> Any:
+    return page.get_by_role("navigation", name="Console").get_by_role("link", name=name)
+
+
+# -- tests -----------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.browser
+async def test_an_order_flows_and_the_page_shows_it_succeed(console: Console,
+                                                            shots: Shots) -> None:
+    run = await console.hub.start("console-order", {"id": "A-1", "amount": 4200},
+                                  transaction_id="order:A-1", wait=False)
+    page = await console.page()
+    await page.goto(f"{console.url}/ui/executions/{run.id}")
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("console-order")
+    await _status(page, "succeeded")
+    graph = page.locator("svg.graph")
+    await expect(graph.locator("a.state-done")).to_have_count(3)
+    await expect(graph).to_contain_text("✓ charge-payment")
+    steps = page.locator("table.steps")
+    await expect(steps).to_contain_text(f"{run.id}:reserve-stock")  # the idempotency key
+    html = await page.content()
+    assert SECRET not in html and "hunter2" not in html, "secrets are redacted"
+    assert '"api_token": "***"' in html and '"password": "***"' in html
+    when = page.locator("header.exec-head time").first
+    iso = await when.get_attribute("datetime")
+    assert iso is not None and iso.endswith("Z")
+    assert await when.get_attribute("title") == iso
+    assert "UTC" not in await when.inner_text(), "shown in the viewer's timezone"
+    await shots.take(page, "execution-succeeded")
+
+    for i, fail in enumerate([False, True, False]):
+        await console.hub.start("console-order", {"id": f"A-{i + 2}", "amount": 100 * i,
+                                                  "fail": fail},
+                                transaction_id=f"order:A-{i + 2}", wait=False)
+    await console.hub.start("console-approval", {"id": "A-9"}, transaction_id="approval:A-9",
+                            wait=True)
+    await console.hub.run_until_idle()
+    await nav(page, "Executions").click()
+    rows = page.locator("table.list > tbody > tr")
+    await expect(rows).to_have_count(5)
+    await shots.take(page, "executions")
+    await page.get_by_label("Workflow").select_option("console-order")
+    await page.get_by_label("Status").select_option("compensated")
+    await page.get_by_role("button", name="Filter").click()
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text("order:A-3")
+    await page.get_by_role("link", name="Clear").click()
+    await page.get_by_label("Transaction id").fill("order:A-1")
+    await page.keyboard.press("Enter")
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text("order:A-1")
+
+    await nav(page, "Workflows").click()
+    await expect(page.get_by_role("heading", name="console-order")).to_be_visible()
+    await page.get_by_role("link", name="console-order").first.click()
+    await expect(page.get_by_role("heading", name="Recent executions")).to_be_visible()
+    await expect(page.locator("main")).to_contain_text("order:A-1")
+    await shots.take(page, "workflow")
+
+    await nav(page, "Overview").click()
+    chart = page.get_by_role("figure", name=re.compile("console-order"))
+    await expect(chart).to_contain_text("4 started", timeout=15_000)  # cached 2.5 s
+    await expect(chart.get_by_role("table")).to_contain_text("compensated")
+    await expect(page.locator("#overview-live")).to_contain_text("event(s) not yet published")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+async def test_a_failing_order_shows_its_compensations_in_the_timeline(console: Console,
+                                                                       shots: Shots) -> None:
+    run = await console.hub.start("console-order", {"id": "B-2", "amount": 10, "fail": True},
+                                  transaction_id="order:B-2", wait=False)
+    page = await console.page()
+    await page.goto(f"{console.url}/ui/executions/{run.id}")
+    await _status(page, "compensated")
+    timeline = page.locator("ol.timeline")
+    await expect(timeline).to_contain_text("carrier refused order B-2")
+    items = [t.strip() for t in await timeline.locator("li").all_inner_texts()]
+    compensations = [t for t in items if "compensated (attempt 1)" in t]
+    assert len(compensations) == 2, items
+    assert "charge-payment" in compensations[0] and "reserve-stock" in compensations[1], \
+        "compensated in reverse order of completion"
+    failed = next(i for i, t in enumerate(items) if "confirm-order" in t and "failed" in t)
+    assert failed < items.index(compensations[0])
+    graph = page.locator("svg.graph")
+    await expect(graph.locator("a.state-reverted")).to_have_count(2)
+    await expect(graph.locator("a.state-permanent_failure")).to_have_count(1)
+    await expect(graph).to_contain_text("compensated")
+    await expect(page.locator("#steps-h + div")).to_contain_text(
+        f"{run.id}:charge-payment:compensate")
+    await shots.take(page, "execution-compensated")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+async def test_an_async_step_is_completed_from_the_page(console: Console, shots: Shots) -> None:
+    run = await console.hub.start("console-approval", {"id": "C-3"},
+                                  transaction_id="approval:C-3", wait=True)
+    assert run.status == "waiting"
+    page = await console.page()
+    await page.goto(f"{console.url}/ui/executions/{run.id}")
+    await _status(page, "waiting")
+    await shots.take(page, "execution-waiting")
+    await page.get_by_role("button", name="Complete await-approval…").click()
+    dialog = page.get_by_role("dialog", name="Complete step await-approval?")
+    await expect(dialog).to_be_visible()
+    await dialog.get_by_label("Output (JSON, optional)").fill('{"by": "alice"}')
+    await dialog.get_by_role("button", name="Complete").click()
+    await expect(page.get_by_role("status")).to_contain_text("Step completion recorded")
+    await _status(page, "succeeded")
+    await expect(page.locator("#result-h + pre")).to_contain_text('"shipped_by": "alice"')
+    audit = page.locator("#audit-h ~ table")
+    await expect(audit).to_contain_text("ops-alice")
+    await expect(audit).to_contain_text("complete step await-approval")
+    await expect(audit).to_contain_text("console")
+    await expect(page.locator("ol.timeline")).to_contain_text("by ops-alice (console)")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+async def test_a_read_key_sees_no_action_buttons_and_gets_403_if_it_tries(
+        console: Console, shots: Shots) -> None:
+    run = await console.hub.start("console-approval", {"id": "D-4"},
+                                  transaction_id="approval:D-4", wait=True)
+    page = await console.page("viewer", bypass_csp=True)
+    await page.goto(f"{console.url}/ui/executions/{run.id}")
+    await _status(page, "waiting")
+    await expect(page.get_by_role("heading", name="Timeline")).to_be_visible()
+    assert await page.get_by_role("heading", name="Actions", exact=True).count() == 0
+    assert await page.locator("button[data-opens], dialog").count() == 0
+    csrf = await page.locator("form.who input[name=csrf]").get_attribute("value")
+    assert csrf
+    for path, scope in [(f"/ui/executions/{run.id}/cancel", "operate"),
+                        (f"/ui/executions/{run.id}/retry", "operate"),
+                        (f"/ui/executions/{run.id}/steps/await-approval/success", "run")]:
+        r = await page.request.post(f"{console.url}{path}", form={"csrf": csrf})
+        assert r.status == 403, (path, r.status)
+        assert f"lacks the &#39;{scope}&#39; scope" in await r.text()
+    # as a browser would send it: the 403 page
+    await page.evaluate("""([action, csrf]) => {
+        const f = document.createElement('form'); f.method = 'post'; f.action = action;
+        const i = document.createElement('input'); i.type = 'hidden'; i.name = 'csrf';
+        i.value = csrf; f.appendChild(i); document.body.appendChild(f); f.submit(); }""",
+                        [f"{console.url}/ui/executions/{run.id}/cancel", csrf])
+    await expect(page.get_by_role("heading", name="Forbidden (403)")).to_be_visible()
+    await expect(page.get_by_role("alert")).to_contain_text("viewer-bob")
+    await shots.take(page, "forbidden")
+    assert (await console.hub.get_run(run.id)).status == "waiting", "nothing happened"
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+async def test_a_dead_letter_is_redriven_from_the_page_and_its_workflow_completes(
+        kafka_console: Console, shots: Shots, kafka_bootstrap: str, prefix: str) -> None:
+    console = kafka_console
+    event_id = f"E-{uuid.uuid4().hex[:6]}"
+    BROKEN.add(event_id)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(f"{prefix}.orders",
+                                     json.dumps({"id": event_id, "amount": 990}).encode(),
+                                     key=event_id.encode(),
+                                     headers=[("x-api-key", b"k-123"), ("source", b"shop")])
+    finally:
+        await producer.stop()
+    page = await console.page()
+
+    async def dead_lettered() -> bool:
+        await page.goto(f"{console.url}/ui/dead-letters")
+        return await page.locator("table.list > tbody > tr").count() == 1
+
+    await until(dead_lettered, timeout=30)
+    row = page.locator("table.list > tbody > tr").first
+    await expect(row).to_contain_text(f"inventory service rejected order {event_id}")
+    await expect(row).to_contain_text(f"{prefix}.orders")
+    await row.get_by_text("payload and headers").click()
+    await expect(row).to_contain_text('"amount": 990')
+    await expect(row).to_contain_text("***")  # the x-api-key header
+    await shots.take(page, "dead-letters")
+
+    BROKEN.discard(event_id)  # the cause is repaired: send the event back
+    await row.get_by_role("button", name="Redrive…").click()
+    dialog = page.get_by_role("dialog")
+    await expect(dialog).to_be_visible()
+    await dialog.get_by_role("button", name="Redrive").click()
+    await expect(page.get_by_role("status")).to_contain_text("Redriven: 1")
+    await expect(page.locator("table.list > tbody > tr").first).to_contain_text("by ops-alice")
+
+    async def succeeded() -> Any:
+        try:
+            run = await console.hub.get_run(f"order:{event_id}")
+        except Exception:
+            return None
+        return run if run.status == "succeeded" else None
+
+    run = await until(succeeded, timeout=30)
+    await page.goto(f"{console.url}/ui/executions/{run.id}")
+    await _status(page, "succeeded")
+    lineage = page.locator("#lineage-h ~ dl.facts").first
+    await expect(lineage).to_contain_text(f"{prefix}.orders")
+    await page.get_by_role("button", name=re.compile("Read the record")).click()
+    await expect(page.locator("#event-record")).to_contain_text("hub.redriven.from")
+    await expect(page.locator("#event-record")).to_contain_text("by ops-alice (console)")
+    await expect(page.locator("#event-record")).to_contain_text("***")
+    await shots.take(page, "execution-lineage")
+
+    await page.goto(f"{console.url}/ui/")
+    await expect(page.locator("#kafka")).to_contain_text(f"{prefix}.orders", timeout=20_000)
+    await expect(page.locator("#kafka")).to_contain_text("0 not redriven")
+    await expect(page.locator("figure.chart-card")).to_contain_text(
+        "console-order", timeout=15_000)  # the chart is cached 2.5 s; the page polls every 5 s
+    await shots.take(page, "overview")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+async def test_the_login_page_guards_every_page(console: Console, shots: Shots) -> None:
+    context = await console.browser.new_context(viewport={"width": 1280, "height": 700})
+    page = await context.new_page()
+    await page.goto(f"{console.url}/ui/executions?status=waiting")
+    assert "/ui/login?next=" in page.url
+    await page.get_by_label("API key").fill("hub_0123456789ab_" + "A" * 43)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.get_by_role("alert")).to_contain_text("unknown API key")
+    await shots.take(page, "login")
+    await page.get_by_label("API key").fill(console.keys["viewer"])
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.get_by_role("heading", name="Executions")).to_be_visible()
+    assert page.url.endswith("/ui/executions?status=waiting"), "back where it was going"
+    cookie = next(c for c in await context.cookies() if c["name"] == "hub_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
+    await page.get_by_role("button", name="Log out").click()
+    await expect(page.get_by_role("heading", name="Log in to the console")).to_be_visible()
+    await page.goto(f"{console.url}/ui/")
+    assert "/ui/login" in page.url
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+async def test_the_execution_page_reads_well_in_a_narrow_window(console: Console,
+                                                               shots: Shots) -> None:
+    run = await console.hub.start("console-order", {"id": "F-6", "amount": 1, "fail": True},
+                                  transaction_id="order:F-6", wait=True, raise_on_error=False)
+    page = await console.page(width=390, height=844)
+    await page.goto(f"{console.url}/ui/executions/{run.id}")
+    await _status(page, "compensated")
+    overflow = await page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 1, "no sideways scrolling of the page (tables scroll in their box)"
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
+    await shots.take(page, "execution-narrow", full_page=False)
+
+
+# -- the same service method, audited, from the JSON API ---------------------------------
+@pytest.mark.slow
+async def test_actions_through_the_json_api_are_audited_and_shown_on_the_page(
+        hub: Hub) -> None:
+    keys = await _keys(hub)
+    run = await hub.start("console-approval", {"id": "G-7"}, transaction_id="approval:G-7",
+                          wait=True)
+    app = create_app(hub, settings=ApiSettings(), kafka=KafkaSettings(bootstrap=None),
+                     subscribers=SubscriberRegistry())
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        r = await client.post(f"/executions/{run.id}/cancel", json={"reason": "customer asked"},
+                              headers={"Authorization": f"Bearer {keys['ops']}"},
+                              params={"wait": True})
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        login = await client.get("/ui/login")
+        nonce = re.search(r'name="login_nonce" value="([^"]+)"', login.text)
+        assert nonce is not None
+        r = await client.post("/ui/login", data={"api_key": keys["viewer"],
+                                                 "login_nonce": nonce.group(1),
+                                                 "next": f"/ui/executions/{run.id}"})
+        assert r.status_code == 303
+        page = await client.get(r.headers["location"])
+        assert page.status_code == 200
+        assert "ops-alice" in page.text and "customer asked" in page.text
+        assert re.search(r"<td>api</td>\s*<td>cancel", page.text)
+        assert page.headers["content-security-policy"].startswith("default-src 'self'")
+        listed = await client.get("/executions", params={"key": "G-"},
+                                  headers={"Authorization": f"Bearer {keys['viewer']}"})
+        assert listed.status_code == 200 and listed.json()["items"] == []
+        by_tx = await client.get("/executions", params={"transaction_id": "approval:G-7"},
+                                 headers={"Authorization": f"Bearer {keys['viewer']}"})
+        assert [i["id"] for i in by_tx.json()["items"]] == [run.id]
+
+
+# -- drawing and redaction, without a browser ------------------------------------------
+def test_the_graph_is_drawn_in_layers_with_parallel_steps_side_by_side() -> None:
+    from hub.api.console._graph import render_graph
+
+    def step(sid: str, *after: str) -> dict[str, Any]:
+        return {"id": sid, "step": sid, "kind": "step", "after": list(after), "when": [],
+                "reads": [], "options": {}, "compensates": False}
+
+    graph = {"steps": [step("reserve"), step("charge", "reserve"), step("invoice", "reserve"),
+                       step("ship", "charge", "invoice")], "transforms": [], "conditions": []}
+    svg = str(render_graph(graph, {"reserve": "done", "charge": "done",
+                                   "invoice": "permanent_failure", "ship": "not_started"}))
+    ys = {sid: float(y) for sid, y in re.findall(
+        r'href="#step-([a-z]+)"><title>[^<]*</title><rect x="[0-9.]+" y="([0-9.]+)"', svg)}
+    assert ys["reserve"] < ys["charge"] == ys["invoice"] < ys["ship"]
+    assert svg.count('class="edge"') == 4
+    assert "✗ invoice" in svg and "failed" in svg, "state told in an icon and a word too"
+
+
+def test_secrets_are_redacted_at_any_depth() -> None:
+    from hub.api.service import redact
+
+    value = {"customer": {"email": "a@b.c", "Password": "x", "cards": [{"apiKey": "k"}]},
+             "Authorization": "Bearer t", "client_secret": "s", "api-key": "k", "token": 1,
+             "amount": 5}
+    assert redact(value) == {
+        "customer": {"email": "a@b.c", "Password": "***", "cards": [{"apiKey": "***"}]},
+        "Authorization": "***", "client_secret": "***", "api-key": "***", "token": "***",
+        "amount": 5}

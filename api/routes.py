@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel
 
 from hub import Hub
@@ -41,12 +41,18 @@ class ProductCount(BaseModel):
 
 
 @router.get("/erp/products/count", response_model=ProductCount,
-            summary="Count the ERP's products")
+            summary="Count the ERP's products",
+            responses={502: {"description": "the ERP could not be read"}})
 async def count_erp_products(
     request: Request,
     hub: Annotated[Hub, Depends(get_hub)],
     key: Annotated[ApiKey, Depends(require_scope("run"))],
 ) -> ProductCount:
-    """Runs a workflow whose step resolves the ERP connector from the container."""
-    run = await erp_product_count(hub).run(input=None, trigger=api_trigger(request, key))
+    """Runs a workflow whose step resolves the ERP connector from the container; 502 when
+    the ERP cannot be read."""
+    run = await erp_product_count(hub).run(input=None, trigger=api_trigger(request, key),
+                                           raise_on_error=False)
+    if run.status != "succeeded":
+        message = (run.error or {}).get("message", run.status)
+        raise HTTPException(502, detail=f"the ERP could not be read: {message}")
     return ProductCount.model_validate(run.result)

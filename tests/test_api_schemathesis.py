@@ -32,6 +32,7 @@ from schemathesis.specs.openapi.checks import (
 import tests.workflows.async_flows  # noqa: F401  (registers tw-approval: a step that waits)
 from hub import Hub
 from hub.api import ApiSettings, create_app, create_key, load_routes
+from hub.sandbox import SandboxServer
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +105,8 @@ class LiveApi:
 
 
 @pytest.fixture(scope="module")
-def live_api(dsn: str) -> Iterator[LiveApi]:
+def live_api(dsn: str, sandboxes: SandboxServer) -> Iterator[LiveApi]:
+    """The live API, its custom routes' ERP played by the sandbox."""
     live = LiveApi(dsn, f"t_{uuid.uuid4().hex[:12]}")
     live.start()
     try:

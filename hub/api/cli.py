@@ -199,14 +199,17 @@ def _write_key(path: Path, token: str) -> None:
     path.chmod(0o600)
 
 
-async def start_api(hub: Hub, host: str, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    """Serve the API of ``hub`` in this process (dev mode); stop with ``server.should_exit``."""
+async def start_api(hub: Hub, host: str, port: int, kafka: KafkaSettings | None = None,
+                    ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """Serve the API of ``hub`` in this process (dev mode); stop with ``server.should_exit``.
+    ``kafka``: the broker the API reports on (lag, dead letters), e.g. the embedded one."""
     from hub.api.app import create_app, load_routes
     from hub.api.settings import ApiSettings
 
     api_settings = ApiSettings()
     custom = load_routes(api_settings.api_routes, explicit=False)
-    app = create_app(hub, custom_routes=custom, settings=api_settings, kafka=KafkaSettings())
+    app = create_app(hub, custom_routes=custom, settings=api_settings,
+                     kafka=kafka or KafkaSettings())
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                     lifespan="off", server_header=False))
     task = asyncio.create_task(server.serve())

@@ -173,7 +173,8 @@ def dev(
                     return
                 key_file = Path(settings.data_dir) / "dev-api-key"
                 token = await ensure_dev_key(hub, key_file)
-                server, task = await start_api(hub, "127.0.0.1", port)
+                kafka = runtime.settings.model_copy(update={"bootstrap": runtime.bootstrap})
+                server, task = await start_api(hub, "127.0.0.1", port, kafka)
                 api = f"http://127.0.0.1:{port}"
                 try:
                     typer.echo(f"API at {api} (docs: /docs); dev key with every scope in "

@@ -209,7 +209,8 @@ async def test_declined_card_is_permanent_and_names_the_decline_code(
         "card_error", "card_declined", "generic_decline")
     assert "generic_decline" in str(error)
     (pi,) = (await control.state("stripe"))["by_order"]["o-9"]
-    assert (await intent_state(control, pi))["status"] == "requires_payment_method"
+    # a declined intent would wait for another payment method: authorize cancels it
+    assert (await intent_state(control, pi))["status"] == "canceled"
 
 
 async def test_card_needing_authentication_fails_instead_of_waiting(

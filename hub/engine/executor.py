@@ -33,9 +33,9 @@ from hub.engine.payload import Unserializable, encode, to_json
 from hub.engine.registry import Registry
 from hub.engine.response import StepResponse
 from hub.engine.run import Run, RunStatus, StepState
-from hub.errors import LeaseLost, PayloadTooLarge, UnknownWorkflow
+from hub.errors import LeaseLost, PayloadTooLarge, StoreError, UnknownWorkflow
 from hub.settings import HubSettings
-from hub.store.store import CheckpointRow, Store
+from hub.store.store import CheckpointRow, Store, is_disconnect
 from hub.types import JSON
 
 log = structlog.get_logger("hub.executor")
@@ -282,6 +282,12 @@ class Executor:
         except asyncio.CancelledError:
             pass
         except Exception as exc:
+            if isinstance(exc, StoreError) or is_disconnect(exc):
+                # Postgres went away: not the execution's fault, so never park it. Its lease
+                # runs out and a worker (this one, once the database is back) claims it.
+                log.warning("execution_abandoned", execution_id=ex.sid,
+                            reason=f"database unavailable: {exc!r}"[:300])
+                return
             log.error("engine_error", execution_id=ex.sid, error=repr(exc),
                       traceback=traceback.format_exc()[-2000:])
             message = f"engine error: {exc!r}"

@@ -36,6 +36,9 @@ _DISCONNECTS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.InterfaceError,
+    # a connection left mid-protocol by a server restart ("cannot switch to state ...;
+    # another operation is in progress"): unusable, a fresh one from the pool works
+    asyncpg.InternalClientError,
     asyncpg.TooManyConnectionsError,
     ConnectionError,
     OSError,

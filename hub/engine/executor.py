@@ -111,6 +111,9 @@ class Executor:
     async def close(self) -> None:
         """Stop driving; hand what we hold to the next worker at once."""
         self._closing = True
+        # taken first: each drive task forgets its execution as it ends
+        held = [(ex.id, ex.epoch) for ex in self.owned.values()
+                if not ex.finished and not ex.leaving]
         for t in self._background:
             t.cancel()
         for timer in self._timers.values():
@@ -121,7 +124,6 @@ class Executor:
         for t in [*self._background, *tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        held = [(ex.id, ex.epoch) for ex in self.owned.values() if not ex.finished]
         if held:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.store.release_leases(held), 5)
@@ -297,6 +299,10 @@ class Executor:
         finally:
             for t in running.values():
                 t.cancel()
+            if running:
+                # let cut steps wind down before the lease is handed on, so no other worker
+                # starts one while this one's code still runs
+                await asyncio.wait(running.values(), timeout=self.lease / 2)
             self.owned.pop(ex.id, None)
             self._tasks.pop(ex.id, None)
             self._wakes.pop(ex.id, None)

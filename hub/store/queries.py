@@ -128,7 +128,7 @@ RETURNING e.id"""
 RELEASE_LEASES = """-- on clean shutdown: hand held executions to the next worker at once
 UPDATE {s}.execution e SET lease_owner = NULL, lease_until = NULL, due_at = now()
 FROM unnest($1::uuid[], $2::bigint[]) AS h(id, epoch)
-WHERE e.id = h.id AND e.epoch = h.epoch"""
+WHERE e.id = h.id AND e.epoch = h.epoch AND e.lease_owner IS NOT NULL"""
 
 GET_BY_ID = """SELECT * FROM {s}.execution WHERE id = $1"""
 

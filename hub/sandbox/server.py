@@ -54,12 +54,21 @@ class _Listener:
         self.app, self.host, self.port = app, host, port
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # a close still under way finishes before an open
 
     @property
     def up(self) -> bool:
         return self._server is not None
 
     async def open(self) -> None:
+        async with self._lock:
+            await self._open()
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._close()
+
+    async def _open(self) -> None:
         if self._server is not None:
             return
         sock = _bind(self.host, self.port)
@@ -74,7 +83,7 @@ class _Listener:
                 await self._task
             await asyncio.sleep(0.005)
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         server, task = self._server, self._task
         if server is None or task is None:
             return
@@ -183,10 +192,14 @@ class SandboxServer:
     def _down_hook(self, name: str) -> Any:
         async def set_down(down: bool) -> None:
             listener = self._listeners[name]
-            if down:
-                await listener.close()
-            else:
-                await listener.open()
+            try:
+                if down:
+                    await listener.close()
+                else:
+                    await listener.open()
+            except OSError as exc:  # e.g. the port was taken meanwhile: say so, loudly
+                log.error("sandbox_reopen_failed", system=name, error=str(exc))
+                return
             log.info("sandbox_down" if down else "sandbox_up", system=name)
         return set_down
 

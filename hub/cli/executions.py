@@ -7,12 +7,14 @@ a detail reads the same here and there. Exit codes: 0 done, 1 refused or not fou
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
+from hub.api.service import Actor
 from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
 from hub.errors import HubError
@@ -22,6 +24,11 @@ from hub.settings import HubSettings
 T = TypeVar("T")
 JsonOut = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
+
+
+def _cli_actor() -> Actor:
+    """The audit's "who" of a terminal command: the operating-system user running it."""
+    return Actor(name=getpass.getuser(), via="cli")
 
 def _with_service(fn: Callable[[Any], Awaitable[T]]) -> T:
     from hub.api.service import HubService
@@ -82,13 +89,13 @@ def add_execution_commands(app: typer.Typer) -> None:
     def retry(ref: Annotated[str, typer.Argument()],
               workflow: Annotated[str | None, typer.Option("--workflow")] = None) -> None:
         """Re-run what stopped: a manual-retry step, a failed compensation, a parked run."""
-        out = _with_service(lambda svc: svc.retry(ref, workflow=workflow))
+        out = _with_service(lambda svc: svc.retry(ref, workflow=workflow, actor=_cli_actor()))
         typer.echo(json.dumps(_dump(out)))
 
     def _stop(kind: Literal["cancel", "compensate"], ref: str, reason: str | None,
               workflow: str | None) -> None:
         out = _with_service(lambda svc: svc.stop(ref, kind, reason=reason, wait=True,
-                                                 workflow=workflow))
+                                                 actor=_cli_actor(), workflow=workflow))
         typer.echo(json.dumps(_dump(out), default=str))
 
     @ex_app.command("compensate")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from hub.api.auth import ServiceDep, get_settings
 from hub.api.models import ErrorBody, SignalAccepted, StepFailureBody, StepSuccessBody
 from hub.api.problems import Problem
+from hub.api.service import Actor
 from hub.api.signatures import SIGNATURE_HEADER, BadSignature, verify
 from hub.errors import HubError
 
@@ -60,6 +61,11 @@ async def _verified(request: Request, source: str, signature: str | None) -> byt
     return body
 
 
+def _actor(source: str) -> Actor:
+    """The audit's "who" of a signed webhook: the source whose secret signed it."""
+    return Actor(name=f"webhook:{source}", via="webhook")
+
+
 def _parse(model: type[M], body: bytes) -> M:
     try:
         return model.model_validate_json(body or b"{}")
@@ -79,7 +85,7 @@ async def webhook_success(source: Source, execution: ExecutionRef, step: str, re
                           workflow: WorkflowFilter = None) -> SignalAccepted:
     body = _parse(StepSuccessBody, await _verified(request, source, signature))
     accepted = await service.complete_step(execution, step, success=True, output=body.output,
-                                           workflow=workflow)
+                                           workflow=workflow, actor=_actor(source))
     response.headers["Location"] = f"/executions/{accepted.execution_id}"
     return accepted
 
@@ -94,6 +100,6 @@ async def webhook_failure(source: Source, execution: ExecutionRef, step: str, re
                           workflow: WorkflowFilter = None) -> SignalAccepted:
     body = _parse(StepFailureBody, await _verified(request, source, signature))
     accepted = await service.complete_step(execution, step, success=False, error=body.error,
-                                           workflow=workflow)
+                                           workflow=workflow, actor=_actor(source))
     response.headers["Location"] = f"/executions/{accepted.execution_id}"
     return accepted

@@ -267,7 +267,8 @@ async def stop_mid_step(dsn: str, schema: str, *, lease: float, cleanup: float
     """w1 runs every run's first step; w2 and w3 are up; w1 is told to stop (SIGTERM).
 
     Returns the invocations, when w1's process was gone, and its pid. The first step takes
-    4 s and, cancelled, ``cleanup`` seconds to stop."""
+    10 s (longer than starting two workers on a busy machine) and, cancelled, ``cleanup``
+    seconds to stop."""
     def env(name: str) -> dict[str, str]:
         return worker_env(dsn, schema, FLOWS, HUB_WORKER_ID=name,
                           HUB_LEASE_SECONDS=str(lease), HUB_POLL_INTERVAL="0.1")
@@ -279,7 +280,7 @@ async def stop_mid_step(dsn: str, schema: str, *, lease: float, cleanup: float
             await conn.execute(INVOCATIONS_DDL.format(schema=schema))
             w1 = await ws.start("w1")
             for i in range(n):
-                await starter.start(WORKFLOW, {"id": f"c{i}", "sleep": 0.0, "first_sleep": 4.0,
+                await starter.start(WORKFLOW, {"id": f"c{i}", "sleep": 0.0, "first_sleep": 10.0,
                                                "cleanup": cleanup},
                                     transaction_id=f"scale:c{i}", wait=False)
             await wait_for(conn, f"SELECT count(*) FROM {schema}.scale_invocation", n, 30,

@@ -56,6 +56,7 @@ class Execution:
         self.seq = 1 + max((s.get("seq") or 0 for s in self.steps.values()), default=0)
         self.signals_upto = 0
         self.leaving = False
+        self.steps_outlived = False  # a cut step still ran when its drive task ended
         """A release or finish is being written: the lease is let go on purpose."""
         self.status_dirty = False
 

@@ -112,8 +112,7 @@ class Executor:
         """Stop driving; hand what we hold to the next worker at once."""
         self._closing = True
         # taken first: each drive task forgets its execution as it ends
-        held = [(ex.id, ex.epoch) for ex in self.owned.values()
-                if not ex.finished and not ex.leaving]
+        holding = [ex for ex in self.owned.values() if not ex.finished and not ex.leaving]
         for t in self._background:
             t.cancel()
         for timer in self._timers.values():
@@ -124,6 +123,8 @@ class Executor:
         for t in [*self._background, *tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        # a run whose cut step is still running keeps its lease until it runs out
+        held = [(ex.id, ex.epoch) for ex in holding if not ex.steps_outlived]
         if held:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.store.release_leases(held), 5)
@@ -302,7 +303,8 @@ class Executor:
             if running:
                 # let cut steps wind down before the lease is handed on, so no other worker
                 # starts one while this one's code still runs
-                await asyncio.wait(running.values(), timeout=self.lease / 2)
+                _, pending = await asyncio.wait(running.values(), timeout=self.lease / 2)
+                ex.steps_outlived = bool(pending)
             self.owned.pop(ex.id, None)
             self._tasks.pop(ex.id, None)
             self._wakes.pop(ex.id, None)

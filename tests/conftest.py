@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -53,7 +54,13 @@ async def schema(dsn: str) -> AsyncIterator[str]:
     yield name
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        # bounded: a process a failed test left behind may still hold the schema's locks
+        await conn.execute("SET lock_timeout = '30s'")
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        except asyncpg.LockNotAvailableError:
+            warnings.warn(f"schema {name} left behind: still locked by another session",
+                          stacklevel=1)
     finally:
         await conn.close()
 

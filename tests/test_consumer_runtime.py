@@ -167,7 +167,12 @@ async def test_consumer_sigkilled_mid_batch_then_everything_started_once(
             await asyncio.sleep(1.0)
         finally:
             second.send_signal(signal.SIGTERM)
-            second.wait(30)
+            try:
+                await asyncio.to_thread(second.wait, 60)
+            finally:
+                if second.poll() is None:  # never leave a worker holding the schema
+                    second.kill()
+                    second.wait()
     finally:
         if first.poll() is None:
             first.kill()

@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: install dev test test-fast test-kafka bench
+.PHONY: install dev test test-fast test-kafka test-chaos bench
 install: $(STAMP)
 
 dev: $(STAMP)  ## the hub's main job: embedded Postgres, a worker, the demo
@@ -20,11 +20,14 @@ test: $(STAMP)  ## every test (slow ones too) on both brokers, plus lint and typ
 	$(BIN)/ruff check hub api workflows subscribers connectors tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not chaos"
 	HUB_TEST_BROKER=kafka $(BIN)/python -m pytest -q -m "broker and not kafka"
 
 test-kafka: $(STAMP)  ## the broker tests on Apache Kafka only
 	HUB_TEST_BROKER=kafka $(BIN)/python -m pytest -q -m "broker or kafka"
+
+test-chaos: $(STAMP)  ## the chaos suite on its own (Tansu; HUB_TEST_BROKER=kafka for Apache Kafka)
+	$(BIN)/python -m tests.chaos
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

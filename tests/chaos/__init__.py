@@ -1,0 +1,1 @@
+"""The chaos suite: the commerce workload under crashes and outages (see ``driver``)."""

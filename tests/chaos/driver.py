@@ -72,9 +72,11 @@ prints one line::
   events that never arrived (a succeeded order without its ``ship-order`` execution, a
   compensated one without its ``order.failed`` event);
 - ``double_effects``: effects applied twice, from the sandboxes' records: more than one
-  PaymentIntent, capture or refund for an order (Stripe), more than one sale order or stock
-  picking created for an order (Odoo, counted per natural key), more than one deal (HubSpot),
-  more than one ``fulfil-order`` execution;
+  PaymentIntent, capture or refund for an order (Stripe), more than one sale order created
+  for an order or more than one picking holding its stock (Odoo, by natural key; a picking
+  the out-of-stock step cancelled itself and made again when re-run is not counted, and is
+  reported under ``info``), more than one deal (HubSpot), more than one ``fulfil-order``
+  execution;
 - ``stuck``: ``fulfil-order`` executions still ``pending``/``running``/``waiting`` at the end
   (``ship-order`` executions wait for the warehouse by design and are not counted);
 - ``inconsistent``: orders whose final state disagrees with the systems: a compensated order
@@ -937,10 +939,45 @@ def accounted(audit: Audit, orders: list[Order]) -> tuple[list[str], list[str], 
     return unaccounted, stuck, missing
 
 
+ERP = {"pickings": ("stock.picking", "origin"), "sale_orders": ("sale.order", "client_order_ref")}
+"""The Odoo records an order leaves: the sandbox's state shows one per order (by natural key);
+where more were created, all of them are read through Odoo's API."""
+
+
+async def erp_records(cluster: Cluster, odoo: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
+    """``{"pickings": {order: [record, ...]}, "sale_orders": {...}}``, every record of every
+    order, with its name and (computed) state."""
+    import httpx
+
+    from hub.sandbox.odoo import API_KEY
+
+    out: dict[str, dict[str, list[Any]]] = {}
+    headers = {"Authorization": f"bearer {API_KEY}"}
+    async with httpx.AsyncClient(base_url=cluster.sandboxes.url("odoo"), headers=headers,
+                                 timeout=60) as client:
+        for kind, (model, key) in ERP.items():
+            by_order: dict[str, list[Any]] = {k: [v] for k, v in odoo[kind].items()}
+            again = [k for k, n in odoo["creates"].get(model, {}).items() if n > 1]
+            if again:
+                r = await client.post(f"/json/2/{model}/search_read", json={
+                    "domain": [[key, "in", again]], "fields": [key, "name", "state"]})
+                r.raise_for_status()
+                for k in again:
+                    by_order[k] = []
+                for rec in r.json():
+                    by_order[rec[key]].append(rec)
+            out[kind] = by_order
+    return out
+
+
 def check_systems(audit: Audit, orders: list[Order], stripe: dict[str, Any],
-                  odoo: dict[str, Any], hubspot: dict[str, Any],
-                  ) -> tuple[list[str], list[str]]:
-    """(double effects, inconsistencies), one line per finding, naming order and execution."""
+                  erp: dict[str, dict[str, list[Any]]], odoo: dict[str, Any],
+                  hubspot: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(double effects, inconsistencies), one line per finding, naming order and execution.
+
+    A picking cancelled by the step that made it (out of stock) and made again by a re-run
+    of that step is no double effect; two that are not cancelled are (stock reserved twice).
+    """
     doubles: list[str] = []
     wrong: list[str] = []
     intents = stripe["payment_intents"]
@@ -949,13 +986,16 @@ def check_systems(audit: Audit, orders: list[Order], stripe: dict[str, Any],
     for refund in stripe["refunds"].values():
         if refund.get("status") == "succeeded":
             refunded[refund["payment_intent"]] += int(refund["amount"])
-    creates = odoo["creates"]
+    sales_created = odoo["creates"].get("sale.order", {})
     deals_created = hubspot["creates"].get("deals", {})
     for o in orders:
         rows = audit.executions.get(o.id, [])
         ex = ",".join(r["id"] for r in rows) or "-"
         who = f"{o.id} ({o.kind}, execution {ex})"
         pis = stripe["by_order"].get(o.id, [])
+        pickings = erp["pickings"].get(o.id, [])
+        live = [pk for pk in pickings if pk["state"] != "cancel"]
+        sales = erp["sale_orders"].get(o.id, [])
         if len(rows) > 1:
             doubles.append(f"{who}: {len(rows)} fulfil-order executions")
         if len(pis) > 1:
@@ -966,27 +1006,28 @@ def check_systems(audit: Audit, orders: list[Order], stripe: dict[str, Any],
                 doubles.append(f"{who}: PaymentIntent {pi} captured {c['captures']} times")
             if c.get("refunds", 0) > 1:
                 doubles.append(f"{who}: PaymentIntent {pi} refunded {c['refunds']} times")
-        if creates.get("sale.order", {}).get(o.id, 0) > 1:
-            doubles.append(f"{who}: {creates['sale.order'][o.id]} sale orders created")
-        if creates.get("stock.picking", {}).get(o.id, 0) > 1:
-            doubles.append(f"{who}: {creates['stock.picking'][o.id]} pickings created")
+        if sales_created.get(o.id, 0) > 1:
+            doubles.append(f"{who}: {sales_created[o.id]} sale orders created "
+                           f"{[(so['name'], so['state']) for so in sales]}")
+        if len(live) > 1:
+            doubles.append(f"{who}: {len(live)} pickings reserve its stock "
+                           f"{[(pk['name'], pk['state']) for pk in live]}")
         if deals_created.get(o.id, 0) > 1:
             doubles.append(f"{who}: {deals_created[o.id]} deals created")
 
         status = audit.final(o.id)
-        picking = odoo["pickings"].get(o.id)
-        sale = odoo["sale_orders"].get(o.id)
         deal = hubspot["deals"].get(o.id)
         if status in ("compensation_failed", "cancelled"):
             wrong.append(f"{who}: execution ended {status}: "
                          f"{json.dumps(rows[0].get('error'))[:300]}")
         elif status == "compensated":
-            if picking is not None and picking["state"] != "cancel":
-                wrong.append(f"{who}: compensated, picking {picking['name']} is "
-                             f"{picking['state']} (a reservation left)")
-            if sale is not None and sale["state"] != "cancel":
-                wrong.append(f"{who}: compensated, sale order {sale['name']} is "
-                             f"{sale['state']}")
+            for pk in live:
+                wrong.append(f"{who}: compensated, picking {pk['name']} is {pk['state']} "
+                             "(a reservation left)")
+            for so in sales:
+                if so["state"] != "cancel":
+                    wrong.append(f"{who}: compensated, sale order {so['name']} is "
+                                 f"{so['state']}")
             if deal is not None and deal["stage"] != "closedlost":
                 wrong.append(f"{who}: compensated, deal {deal['id']} is in {deal['stage']}")
             for pi in pis:
@@ -1005,12 +1046,14 @@ def check_systems(audit: Audit, orders: list[Order], stripe: dict[str, Any],
                 wrong.append(f"{who}: succeeded, but PaymentIntents "
                              f"{[(pi, intents[pi]['status']) for pi in pis]} "
                              "are not one captured payment")
-            if sale is None or sale["state"] != "sale":
-                wrong.append(f"{who}: succeeded, sale order is "
-                             f"{sale['state'] if sale else 'missing'}")
-            if picking is None or picking["state"] != "assigned":
-                wrong.append(f"{who}: succeeded, picking is "
-                             f"{picking['state'] if picking else 'missing'}")
+            if [so["state"] for so in sales] != ["sale"]:
+                wrong.append(f"{who}: succeeded, sale orders "
+                             f"{[(so['name'], so['state']) for so in sales]} are not one "
+                             "confirmed order")
+            if [pk["state"] for pk in live] != ["assigned"]:
+                wrong.append(f"{who}: succeeded, pickings "
+                             f"{[(pk['name'], pk['state']) for pk in pickings]} are not one "
+                             "reservation")
             if deal is None or deal["stage"] == "closedlost":
                 wrong.append(f"{who}: succeeded, deal is "
                              f"{deal['stage'] if deal else 'missing'}")
@@ -1140,7 +1183,8 @@ async def run(options: Options) -> int:
             stripe = await control.state("stripe")
             odoo = await control.state("odoo")
             hubspot = await control.state("hubspot")
-        doubles, wrong = check_systems(audit, orders, stripe, odoo, hubspot)
+        erp = await erp_records(cluster, odoo)
+        doubles, wrong = check_systems(audit, orders, stripe, erp, odoo, hubspot)
         status_of = {o.id: audit.final(o.id) for o in orders}
         completed = sum(1 for s in status_of.values() if s == "succeeded")
         compensated = sum(1 for s in status_of.values() if s == "compensated")
@@ -1176,6 +1220,7 @@ async def run(options: Options) -> int:
         if findings:
             (folder / "findings.txt").write_text("\n".join(findings) + "\n")
         dup_partners = sum(1 for n in odoo["creates"].get("res.partner", {}).values() if n > 1)
+        remade = sum(1 for n in odoo["creates"].get("stock.picking", {}).values() if n > 1)
         stripe_requests = sum(stripe["requests"].values()) if stripe.get("requests") else 0
         letters = sum(len(v) for v in audit.dead.values())
         failed_events = topics.records[cluster.prefix + "order.failed"]
@@ -1184,9 +1229,10 @@ async def run(options: Options) -> int:
             f"{len(failed_events)} order.failed events for {len(audit.failed_events)} orders; "
             f"{len(audit.ship_orders)} ship-order executions; {stripe['idempotent_replays']} "
             f"Stripe idempotent replays ({stripe_requests} requests); HubSpot rate-limited "
-            f"{hubspot['rate_limited']} times; {dup_partners} customers with two or more Odoo "
-            f"partners (concurrent orders of one customer: find-or-create races, not an "
-            f"order's effect doubled)")
+            f"{hubspot['rate_limited']} times; {remade} orders whose picking was made again "
+            f"after the first was cancelled (a re-run out-of-stock step); {dup_partners} "
+            f"customers with two or more Odoo partners (concurrent orders of one customer: "
+            f"find-or-create races, not an order's effect doubled)")
         say(f"chaos: info: fulfil-order start-to-end p50 {percentile(durations, 0.5):.1f} s, "
             f"p99 {percentile(durations, 0.99):.1f} s, max {max(durations, default=0):.1f} s; "
             f"last final at {last_final}")
@@ -1212,7 +1258,7 @@ async def run(options: Options) -> int:
                 say(f"  {line}")
         if not passed:
             say(f"chaos: FAILED; worker logs kept in {folder}, database schema "
-                f"{cluster.schema} kept in {PG_FOLDER}")
+                f"{cluster.schema} kept in {PG_FOLDER} (until the next run)")
             for w in cluster.retired[-3:] + cluster.workers:
                 say(f"--- {w.log_path.name} ({w.name}) ---\n{tail(w.log_path, 10)}")
         return 0 if passed else 1

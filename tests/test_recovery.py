@@ -3,38 +3,58 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import IO, ClassVar
 
 import asyncpg
 import pytest
 
 from hub import Hub
 from tests.conftest import ROOT, worker_env
+from tests.workflows import fence_flows  # noqa: F401  (registers fenced-effect)
 from tests.workflows.crash_flows import EFFECTS_DDL
 
 pytestmark = pytest.mark.slow
 
 MODULE = "tests.workflows.crash_flows"
+FENCE_MODULE = "tests.workflows.fence_flows"
+
+
+def _drain(stream: IO[bytes], path: str | None) -> None:
+    with open(path or os.devnull, "wb") as out:
+        for line in stream:
+            out.write(line)
 
 
 @asynccontextmanager
-async def worker(dsn: str, schema: str, name: str, lease: float = 2.0) -> AsyncIterator[
-        subprocess.Popen[bytes]]:
-    env = worker_env(dsn, schema, MODULE, HUB_LEASE_SECONDS=str(lease),
-                     HUB_POLL_INTERVAL="0.5", HUB_WORKER_ID=name)
-    proc = subprocess.Popen([sys.executable, "-m", "hub", "worker", "--log-level", "warning"],
+async def worker(dsn: str, schema: str, name: str, lease: float = 2.0, module: str = MODULE,
+                 **extra: str) -> AsyncIterator[subprocess.Popen[bytes]]:
+    env = worker_env(dsn, schema, module, **{"HUB_LEASE_SECONDS": str(lease),
+                     "HUB_POLL_INTERVAL": "0.5", "HUB_WORKER_ID": name, **extra})
+    # HUB_TEST_WORKER_LOGS=<folder>: keep each worker's info log there (to read a failure)
+    logs = os.environ.get("HUB_TEST_WORKER_LOGS")
+    proc = subprocess.Popen([sys.executable, "-m", "hub", "worker", "--log-level",
+                             "info" if logs else "warning"],
                             env=env, stdout=subprocess.PIPE, cwd=ROOT)
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
         assert json.loads(line)["event"] == "worker_ready", line
+        # drained, so a chatty worker never blocks on a full pipe
+        threading.Thread(target=_drain, args=(proc.stdout, logs and f"{logs}/{name}.log"),
+                         daemon=True).start()
         yield proc
     finally:
         if proc.poll() is None:
@@ -109,6 +129,115 @@ async def test_postgres_restart_under_running_workers(pg_server: object, dsn: st
         assert await conn.fetchval(f"SELECT count(*) FROM {schema}.effects") == 3 * n
     finally:
         await conn.close()
+
+
+class _Effects(BaseHTTPRequestHandler):
+    """An external system with no idempotency keys: GET finds an effect, POST makes one."""
+
+    looked: ClassVar[collections.Counter[str]] = collections.Counter()
+    made: ClassVar[collections.Counter[str]] = collections.Counter()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.looked[self.path] += 1
+        self.send_response(200 if self.made[self.path] else 404)
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        self.made[self.path] += 1
+        self.send_response(201)
+        self.end_headers()
+
+
+class _Partition:
+    """A TCP path to Postgres that the test can cut: one worker loses the database while
+    the others keep it (a network partition, or a worker's host stalling)."""
+
+    def __init__(self, dsn: str) -> None:
+        url = urllib.parse.urlsplit(dsn)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        host = query.get("host") or url.hostname or "127.0.0.1"
+        port = int(query.get("port") or url.port or 5432)
+        self._target = (host, port)
+        self._dsn = url
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+        self.cut = False
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        user = self._dsn.username or "postgres"
+        return f"postgresql://{user}@127.0.0.1:{port}{self._dsn.path}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.sever()
+
+    def sever(self) -> None:
+        self.cut = True
+        for w in list(self._links):
+            w.transport.abort()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut:
+            writer.transport.abort()
+            return
+        host, port = self._target
+        if host.startswith("/"):
+            up_r, up_w = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+        else:
+            up_r, up_w = await asyncio.open_connection(host, port)
+        self._links.update((writer, up_w))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+            self._links.discard(dst)
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+
+async def test_worker_cut_off_from_postgres_stops_its_steps_before_its_lease_runs_out(
+        dsn: str, schema: str) -> None:
+    # Found by the chaos suite on Apache Kafka: a worker that could not reach Postgres could
+    # not renew its leases; another worker claimed the runs once they ran out and started the
+    # steps the first one was still running. A step that looks its effect up before making
+    # it (no idempotency key) then made it twice. A worker now cuts what it can no longer be
+    # sure it holds, a quarter of a lease before the lease may run out.
+    _Effects.looked, _Effects.made = collections.Counter(), collections.Counter()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Effects)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    n, lease = 12, 2.0
+    extra = {"EFFECT_URL": f"http://127.0.0.1:{server.server_address[1]}",
+             "EFFECT_GAP_S": str(4 * lease), "HUB_POLL_INTERVAL": "0.2"}
+    try:
+        partition = _Partition(dsn)
+        async with Hub(dsn, schema=schema, execute=False) as starter, \
+                partition as proxied, \
+                worker(proxied, schema, "cut-off", lease, FENCE_MODULE, **extra):
+            ids = [(await starter.start("fenced-effect", {"key": f"k{i}"},
+                                        transaction_id=f"k{i}", wait=False)).id
+                   for i in range(n)]
+            deadline = time.monotonic() + 30
+            while len(_Effects.looked) < n:
+                assert time.monotonic() < deadline, "the worker did not start the steps"
+                await asyncio.sleep(0.05)
+            async with worker(dsn, schema, "other", lease, FENCE_MODULE, **extra):
+                partition.sever()  # every step of `cut-off` is between look and make
+                runs = [await starter.wait(i, timeout=60) for i in ids]
+        assert [r.status for r in runs] == ["succeeded"] * n
+        assert all(r.steps["look-then-create"].attempts == 2 for r in runs)
+        assert _Effects.made == {f"/effects/k{i}": 1 for i in range(n)}
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 async def test_worker_serves_its_metrics(dsn: str, schema: str) -> None:

@@ -203,9 +203,7 @@ def overlaps(spans: dict[tuple[str, str], list[tuple[float, float, int, str]]]
 # -- executions --------------------------------------------------------------------------------
 
 
-# Not `broker`: once, on Apache Kafka, the conservative span check (a cut step with no end
-# written counts as running until its process exits) flagged an overlap after a stop; under
-# investigation, it runs on the session's default broker only.
+@pytest.mark.broker
 async def test_three_workers_never_run_a_step_twice_at_once_and_finish_each_run_once(
         dsn: str, schema: str, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
     kafka = await kafka_env(kafka_bootstrap, prefix, tmp_path)

@@ -25,6 +25,7 @@ import structlog
 from pydantic import ValidationError
 
 from hub import metrics
+from hub.aio import wait_event
 from hub.engine.checkpoint import Batcher
 from hub.engine.context import Container, StepContext
 from hub.engine.execution import Execution, ResolveError
@@ -91,6 +92,9 @@ class Executor:
         self._on_settled = on_settled
         self.owned: dict[uuid.UUID, Execution] = {}
         self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # when each held lease surely still holds, by this process's clock: the time the
+        # claim or renewal that set it was sent, plus the lease (Postgres's expiry is later)
+        self._valid_until: dict[uuid.UUID, float] = {}
         self._wakes: dict[uuid.UUID, asyncio.Event] = {}
         self._timers: dict[uuid.UUID, asyncio.TimerHandle] = {}
         self._poke = asyncio.Event()
@@ -106,6 +110,7 @@ class Executor:
         self._background = [
             asyncio.create_task(self._claim_loop(), name="hub-claim"),
             asyncio.create_task(self._heartbeat_loop(), name="hub-heartbeat"),
+            asyncio.create_task(self._fence_loop(), name="hub-fence"),
         ]
 
     async def close(self) -> None:
@@ -155,7 +160,8 @@ class Executor:
         return bool(self._tasks)
 
     # -- adopting executions -------------------------------------------------------------
-    def adopt(self, row: dict[str, Any], *, from_claim: bool) -> Execution | None:
+    def adopt(self, row: dict[str, Any], *, from_claim: bool,
+              sent: float | None = None) -> Execution | None:
         try:
             spec = self.registry.get(row["workflow"], row["version"])
         except UnknownWorkflow as exc:
@@ -163,7 +169,7 @@ class Executor:
             self._background.append(task)
             return None
         ex = Execution(row, spec)
-        self.run(ex, wake=from_claim and bool(row.get("has_signals")))
+        self.run(ex, wake=from_claim and bool(row.get("has_signals")), sent=sent)
         metrics.EXECUTIONS_STARTED.labels(ex.workflow, "claimed" if from_claim else "new").inc()
         return ex
 
@@ -178,17 +184,24 @@ class Executor:
         return launches
 
     def run(self, ex: Execution, *, wake: bool = False,
-            launches: list[tuple[StepNode, bool]] | None = None) -> None:
-        """Drive ``ex`` (held under lease by this worker) from now on."""
+            launches: list[tuple[StepNode, bool]] | None = None,
+            sent: float | None = None) -> None:
+        """Drive ``ex`` (held under lease by this worker) from now on.
+
+        ``sent``: when the claim that took the lease was sent (``time.monotonic()``)."""
         if launches is not None:
             ex.dirty.clear()
             ex.events.clear()
             ex.status_dirty = False
+        # A task of ours may still drive an older epoch of it: its lease ran out (Postgres
+        # was away) and we claimed it back. The new task stops that one first.
+        previous = self._tasks.get(ex.id)
         self.owned[ex.id] = ex
+        self._valid_until[ex.id] = (time.monotonic() if sent is None else sent) + self.lease
         self._wakes[ex.id] = asyncio.Event()
         if wake:
             self._wakes[ex.id].set()  # read the signals left while nobody held it
-        self._tasks[ex.id] = asyncio.create_task(self._drive(ex, launches),
+        self._tasks[ex.id] = asyncio.create_task(self._drive(ex, launches, previous),
                                                  name=f"hub-ex-{ex.sid}")
 
     async def _park(self, row: dict[str, Any], message: str) -> None:
@@ -199,13 +212,13 @@ class Executor:
     async def _claim_loop(self) -> None:
         last_purge = time.monotonic()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), self.settings.poll_interval)
+            await wait_event(self._poke, self.settings.poll_interval)
             self._poke.clear()
             try:
                 room = self.settings.max_executions - len(self._tasks)
                 if room > 0:
                     t0 = time.perf_counter()
+                    sent = time.monotonic()
                     rows = await self.store.claim_due(self.owner, self.lease, min(room, 100))
                     metrics.CLAIM_LATENCY.observe(time.perf_counter() - t0)
                     if rows:
@@ -214,7 +227,7 @@ class Executor:
                     for row in rows:
                         log.info("execution_claimed", execution_id=str(row["id"]),
                                  workflow=row["workflow"], epoch=row["epoch"])
-                        self.adopt(row, from_claim=True)
+                        self.adopt(row, from_claim=True, sent=sent)
                     if len(rows) == min(room, 100):
                         self._poke.set()
                 if time.monotonic() - last_purge > 300:
@@ -243,9 +256,10 @@ class Executor:
         self._timers[execution_id] = loop.call_later(max(0.0, delay), fire)
 
     async def _claim_one(self, execution_id: uuid.UUID) -> None:
+        sent = time.monotonic()
         row = await self.store.claim_one(self.owner, self.lease, execution_id)
         if row is not None:
-            self.adopt(row, from_claim=True)
+            self.adopt(row, from_claim=True, sent=sent)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -253,6 +267,7 @@ class Executor:
             held = [(ex.id, ex.epoch) for ex in self.owned.values() if not ex.leaving]
             if not held:
                 continue
+            sent = time.monotonic()
             try:
                 kept = await self.store.renew_leases(held, self.lease)
             except asyncio.CancelledError:
@@ -260,18 +275,51 @@ class Executor:
             except Exception as exc:
                 log.warning("lease_renew_failed", error=repr(exc)[:300])
                 continue
-            for ex_id, _ in held:
+            for ex_id, epoch in held:
                 ex = self.owned.get(ex_id)
+                if ex is None or ex.epoch != epoch:
+                    continue  # gone, or claimed again meanwhile (a newer lease)
+                if ex_id in kept:
+                    self._valid_until[ex_id] = sent + self.lease
                 # one that released or finished meanwhile let its lease go on purpose
-                if ex_id not in kept and ex is not None and not ex.leaving:
+                elif not ex.leaving:
                     log.warning("lease_lost", execution_id=str(ex_id))
                     task = self._tasks.get(ex_id)
                     if task is not None:
                         task.cancel()
 
+    async def _fence_loop(self) -> None:
+        """Stop driving what we can no longer be sure to hold.
+
+        The heartbeat cannot renew while Postgres is away; once a lease may have run out,
+        another worker may claim the execution as soon as Postgres is back and run the steps
+        ours are running: a step run twice at once, which no natural-key lookup catches. So
+        a quarter of a lease before it may run out, by our own clock, the drive is cancelled.
+        """
+        margin = self.lease / 4
+        while True:
+            await asyncio.sleep(min(margin, 1.0))
+            now = time.monotonic()
+            for ex_id, until in list(self._valid_until.items()):
+                ex = self.owned.get(ex_id)
+                if until - margin > now or ex is None or ex.leaving:
+                    continue
+                task = self._tasks.get(ex_id)
+                if task is not None and not task.done():
+                    log.warning("lease_expiring_unrenewed", execution_id=str(ex_id),
+                                unrenewed_s=round(now - until + self.lease, 2))
+                    task.cancel()
+                self._valid_until.pop(ex_id, None)
+
     # -- driving -------------------------------------------------------------------------
     async def _drive(self, ex: Execution,
-                     planned: list[tuple[StepNode, bool]] | None = None) -> None:
+                     planned: list[tuple[StepNode, bool]] | None = None,
+                     previous: asyncio.Task[None] | None = None) -> None:
+        if previous is not None and not previous.done():
+            log.warning("execution_reclaimed_while_driven", execution_id=ex.sid,
+                        epoch=ex.epoch)
+            previous.cancel()
+            await asyncio.wait([previous])  # a cancel of this task still propagates
         running: dict[str, asyncio.Task[Outcome]] = {}
         # every log line of this task (and of the step tasks it starts) carries these
         structlog.contextvars.bind_contextvars(
@@ -305,9 +353,12 @@ class Executor:
                 # starts one while this one's code still runs
                 _, pending = await asyncio.wait(running.values(), timeout=self.lease / 2)
                 ex.steps_outlived = bool(pending)
-            self.owned.pop(ex.id, None)
-            self._tasks.pop(ex.id, None)
-            self._wakes.pop(ex.id, None)
+            # a newer drive of the same execution (claimed back) keeps its entries
+            if self._tasks.get(ex.id) is asyncio.current_task():
+                self.owned.pop(ex.id, None)
+                self._tasks.pop(ex.id, None)
+                self._wakes.pop(ex.id, None)
+                self._valid_until.pop(ex.id, None)
 
     async def _loop(self, ex: Execution, running: dict[str, asyncio.Task[Outcome]],
                     planned: list[tuple[StepNode, bool]] | None) -> None:
@@ -333,8 +384,7 @@ class Executor:
                     return
                 if ex.dirty or ex.status_dirty:
                     await self._checkpoint(ex)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), max(0.0, due - now))
+                await wait_event(wake, max(0.0, due - now))
                 continue
             if ex.dirty or ex.status_dirty:
                 await self._checkpoint(ex)

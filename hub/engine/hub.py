@@ -281,6 +281,7 @@ class Hub:
                            spec.store, owner)
         assert self._starts is not None
         fut = self._waiter(str(exec_id), accept_waiting=True) if wait else None
+        sent = time.monotonic()  # the lease the insert takes runs from no earlier than this
         created = await self._starts.write(row)
         if not created:
             self._drop_waiter(str(exec_id), fut)
@@ -299,9 +300,9 @@ class Hub:
                 run = await self._wait_for(run.id, timeout, accept_waiting=True)
             return self._outcome(run, raise_on_error)
         if ex is not None and planned is not None:
-            self._executor.run(ex, launches=planned)  # type: ignore[union-attr]
+            self._executor.run(ex, launches=planned, sent=sent)  # type: ignore[union-attr]
         elif self._executor is not None:
-            self._executor.adopt(fresh, from_claim=False)
+            self._executor.adopt(fresh, from_claim=False, sent=sent)
         # (a start left for any worker woke them when its insert committed)
         if fut is None:
             return Run(id=str(exec_id), workflow=spec.name, version=spec.version,

@@ -15,6 +15,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from hub import metrics
+from hub.aio import wait_event
 from hub.engine.hub import Hub
 from hub.runtime import constants as h
 
@@ -72,8 +73,7 @@ class OutboxRelay:
 
     async def _loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            await wait_event(self._wake, self.poll_interval)
             self._wake.clear()
             try:
                 await self.drain()

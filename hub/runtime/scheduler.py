@@ -41,6 +41,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import structlog
 from croniter import CroniterBadDateError, croniter
 
+from hub.aio import wait_event
 from hub.errors import (
     DefinitionError,
     HubError,
@@ -522,8 +523,7 @@ class Scheduler:
                 self._next_wake = None
             if self._stopping:
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._sleep_for())
+            await wait_event(self._wake, self._sleep_for())
 
     def _sleep_for(self) -> float:
         if self._next_wake is None:

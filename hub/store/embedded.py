@@ -197,6 +197,10 @@ class EmbeddedPostgres:
                     postmaster_pid=postmaster.pid,
                     pruned_holders=pruned,
                 )
+            if self._socket_dir is not None:
+                # the socket folder lives in /tmp, outside the data folder: leave none behind
+                with contextlib.suppress(OSError):
+                    self._socket_dir.rmdir()  # only if empty: the server left no socket
 
     def restart(self) -> None:
         """Restart the server (``pg_ctl restart -m fast``), keeping the holder list.

@@ -199,15 +199,24 @@ def parse_args(argv: list[str] | None) -> Options:
     defaults = Options()
     p = argparse.ArgumentParser(prog="python -m tests.chaos",
                                 description="The chaos suite; see tests/chaos/driver.py.")
-    p.add_argument("--events", type=int, default=defaults.events)
-    p.add_argument("--workers", type=int, default=defaults.workers)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--kills", type=int, default=defaults.kills)
-    p.add_argument("--chaos-seconds", type=float, default=defaults.chaos_seconds)
-    p.add_argument("--publish-seconds", type=float, default=defaults.publish_seconds)
-    p.add_argument("--settle-seconds", type=float, default=defaults.settle_seconds)
-    p.add_argument("--lease-seconds", type=float, default=defaults.lease_seconds)
-    p.add_argument("--log-level", default=defaults.log_level)
+    p.add_argument("--events", type=int, default=defaults.events,
+                   help="order.placed events (2,000; not fewer for the suite's default run)")
+    p.add_argument("--workers", type=int, default=defaults.workers,
+                   help="hub worker processes at any time")
+    p.add_argument("--seed", type=int, default=None,
+                   help="replays a run's workload and chaos schedule (random if unset)")
+    p.add_argument("--kills", type=int, default=defaults.kills,
+                   help="SIGKILLs of a random worker (each replaced at once)")
+    p.add_argument("--chaos-seconds", type=float, default=defaults.chaos_seconds,
+                   help="how long the faults go on")
+    p.add_argument("--publish-seconds", type=float, default=defaults.publish_seconds,
+                   help="the events arrive evenly over this long")
+    p.add_argument("--settle-seconds", type=float, default=defaults.settle_seconds,
+                   help="bound, after the faults, for every event to be accounted for")
+    p.add_argument("--lease-seconds", type=float, default=defaults.lease_seconds,
+                   help="HUB_LEASE_SECONDS of the workers")
+    p.add_argument("--log-level", default=defaults.log_level,
+                   help="the workers' log level (their logs are kept when a run fails)")
     p.add_argument("--keep", action="store_true", help="keep the run folder on success too")
     p.add_argument("--no-chaos", dest="chaos", action="store_false",
                    help="no kills, restarts or faults: the baseline of the same workload")

@@ -73,13 +73,24 @@ async def _recorded(job: Job, ctx: StepContext, *, fail: bool = False,
                     sleep: float | None = None) -> None:
     schema = os.environ["HUB_SCHEMA"]
     pool = await invocations_pool()
-    row_id = await pool.fetchval(
+    # the start is written whole even when the step is cut meanwhile (a worker stopping):
+    # a start row with no end would count as running until the worker's process exits
+    insert = asyncio.ensure_future(pool.fetchval(
         f"INSERT INTO {schema}.scale_invocation (execution_id, step, attempt, pid, started) "
         "VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        ctx.execution_id, ctx.step, ctx.attempt, os.getpid(), time.time())
+        ctx.execution_id, ctx.step, ctx.attempt, os.getpid(), time.time()))
+    cut = False
+    while not insert.done():
+        try:
+            await asyncio.shield(insert)
+        except asyncio.CancelledError:
+            cut = True
+    row_id = insert.result()
     outcome = "error"
     try:
         try:
+            if cut:
+                raise asyncio.CancelledError
             await asyncio.sleep(job.sleep if sleep is None else sleep)
         except asyncio.CancelledError:
             outcome = "cancelled"

@@ -16,12 +16,13 @@ install: $(STAMP)
 dev: $(STAMP)  ## the hub's main job: embedded Postgres, a worker, the demo
 	$(BIN)/hub dev
 
-test: $(STAMP)  ## every test (slow ones too) on both brokers, plus lint and type checks
+test: $(STAMP)  ## every test (slow ones too) on both brokers, the chaos suite, lint and type checks
 	$(BIN)/ruff check hub api workflows subscribers connectors tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not chaos"
 	HUB_TEST_BROKER=kafka $(BIN)/python -m pytest -q -m "broker and not kafka"
+	HUB_TEST_BROKER=kafka $(BIN)/python -m pytest -q -s -m chaos  # the chaos suite, on Apache Kafka
 
 test-kafka: $(STAMP)  ## the broker tests on Apache Kafka only
 	HUB_TEST_BROKER=kafka $(BIN)/python -m pytest -q -m "broker or kafka"

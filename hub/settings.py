@@ -90,6 +90,10 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = Field(default=10_000)
     rebalance_timeout_ms: int = Field(default=60_000)
     shutdown_timeout_s: float = Field(default=20.0)
+    start_timeout_s: float = Field(
+        default=60.0, ge=0,
+        description="how long a starting worker waits for an unreachable broker before it "
+                    "exits naming it")
     relay_batch: int = Field(default=500, ge=1)
 
     @field_validator("subscribers", mode="before")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import pytest
 from hub import Hub, SubscriberContext, subscriber
 from hub.runtime.admin import reconcile
 from hub.runtime.deadletters import read_dead_letters, redrive
+from hub.runtime.kafka import KafkaUnavailable
 from hub.runtime.replay import Position, replay
 from hub.runtime.service import KafkaRuntime
 from hub.runtime.subscriber import SubscriberRegistry
@@ -363,3 +365,61 @@ async def test_dead_letter_redriven_straight_to_its_subscriber(
     run = await hub.wait("order.placed:o9", timeout=30)
     assert run.status == "succeeded"
     assert run.trigger and run.trigger["offset"] == 0, "lineage points at the original record"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_worker_started_while_the_broker_is_away_waits_for_it(
+        hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    # Found by the chaos suite: a worker started during a broker restart exited with a
+    # traceback (and under Kubernetes would then wait out a restart back-off).
+    port = _free_port()  # the broker's address, where nothing listens yet
+    topics = await create_topics(kafka_bootstrap, topics_file(tmp_path, prefix, partitions=1))
+    host, _, broker_port = kafka_bootstrap.rpartition(":")
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(host, int(broker_port))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    seen: list[tuple[str, str]] = []
+    rt = KafkaRuntime(hub, settings(f"127.0.0.1:{port}", prefix, start_timeout_s=60),
+                      subscribers=starting_registry(prefix, seen), topics=topics, relay=False)
+    starting = asyncio.create_task(rt.start())
+    try:
+        await asyncio.sleep(3)
+        assert not starting.done(), "the runtime must wait for the broker, not give up"
+        server = await asyncio.start_server(forward, "127.0.0.1", port)  # the broker is back
+        async with server:
+            await asyncio.wait_for(starting, 60)
+            await produce(kafka_bootstrap, f"{prefix}.orders",
+                          [("o1", json.dumps(order(1)).encode(), [])])
+            await until(lambda: _at_least(hub, 1), timeout=60)
+    finally:
+        starting.cancel()
+        await rt.stop()
+
+
+async def test_a_broker_that_stays_away_stops_the_start_naming_it(
+        hub: Hub, prefix: str, tmp_path: Path) -> None:
+    port = _free_port()
+    rt = KafkaRuntime(hub, settings(f"127.0.0.1:{port}", prefix, start_timeout_s=2),
+                      subscribers=starting_registry(prefix),
+                      topics=load_topics(topics_file(tmp_path, prefix)))
+    with pytest.raises(KafkaUnavailable, match=f"cannot connect to Kafka at 127.0.0.1:{port} "
+                                               r"\(PLAINTEXT\)"):
+        await rt.start()
+    await rt.stop()

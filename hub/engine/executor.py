@@ -403,9 +403,11 @@ class Executor:
             waiters.add(wake_task)
             due = ex.next_due()
             timeout = None if due is None else max(0.0, due - time.time())
-            done, _ = await asyncio.wait(waiters, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            wake_task.cancel()
+            try:
+                done, _ = await asyncio.wait(waiters, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wake_task.cancel()  # also when the drive is cut: no task left pending
             # outcomes are applied in the order the steps finished, which is the order
             # compensation must reverse (parallel steps may finish in one wake-up)
             finished = [sid for sid in landed if sid in running and running[sid] in done]

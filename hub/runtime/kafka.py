@@ -25,6 +25,11 @@ class KafkaConfigError(HubError):
 class KafkaUnavailable(HubError):
     """The broker could not be reached, or refused our credentials, at start-up."""
 
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+        """The broker answered and refused the credentials: waiting will not help."""
+
 
 class _AuthFailures(logging.Handler):
     """aiokafka logs a SASL authentication failure and then raises a generic connection
@@ -57,7 +62,7 @@ async def explained_start(settings: KafkaSettings, bootstrap: str,
         if handler.seen:
             raise KafkaUnavailable(
                 f"{what}: {where} refused the credentials: authentication failed (check "
-                "HUB_KAFKA_SASL_USERNAME and the password)"
+                "HUB_KAFKA_SASL_USERNAME and the password)", refused=True
             ) from exc
         raise KafkaUnavailable(f"{what}: cannot connect to {where}: {exc}") from exc
     finally:

@@ -4,6 +4,7 @@ subscribed topics, and the outbox relay. Dev mode and tests start an embedded br
 from __future__ import annotations
 
 import asyncio
+import time
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -12,7 +13,7 @@ from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
 from hub.runtime.admin import reconcile
 from hub.runtime.consumer import ConsumerRuntime
-from hub.runtime.kafka import start_producer
+from hub.runtime.kafka import KafkaUnavailable, explained_start, start_producer
 from hub.runtime.outbox import OutboxRelay
 from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
 from hub.runtime.tansu import TansuBroker
@@ -71,8 +72,29 @@ class KafkaRuntime:
         if self.consume and self.subscribers is SUBSCRIBERS:
             load_modules(s.subscribers)
             self.subscribers = SUBSCRIBERS.with_prefix(s.topic_prefix)
+        # A worker started while the broker restarts waits for it, rather than exiting into
+        # a restart back-off; refused credentials stop it at once.
+        deadline = time.monotonic() + s.start_timeout_s
+        delay = 0.5
+        while True:
+            try:
+                await self._connect()
+                return
+            except KafkaUnavailable as exc:
+                if exc.refused or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("kafka_unavailable", error=str(exc), retry_in_s=delay,
+                            gives_up_in_s=round(deadline - time.monotonic(), 1))
+                await self._disconnect()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _connect(self) -> None:
+        s = self.settings
+        assert self.topics is not None
         if self.create_topics:
-            report = await reconcile(self.topics, s, self.bootstrap, create=True)
+            async with explained_start(s, self.bootstrap, "creating topics"):
+                report = await reconcile(self.topics, s, self.bootstrap, create=True)
             for d in report.drift:
                 log.warning("topic_drift", topic=d.topic, setting=d.setting,
                             declared=d.declared, actual=d.actual)
@@ -87,6 +109,13 @@ class KafkaRuntime:
             await self.consumer.start()
 
     async def stop(self) -> None:
+        await self._disconnect()
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.stop)
+            self.broker = None
+
+    async def _disconnect(self) -> None:
+        """Stop the clients (the consumer first: it may hand work to the relay)."""
         if self.consumer is not None:
             await self.consumer.stop()
             self.consumer = None
@@ -96,6 +125,3 @@ class KafkaRuntime:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
-        if self.broker is not None:
-            await asyncio.to_thread(self.broker.stop)
-            self.broker = None

@@ -1,14 +1,37 @@
-"""Settings, read from ``HUB_*`` environment variables (or passed to ``Hub``)."""
+"""Every setting of a hub process: ``HUB_*`` environment variables and an optional ``.env``.
+
+:class:`Settings` is the one model a process loads (:func:`load_settings`) and validates at
+start-up; its sections are what each component is handed: ``engine`` (:class:`HubSettings`),
+``kafka`` (:class:`KafkaSettings`), ``api`` (:class:`ApiSettings`). Connectors keep their
+own models next to their code (``HUB_<SYSTEM>_*``), built and checked when the container
+starts them. Webhook secrets and the SASL password never appear in a repr or an error.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from hub.errors import HubError
+
+SCHEMA_PATTERN = r"^[a-z_][a-z0-9_]{0,40}$"
+"""Names the hub's schema may take: it is written into every statement, never quoted."""
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [m.strip() for m in value.split(",") if m.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
+"""A list given as ``a,b,c`` in the environment."""
 
 
 def _default_worker_id() -> str:
@@ -24,34 +47,33 @@ class HubSettings(BaseSettings):
         default=None, description="Postgres DSN; unset: an embedded server under data_dir"
     )
     data_dir: Path = Field(default=Path(".hub"), description="where the embedded server lives")
-    db_schema: str = Field(default="hub", alias="HUB_SCHEMA", description="Postgres schema")
-    modules: Annotated[list[str], NoDecode] = Field(
+    db_schema: str = Field(default="hub", alias="HUB_SCHEMA", pattern=SCHEMA_PATTERN,
+                           description="Postgres schema of the hub's tables")
+    modules: CommaList = Field(
         default=["workflows"],
         description="comma-separated modules (or packages) whose workflows are loaded",
     )
-    worker_id: str = Field(default_factory=_default_worker_id)
-    lease_seconds: float = Field(default=15.0, gt=0.2, description="execution lease length")
+    worker_id: str = Field(default_factory=_default_worker_id,
+                           description="this worker's name on leases and in logs")
+    lease_seconds: float = Field(default=15.0, gt=0.2,
+                                 description="execution lease; the takeover time after a crash")
     poll_interval: float = Field(
         default=5.0, gt=0, description="safety-net poll; LISTEN/NOTIFY wakes workers sooner"
     )
-    pool_min: int = Field(default=2, ge=1)
-    pool_max: int = Field(default=10, ge=1)
-    max_executions: int = Field(default=500, ge=1, description="executions a worker drives")
-    max_payload_bytes: int = Field(default=1_000_000, ge=1024)
-    retention_days: float = Field(default=7.0, gt=0, description="finished executions kept")
+    pool_min: int = Field(default=2, ge=1, description="asyncpg pool: connections kept open")
+    pool_max: int = Field(default=10, ge=1, description="asyncpg pool: connections at most")
+    max_executions: int = Field(default=500, ge=1,
+                                description="executions one worker drives at once")
+    max_payload_bytes: int = Field(default=1_000_000, ge=1024,
+                                   description="largest workflow input or step output")
+    retention_days: float = Field(
+        default=7.0, gt=0, description="days finished executions are kept before the purge")
     scheduler: bool = Field(default=True, description="workers fire scheduled jobs")
     metrics_port: int | None = Field(
         default=None, description="`hub worker` serves Prometheus metrics on this port")
     hold_timer_seconds: float = Field(
         default=30.0, description="timers shorter than this keep the lease; longer ones release"
     )
-
-    @field_validator("modules", mode="before")
-    @classmethod
-    def _split_modules(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [m.strip() for m in value.split(",") if m.strip()]
-        return value
 
 
 class KafkaSettings(BaseSettings):
@@ -67,44 +89,196 @@ class KafkaSettings(BaseSettings):
     group_instance_id: str | None = Field(
         default=None, description="static membership: a restarted worker keeps its partitions"
     )
-    topics_file: Path = Field(default=Path("topics.yaml"))
+    topics_file: Path = Field(default=Path("topics.yaml"), description="the topic declarations")
     topic_prefix: str = Field(
         default="", pattern=r"^[A-Za-z0-9._-]*$", max_length=100,
         description="put before every topic name (consumed, produced, dead letters), so "
                     "environments can share a cluster; e.g. `staging.`")
-    subscribers: Annotated[list[str], NoDecode] = Field(default=["subscribers"])
+    subscribers: CommaList = Field(
+        default=["subscribers"], description="comma-separated subscriber modules (or packages)")
     security_protocol: str = Field(default="PLAINTEXT",
-                                   pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$")
+                                   pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$",
+                                   description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
     sasl_mechanism: str | None = Field(default=None,
-                                       pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$")
-    sasl_username: str | None = None
-    sasl_password: str | None = Field(default=None, repr=False)
-    sasl_password_file: Path | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    fetch_max_wait_ms: int = Field(default=20, ge=0)
-    max_poll_records: int = Field(default=500, ge=1)
-    max_in_flight_per_partition: int = Field(default=64, ge=1)
-    max_backlog_per_partition: int = Field(default=2000, ge=1)
-    session_timeout_ms: int = Field(default=10_000)
-    rebalance_timeout_ms: int = Field(default=60_000)
-    shutdown_timeout_s: float = Field(default=20.0)
+                                       pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$",
+                                       description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    sasl_username: str | None = Field(default=None, description="SASL user")
+    sasl_password: str | None = Field(default=None, repr=False, description="SASL password")
+    sasl_password_file: Path | None = Field(
+        default=None, description="a file holding the SASL password (wins over the variable)")
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle for the brokers' TLS")
+    ssl_certfile: Path | None = Field(default=None, description="client certificate (mTLS)")
+    ssl_keyfile: Path | None = Field(default=None, description="client certificate's key")
+    fetch_max_wait_ms: int = Field(default=20, ge=0,
+                                   description="fetch latency (aiokafka's default is 500)")
+    max_poll_records: int = Field(default=500, ge=1, description="records per fetch at most")
+    max_in_flight_per_partition: int = Field(
+        default=64, ge=1, description="keys of one partition handled side by side")
+    max_backlog_per_partition: int = Field(
+        default=2000, ge=1, description="fetched records waiting; more pauses the partition")
+    session_timeout_ms: int = Field(
+        default=10_000, description="a worker silent this long loses its partitions")
+    rebalance_timeout_ms: int = Field(
+        default=60_000, description="how long members have to rejoin in a rebalance")
+    shutdown_timeout_s: float = Field(
+        default=20.0, description="a stopping worker waits this long for its handlers")
     start_timeout_s: float = Field(
         default=60.0, ge=0,
         description="how long a starting worker waits for an unreachable broker before it "
                     "exits naming it")
-    relay_batch: int = Field(default=500, ge=1)
-
-    @field_validator("subscribers", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [m.strip() for m in value.split(",") if m.strip()]
-        return value
+    relay_batch: int = Field(default=500, ge=1, description="outbox events per publish")
 
     def password(self) -> str | None:
         """The SASL password, from the file when one is named (never logged)."""
         if self.sasl_password_file is not None:
             return self.sasl_password_file.read_text().strip()
         return self.sasl_password
+
+
+class ApiSettings(BaseSettings):
+    """Defaults suit a laptop; production sets the webhook secrets."""
+
+    model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore", populate_by_name=True,
+                                      env_file=".env")
+
+    # NoDecode: parsed by the validator below, so a value that is not JSON is reported with
+    # the other bad variables (pydantic-settings would stop at it)
+    webhook_secrets: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        description='per-source webhook secrets, JSON: {"warehouse": "secret"}',
+    )
+    webhook_secrets_file: Path | None = Field(
+        default=None, description="a JSON file of per-source secrets (merged, file wins)"
+    )
+    api_routes: CommaList = Field(
+        default=["api.routes"],
+        description="comma-separated modules (or module:attribute) holding an APIRouter "
+                    "`router` of custom routes",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, alias="HUB_API_MAX_BODY_BYTES",
+        description="largest request body; larger ones are refused with 413",
+    )
+    max_wait_seconds: float = Field(
+        default=60.0, gt=0, alias="HUB_API_MAX_WAIT_SECONDS",
+        description="the longest ?wait=true may hold a request",
+    )
+    key_touch_seconds: float = Field(
+        default=60.0, ge=0, alias="HUB_API_KEY_TOUCH_SECONDS",
+        description="last_used_at of a key is written at most this often",
+    )
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _parse_secrets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else {}
+            except ValueError:
+                raise ValueError('not JSON; give an object, like {"warehouse": "..."}') from None
+        return value
+
+    def secrets(self) -> dict[str, bytes]:
+        """Every source's secret as bytes: the variable's, then the file's (which wins)."""
+        merged = {k: v.get_secret_value() for k, v in self.webhook_secrets.items()}
+        if self.webhook_secrets_file is not None:
+            path = self.webhook_secrets_file
+            try:
+                raw = json.loads(path.read_text())
+                parsed = _SecretsFile.model_validate({"secrets": raw}).secrets
+            except (OSError, ValueError, ValidationError) as exc:
+                # the message names the file, never its content
+                raise HubError(
+                    f"HUB_WEBHOOK_SECRETS_FILE {str(path)!r} must be a readable JSON object "
+                    f'of source name to secret, like {{"warehouse": "..."}} '
+                    f"({type(exc).__name__})"
+                ) from None
+            merged.update({k: v.get_secret_value() for k, v in parsed.items()})
+        return {k: v.encode() for k, v in merged.items() if v}
+
+
+class _SecretsFile(BaseModel):
+    secrets: dict[str, SecretStr]
+
+
+class Settings(BaseModel):
+    """All of a process's settings, one section per component."""
+
+    engine: HubSettings = Field(default_factory=HubSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    def variables(self) -> list[Variable]:
+        """Every variable with its effective value (secrets masked), section by section."""
+        out = []
+        for section in (self.engine, self.kafka, self.api):
+            for field, info in type(section).model_fields.items():
+                value = getattr(section, field)
+                model = type(section)
+                out.append(Variable(name=variable_name(model, field),
+                                    value=_shown(model, field, value),
+                                    description=info.description or ""))
+        return out
+
+
+class Variable(BaseModel):
+    """One environment variable as ``hub settings`` shows it."""
+
+    name: str
+    value: Any
+    description: str
+
+
+class SettingsError(ValueError):
+    """Settings that do not validate; the message names every variable at fault. Not a
+    ``HubError``: the CLI reports it apart, with its own exit status (2)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid settings:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate every section; one error names each bad variable of all of them.
+
+    ``overrides``: section name to a dict of field values that win over the environment
+    (command-line options)."""
+    sections: dict[str, BaseSettings] = {}
+    problems: list[str] = []
+    for name, model in (("engine", HubSettings), ("kafka", KafkaSettings),
+                        ("api", ApiSettings)):
+        try:
+            sections[name] = model(**overrides.get(name, {}))
+        except ValidationError as exc:
+            problems += [_problem(model, err) for err in exc.errors()]
+    if problems:
+        raise SettingsError(problems)
+    return Settings.model_validate(sections)
+
+
+def variable_name(model: type[BaseSettings], field: str) -> str:
+    """The environment variable of ``model.field``: its alias, or the prefix and name."""
+    info = model.model_fields[field]
+    prefix = str(model.model_config.get("env_prefix", ""))
+    return (info.alias or f"{prefix}{field}").upper()
+
+
+def _is_secret(model: type[BaseSettings], field: str) -> bool:
+    """Hidden from reprs (``repr=False``) or holding ``SecretStr`` values."""
+    info = model.model_fields.get(field)
+    return info is not None and (not info.repr or "SecretStr" in str(info.annotation))
+
+
+def _shown(model: type[BaseSettings], field: str, value: Any) -> Any:
+    if value is None or not _is_secret(model, field):
+        return str(value) if isinstance(value, Path) else value
+    return {k: "***" for k in value} if isinstance(value, dict) else "***"
+
+
+def _problem(model: type[BaseSettings], err: Any) -> str:
+    loc = [str(p) for p in err["loc"]]
+    fields = model.model_fields
+    field = next((f for f, i in fields.items() if f == loc[0] or i.alias == loc[0]), loc[0])
+    name = variable_name(model, field) if field in fields else loc[0].upper()
+    shown = "***" if _is_secret(model, field) else json.dumps(err.get("input"), default=str)
+    return f"{name}: {err['msg']} (got {shown})"

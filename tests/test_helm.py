@@ -23,7 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from hub.api.settings import ApiSettings
+from hub.settings import ApiSettings
 from hub.settings import HubSettings, KafkaSettings
 from tests.conftest import ROOT
 

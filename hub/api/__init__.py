@@ -27,8 +27,8 @@ from hub.api.keys import create_key as create_key
 from hub.api.keys import list_keys as list_keys
 from hub.api.keys import revoke_key as revoke_key
 from hub.api.service import HubService as HubService
-from hub.api.settings import ApiSettings as ApiSettings
 from hub.api.signatures import sign as sign
+from hub.settings import ApiSettings as ApiSettings
 
 __all__ = [
     "ApiKey",

@@ -20,11 +20,10 @@ from hub.api.metrics import ApiMetrics, MetricsMiddleware, hub_version
 from hub.api.problems import install_problem_handlers
 from hub.api.routes import executions, system, webhooks, workflows
 from hub.api.service import HubService
-from hub.api.settings import ApiSettings
 from hub.engine.hub import Hub
 from hub.errors import HubError
 from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
-from hub.settings import KafkaSettings
+from hub.settings import ApiSettings, KafkaSettings
 
 log = structlog.get_logger("hub.api")
 

@@ -18,8 +18,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from hub.api.keys import TOKEN_PREFIX, ApiKey, InvalidApiKey, Scope, authenticate
 from hub.api.problems import Problem
 from hub.api.service import HubService
-from hub.api.settings import ApiSettings
 from hub.engine.hub import Hub
+from hub.settings import ApiSettings
 
 _bearer = HTTPBearer(
     auto_error=False,

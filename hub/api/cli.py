@@ -23,7 +23,7 @@ from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
 from hub.errors import HubError
 from hub.logging import configure_logging
-from hub.settings import HubSettings, KafkaSettings
+from hub.settings import KafkaSettings, load_settings
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 T = TypeVar("T")
@@ -140,13 +140,11 @@ class _Server(uvicorn.Server):
 async def _serve(host: str, port: int, execute: bool, modules: str | None,
                  routes: str | None, log_level: str) -> None:
     from hub.api.app import create_app, load_routes
-    from hub.api.settings import ApiSettings
 
-    settings = HubSettings()
+    every = load_settings()
+    settings, kafka, api_settings = every.engine, every.kafka, every.api
     if modules:
         settings = settings.model_copy(update={"modules": modules.split(",")})
-    kafka = KafkaSettings()
-    api_settings = ApiSettings()
     load_modules(settings.modules)
     try:  # the AsyncAPI document names the consumers of each topic
         load_modules(kafka.subscribers)
@@ -204,12 +202,11 @@ async def start_api(hub: Hub, host: str, port: int, kafka: KafkaSettings | None 
     """Serve the API of ``hub`` in this process (dev mode); stop with ``server.should_exit``.
     ``kafka``: the broker the API reports on (lag, dead letters), e.g. the embedded one."""
     from hub.api.app import create_app, load_routes
-    from hub.api.settings import ApiSettings
 
-    api_settings = ApiSettings()
+    api_settings = load_settings().api
     custom = load_routes(api_settings.api_routes, explicit=False)
     app = create_app(hub, custom_routes=custom, settings=api_settings,
-                     kafka=kafka or KafkaSettings())
+                     kafka=kafka or load_settings().kafka)
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                     lifespan="off", server_header=False))
     task = asyncio.create_task(server.serve())

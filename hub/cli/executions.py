@@ -19,7 +19,7 @@ from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
 from hub.errors import HubError
 from hub.logging import configure_logging
-from hub.settings import HubSettings
+from hub.settings import load_settings
 
 T = TypeVar("T")
 JsonOut = Annotated[bool, typer.Option("--json", help="machine-readable output")]
@@ -36,7 +36,7 @@ def _with_service(fn: Callable[[Any], Awaitable[T]]) -> T:
     configure_logging("warning")
 
     async def go() -> T:
-        settings = HubSettings()
+        settings = load_settings().engine
         load_modules(settings.modules)
         async with Hub(settings=settings, execute=False) as hub:
             return await fn(HubService(hub))

@@ -14,7 +14,7 @@ from hub.engine.loader import load_modules
 from hub.errors import HubError
 from hub.logging import configure_logging
 from hub.runtime.scheduler import Scheduler
-from hub.settings import HubSettings
+from hub.settings import load_settings
 
 T = TypeVar("T")
 
@@ -23,7 +23,7 @@ def _with_scheduler(fn: Callable[[Scheduler], Awaitable[T]]) -> T:
     configure_logging("warning")
 
     async def go() -> T:
-        settings = HubSettings()
+        settings = load_settings().engine
         load_modules(settings.modules)
         async with Hub(settings=settings, execute=False) as hub:
             return await fn(Scheduler(hub))

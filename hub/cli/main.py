@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
 from hub.api.cli import add_api_commands, ensure_dev_key, start_api
 from hub.cli.executions import add_execution_commands
 from hub.cli.jobs import add_job_commands
 from hub.cli.kafka import add_kafka_commands
 from hub.cli.sandbox import SANDBOX_PORT, add_sandbox_command, export_env, sandbox_server
+from hub.cli.settings import add_settings_command
 from hub.cli.signals import until_signalled
 from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
@@ -28,7 +28,7 @@ from hub.errors import HubError
 from hub.logging import configure_logging
 from hub.runtime.scheduler import Scheduler
 from hub.runtime.service import KafkaRuntime
-from hub.settings import HubSettings, KafkaSettings
+from hub.settings import SettingsError, load_settings
 
 app = typer.Typer(help="The commerce integration hub.", no_args_is_help=True,
                   add_completion=False)
@@ -39,6 +39,14 @@ add_api_commands(app)
 add_execution_commands(app)
 add_job_commands(app)
 add_sandbox_command(app)
+add_settings_command(app)
+
+
+@app.callback()
+def _settings_first() -> None:
+    """Every command starts by reading and validating all the settings: a bad variable is
+    reported, with every other one at fault, before anything runs."""
+    load_settings()
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 JsonLogs = Annotated[bool | None, typer.Option(
@@ -59,8 +67,8 @@ def worker(
 ) -> None:
     """Run the executor and scheduler, and the consumer and outbox relay, until SIGTERM."""
     configure_logging(log_level, json_output=json_logs)
-    settings = HubSettings()
-    kafka = KafkaSettings()
+    every = load_settings()  # all of them, so a bad variable stops the worker at once
+    settings, kafka = every.engine, every.kafka
     if modules:
         settings = settings.model_copy(update={"modules": modules.split(",")})
     with_kafka = consume if consume is not None else bool(kafka.bootstrap)
@@ -152,7 +160,7 @@ def dev(
     from hub.cli.demo import Warehouse, run_demo, trickle
 
     async def run() -> None:
-        settings = HubSettings()
+        settings = load_settings().engine
         sandboxes = sandbox_server(sandbox_port)
         try:
             await asyncio.to_thread(sandboxes.start_in_thread)
@@ -212,21 +220,12 @@ def _dev_secret(data_dir: Path) -> str:
     return secret
 
 
-_ENV_PREFIX = {"HubSettings": "HUB_", "KafkaSettings": "HUB_KAFKA_", "ApiSettings": "HUB_"}
-
-
 def main() -> None:
-    """Run the CLI; a bad setting stops it naming the environment variable (exit 2)."""
+    """Run the CLI; bad settings stop it naming each variable at fault (exit 2)."""
     try:
         app()
-    except ValidationError as exc:
-        prefix = _ENV_PREFIX.get(exc.title)
-        if prefix is None:
-            raise
-        for err in exc.errors():
-            name = prefix + "_".join(str(p) for p in err["loc"]).upper()
-            name = "HUB_SCHEMA" if name == "HUB_DB_SCHEMA" else name
-            typer.echo(f"error: {name}: {err['msg']} (got {err.get('input')!r})", err=True)
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
 
 

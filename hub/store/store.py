@@ -21,6 +21,7 @@ import asyncpg
 import structlog
 
 from hub.errors import StoreError
+from hub.settings import SCHEMA_PATTERN
 from hub.store import queries as q
 
 log = structlog.get_logger(__name__)
@@ -59,7 +60,7 @@ def is_disconnect(exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) in _TRANSIENT_STATES
 
 
-_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+_SCHEMA_RE = re.compile(SCHEMA_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)

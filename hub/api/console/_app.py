@@ -45,7 +45,6 @@ from hub.api.console._session import (
 )
 from hub.api.keys import InvalidApiKey, Scope, authenticate
 from hub.api.service import Actor, HubService, InvalidArgument
-from hub.api.settings import ApiSettings
 from hub.engine.run import RunStatus
 from hub.errors import (
     ExecutionNotFound,
@@ -55,6 +54,7 @@ from hub.errors import (
     StoreError,
     UnknownWorkflow,
 )
+from hub.settings import ApiSettings
 
 WINDOWS: dict[str, tuple[timedelta, int]] = {
     "1h": (timedelta(hours=1), 12),

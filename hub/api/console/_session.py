@@ -24,7 +24,7 @@ from fastapi import Request
 
 from hub.api.keys import ApiKey, InvalidApiKey, Scope, authenticate
 from hub.api.service import HubService
-from hub.api.settings import ApiSettings
+from hub.settings import ApiSettings
 
 COOKIE = "hub_console"
 LOGIN_COOKIE = "hub_console_login"

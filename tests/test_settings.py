@@ -1,0 +1,84 @@
+"""One settings model: every variable validated together, documented, and shown masked."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from hub.settings import Settings, SettingsError, load_settings
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> pytest.MonkeyPatch:
+    """No HUB_* variable and no .env from the developer's shell."""
+    for name in list(os.environ):
+        if name.startswith("HUB_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
+    return monkeypatch
+
+
+def test_every_variable_is_in_the_readme_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(HUB_[A-Z0-9_]+)` \|", readme, re.MULTILINE))
+    read = {v.name for v in Settings().variables()}
+    assert read - documented == set(), "variables the hub reads that the README omits"
+    assert documented - read == set(), "variables the README lists that the hub ignores"
+
+
+def test_every_bad_variable_of_every_section_is_named_at_once(
+        clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("HUB_LEASE_SECONDS", "soon")
+    clean_env.setenv("HUB_SCHEMA", "orders; DROP TABLE x")
+    clean_env.setenv("HUB_KAFKA_SECURITY_PROTOCOL", "TLS")
+    clean_env.setenv("HUB_API_MAX_BODY_BYTES", "12")
+    clean_env.setenv("HUB_WEBHOOK_SECRETS", "warehouse=hunter2")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    names = [p.split(":", 1)[0] for p in caught.value.problems]
+    assert names == ["HUB_SCHEMA", "HUB_LEASE_SECONDS", "HUB_KAFKA_SECURITY_PROTOCOL",
+                     "HUB_WEBHOOK_SECRETS", "HUB_API_MAX_BODY_BYTES"]
+    assert "hunter2" not in str(caught.value)
+
+
+def test_a_bad_secret_is_named_but_never_shown(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("HUB_WEBHOOK_SECRETS", '{"warehouse": 42, "crm": ["hunter2"]}')
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "HUB_WEBHOOK_SECRETS" in str(caught.value)
+    assert "hunter2" not in str(caught.value) and "42" not in str(caught.value)
+
+
+def test_sections_are_what_the_components_read(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("HUB_LEASE_SECONDS", "4.5")
+    clean_env.setenv("HUB_KAFKA_TOPIC_PREFIX", "staging.")
+    clean_env.setenv("HUB_API_MAX_WAIT_SECONDS", "5")
+    settings = load_settings(engine={"modules": ["tests.workflows.crash_flows"]})
+    assert settings.engine.lease_seconds == 4.5
+    assert settings.engine.modules == ["tests.workflows.crash_flows"]
+    assert settings.kafka.topic_prefix == "staging."
+    assert settings.api.max_wait_seconds == 5
+
+
+def test_hub_settings_shows_the_values_in_effect_with_secrets_masked(tmp_path: object) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env.update({"PYTHONPATH": str(ROOT), "HUB_KAFKA_SASL_PASSWORD": "hunter2",
+                "HUB_WEBHOOK_SECRETS": '{"warehouse": "s3cret"}', "HUB_POOL_MAX": "4"})
+    out = subprocess.run([sys.executable, "-m", "hub", "settings", "--json"], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)  # type: ignore[arg-type]
+    assert out.returncode == 0, out.stderr
+    shown = {v["name"]: v["value"] for v in json.loads(out.stdout)}
+    assert shown["HUB_POOL_MAX"] == 4 and shown["HUB_LEASE_SECONDS"] == 15.0
+    assert shown["HUB_KAFKA_SASL_PASSWORD"] == "***"
+    assert shown["HUB_WEBHOOK_SECRETS"] == {"warehouse": "***"}
+    assert "hunter2" not in out.stdout and "s3cret" not in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "hub", "settings"],
+                         env={**env, "HUB_POOL_MAX": "many"}, cwd=tmp_path,  # type: ignore[arg-type]
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "HUB_POOL_MAX: Input should be a valid integer" in bad.stderr

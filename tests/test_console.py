@@ -2,8 +2,8 @@
 against a live hub, its embedded Postgres and broker, over HTTP on loopback.
 
 The workflows are this module's own, so the console is tested apart from the project's.
-Each browser test leaves screenshots of the pages it visits in docs/console/ (the pictures
-of docs/console.md).
+Each browser test takes screenshots of the pages it visits; with HUB_UPDATE_SCREENSHOTS=1
+they replace the pictures of docs/console.md in docs/console/.
 """
 
 from __future__ import annotations

@@ -23,8 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from hub.settings import ApiSettings
-from hub.settings import HubSettings, KafkaSettings
+from hub.settings import ApiSettings, HubSettings, KafkaSettings
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,14 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("HUB_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SHOTS = ROOT / "docs" / "console"
+
+
+def shots_folder() -> Path:
+    """docs/console/ when ``HUB_UPDATE_SCREENSHOTS=1`` (to refresh the docs' pictures), else
+    a scratch folder: a test run leaves the working tree as it found it."""
+    if os.environ.get("HUB_UPDATE_SCREENSHOTS") == "1":
+        return SHOTS
+    return Path(tempfile.gettempdir()) / "hub-console-shots"
 
 
 def ensure_chromium() -> str:
@@ -60,7 +69,7 @@ async def serve(app: FastAPI) -> AsyncIterator[str]:
 class Shots:
     """Screenshots of the console's pages for docs/console.md, taken by the tests."""
 
-    folder: Path = SHOTS
+    folder: Path = field(default_factory=shots_folder)
     taken: list[Path] = field(default_factory=list)
 
     async def take(self, page: Any, name: str, *, full_page: bool = True) -> Path:

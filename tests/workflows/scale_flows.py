@@ -26,13 +26,16 @@ import concurrent.futures
 import contextlib
 import os
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import asyncpg
 from pydantic import BaseModel
 
 from hub import StepContext, WorkflowResponse, create_step, create_workflow
 from tests.workflows.scale_common import DONE_TOPIC, WORKFLOW
+
+T = TypeVar("T")
 
 _pool: asyncpg.Pool | None = None
 _pool_lock = asyncio.Lock()
@@ -69,23 +72,28 @@ async def _wait_out(seconds: float) -> None:
             await asyncio.shield(call)
 
 
+async def _whole(statement: Awaitable[T]) -> tuple[T, bool]:
+    """Run ``statement`` to the end however often the step is cut meanwhile; whether it was."""
+    task = asyncio.ensure_future(statement)
+    cut = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cut = True
+    return task.result(), cut
+
+
 async def _recorded(job: Job, ctx: StepContext, *, fail: bool = False,
                     sleep: float | None = None) -> None:
     schema = os.environ["HUB_SCHEMA"]
     pool = await invocations_pool()
-    # the start is written whole even when the step is cut meanwhile (a worker stopping):
-    # a start row with no end would count as running until the worker's process exits
-    insert = asyncio.ensure_future(pool.fetchval(
+    # the start and the end are written whole even when the step is cut meanwhile (a worker
+    # stopping): a start with no end would count as running until the process exits
+    row_id, cut = await _whole(pool.fetchval(
         f"INSERT INTO {schema}.scale_invocation (execution_id, step, attempt, pid, started) "
         "VALUES ($1, $2, $3, $4, $5) RETURNING id",
         ctx.execution_id, ctx.step, ctx.attempt, os.getpid(), time.time()))
-    cut = False
-    while not insert.done():
-        try:
-            await asyncio.shield(insert)
-        except asyncio.CancelledError:
-            cut = True
-    row_id = insert.result()
     outcome = "error"
     try:
         try:
@@ -101,9 +109,11 @@ async def _recorded(job: Job, ctx: StepContext, *, fail: bool = False,
             raise RuntimeError(f"{job.id}: first attempt of {ctx.step} fails on purpose")
         outcome = "ok"
     finally:
-        await pool.execute(
+        _, cut = await _whole(pool.execute(
             f"UPDATE {schema}.scale_invocation SET ended = $2, outcome = $3 WHERE id = $1",
-            row_id, time.time(), outcome)
+            row_id, time.time(), outcome))
+        if cut:
+            raise asyncio.CancelledError  # the cut that landed while the end was written
 
 
 @create_step("scale-a")

@@ -38,8 +38,10 @@ from hub.sdk.step import create_step as create_step
 from hub.sdk.workflow import WorkflowDefinition as WorkflowDefinition
 from hub.sdk.workflow import create_workflow as create_workflow
 from hub.settings import HubSettings as HubSettings
+from hub.store.store import AuditRecord as AuditRecord
 
 __all__ = [
+    "AuditRecord",
     "Container",
     "DefinitionError",
     "ExecutionEvent",

@@ -42,6 +42,7 @@ from hub.engine.run import FINAL_STATUSES, Run, RunStatus
 from hub.errors import ExecutionNotFound, HubError
 from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
 from hub.settings import KafkaSettings
+from hub.store.store import AuditRecord
 
 log = structlog.get_logger("hub.api")
 
@@ -641,13 +642,15 @@ class HubService:
         check_text(error, ("body", "error"))
         run = await self._run(ref, workflow)
         check_text(step, ("path", "step"))
+        audit = self._record(actor, "complete_step" if success else "fail_step", step,
+                             {"step": step, "error": error} if not success else {"step": step})
         if success:
-            await self.hub.set_step_success(run.id, step, output, workflow=run.workflow)
+            await self.hub.set_step_success(run.id, step, output, workflow=run.workflow,
+                                            audit=audit)
         else:
             await self.hub.set_step_failure(run.id, step, error or "failed",
-                                            workflow=run.workflow)
-        await self._audit(actor, "complete_step" if success else "fail_step", run.id, step,
-                          {"step": step, "error": error} if not success else {"step": step})
+                                            workflow=run.workflow, audit=audit)
+        self._audited(audit, run.id)
         return SignalAccepted(execution_id=run.id, workflow=run.workflow,
                               transaction_id=run.transaction_id, step=step,
                               signal="success" if success else "failure")
@@ -655,8 +658,9 @@ class HubService:
     async def retry(self, ref: str, *, workflow: str | None = None,
                     actor: Actor | None = None) -> SignalAccepted:
         run = await self._run(ref, workflow)
-        await self.hub.retry(run.id, workflow=run.workflow)
-        await self._audit(actor, "retry", run.id, None, {})
+        audit = self._record(actor, "retry", None, {})
+        await self.hub.retry(run.id, workflow=run.workflow, audit=audit)
+        self._audited(audit, run.id)
         return SignalAccepted(execution_id=run.id, workflow=run.workflow,
                               transaction_id=run.transaction_id, signal="retry")
 
@@ -668,14 +672,15 @@ class HubService:
         """Cancel or compensate; with ``wait``, until the run ends (or the wait times out)."""
         check_text(reason, ("body", "reason"))
         run = await self._run(ref, workflow)
+        audit = self._record(actor, kind, None, {"reason": reason} if reason else {})
         if kind == "cancel":
             run = await self.hub.cancel(run.id, workflow=run.workflow,
-                                        reason=reason or "cancelled", wait=False)
+                                        reason=reason or "cancelled", wait=False, audit=audit)
         else:
             run = await self.hub.compensate(run.id, workflow=run.workflow,
                                             reason=reason or "compensation requested",
-                                            wait=False)
-        await self._audit(actor, kind, run.id, None, {"reason": reason} if reason else {})
+                                            wait=False, audit=audit)
+        self._audited(audit, run.id)
         if not wait:
             return Outcome(run_out(run), settled=False)
         try:
@@ -748,16 +753,30 @@ class HubService:
 
 
     # -- audit ---------------------------------------------------------------------------
+    @staticmethod
+    def _record(actor: Actor | None, action: str, target: str | None,
+                detail: dict[str, Any]) -> AuditRecord:
+        """The audit row of an operation, written with the signal that carries it out (one
+        transaction): a refused operation records nothing, an accepted one always."""
+        who = actor or UNATTRIBUTED
+        return AuditRecord(who.id, who.name, who.via, action, target,
+                           json.dumps({k: v for k, v in detail.items() if v is not None}))
+
+    @staticmethod
+    def _audited(record: AuditRecord, execution_id: str | None) -> None:
+        log.info("operation_audited", action=record.action, actor=record.actor_name,
+                 via=record.via, execution_id=execution_id, target=record.target)
+
     async def _audit(self, actor: Actor | None, action: str, execution_id: str | None,
                      target: str | None, detail: dict[str, Any]) -> None:
-        """Record an accepted operation (after it was: a refused one changed nothing)."""
-        who = actor or UNATTRIBUTED
+        """Record an accepted operation that no signal carries (a redrive: its effect is a
+        Kafka record, outside any transaction of ours), after it was done."""
+        record = self._record(actor, action, target, detail)
         await self.hub.store.audit_insert(
-            who.id, who.name, who.via, action,
+            record.actor_id, record.actor_name, record.via, action,
             uuid.UUID(execution_id) if execution_id is not None else None, target,
-            json.dumps({k: v for k, v in detail.items() if v is not None}))
-        log.info("operation_audited", action=action, actor=who.name, via=who.via,
-                 execution_id=execution_id, target=target)
+            record.detail)
+        self._audited(record, execution_id)
 
     # -- the console's reads ---------------------------------------------------------------
     async def execution_view(self, ref: str, *, workflow: str | None = None) -> ExecutionView:

@@ -40,7 +40,7 @@ from hub.errors import (
 from hub.settings import HubSettings
 from hub.store.embedded import EmbeddedPostgres
 from hub.store.listener import Listener
-from hub.store.store import StartRow, Store
+from hub.store.store import AuditRecord, StartRow, Store
 
 log = structlog.get_logger("hub")
 
@@ -536,7 +536,8 @@ class Hub:
 
     # -- acting on executions ------------------------------------------------------------
     async def _signal(self, ref: str, workflow: str | None, step: str | None, kind: str,
-                      payload: Any, allowed: tuple[str, ...] | None) -> Run:
+                      payload: Any, allowed: tuple[str, ...] | None,
+                      audit: AuditRecord | None = None) -> Run:
         row = await self._resolve_row(ref, workflow)
         run = self._run_from_row(row)
         if step is not None:
@@ -558,41 +559,50 @@ class Hub:
         if payload is not None:
             payload_text = encode(to_json(payload, f"{kind} payload"), f"{kind} payload",
                                   self.settings.max_payload_bytes)
-        await self.store.add_signal(uuid.UUID(run.id), step, kind, payload_text)
+        await self.store.add_signal(uuid.UUID(run.id), step, kind, payload_text, audit)
         await self.store.notify(json.dumps({"id": run.id, "sig": True}))
         return run
 
     async def set_step_success(self, transaction_id: str, step: str, output: Any = None, *,
-                               workflow: str | None = None) -> None:
-        """Complete an async step (or its async compensation) from any process."""
+                               workflow: str | None = None,
+                               audit: AuditRecord | None = None) -> None:
+        """Complete an async step (or its async compensation) from any process.
+
+        ``audit`` (here and in the other operations): the operator action to record with
+        the signal, in its transaction."""
         await self._signal(transaction_id, workflow, step, "success", to_json(output, "output"),
-                           ("waiting", "waiting_to_compensate"))
+                           ("waiting", "waiting_to_compensate"), audit)
 
     async def set_step_failure(self, transaction_id: str, step: str, error: str = "failed", *,
-                               workflow: str | None = None) -> None:
+                               workflow: str | None = None,
+                               audit: AuditRecord | None = None) -> None:
         """Fail an async step: the workflow compensates (or follows the step's options)."""
         await self._signal(transaction_id, workflow, step, "failure", {"message": error},
-                           ("waiting", "waiting_to_compensate"))
+                           ("waiting", "waiting_to_compensate"), audit)
 
     async def cancel(self, transaction_id: str, *, workflow: str | None = None,
-                     reason: str = "cancelled", wait: bool = True) -> Run:
+                     reason: str = "cancelled", wait: bool = True,
+                     audit: AuditRecord | None = None) -> Run:
         """Stop the execution and compensate its completed steps; ends ``cancelled``."""
         run = await self._signal(transaction_id, workflow, None, "cancel", {"reason": reason},
-                                 None)
+                                 None, audit)
         return await self.wait(run.id) if wait else run
 
     async def compensate(self, ref: str, *, workflow: str | None = None,
-                         reason: str = "compensation requested", wait: bool = True) -> Run:
+                         reason: str = "compensation requested", wait: bool = True,
+                         audit: AuditRecord | None = None) -> Run:
         """Stop the execution and undo its completed steps; ends ``compensated``."""
-        run = await self._signal(ref, workflow, None, "compensate", {"reason": reason}, None)
+        run = await self._signal(ref, workflow, None, "compensate", {"reason": reason}, None,
+                                 audit)
         return await self.wait(run.id) if wait else run
 
-    async def retry(self, ref: str, *, workflow: str | None = None) -> Run:
+    async def retry(self, ref: str, *, workflow: str | None = None,
+                    audit: AuditRecord | None = None) -> Run:
         """Re-run from where it stopped: a step waiting for a manual retry, a compensation
         that failed, or a parked execution. A run that ended is final: start a new one."""
         run = self._run_from_row(await self._resolve_row(ref, workflow))
         if run.parked:
-            await self.resume(run.id)
+            await self.resume(run.id, audit=audit)
             return run
         stuck = [s.id for s in run.steps.values()
                  if s.state == "failed" or (s.state == "temp_failure"
@@ -601,21 +611,24 @@ class Hub:
             raise InvalidTransition(
                 f"execution {run.id} is {run.status}: nothing to retry (retry re-runs a step "
                 "left for a manual retry, a failed compensation, or a parked execution)")
-        for step in stuck:
-            await self.retry_step(run.id, step, workflow=run.workflow)
+        for i, step in enumerate(stuck):  # the action is recorded with its first signal
+            await self.retry_step(run.id, step, workflow=run.workflow,
+                                  audit=audit if i == 0 else None)
         return run
 
     async def retry_step(self, transaction_id: str, step: str, *,
-                         workflow: str | None = None) -> None:
+                         workflow: str | None = None,
+                         audit: AuditRecord | None = None) -> None:
         """Re-run a step left in ``temp_failure`` (``auto_retry=False``), or a compensation
         that failed."""
         await self._signal(transaction_id, workflow, step, "retry", None,
-                           ("temp_failure", "failed"))
+                           ("temp_failure", "failed"), audit)
 
-    async def resume(self, ref: str, *, workflow: str | None = None) -> None:
+    async def resume(self, ref: str, *, workflow: str | None = None,
+                     audit: AuditRecord | None = None) -> None:
         """Make a parked execution due again (after deploying the version it needs)."""
         row = await self._resolve_row(ref, workflow)
-        await self.store.add_signal(row["id"], None, "resume", None)
+        await self.store.add_signal(row["id"], None, "resume", None, audit)
         await self.store.notify(json.dumps({"id": str(row["id"]), "due": True}))
 
     async def purge(self, *, grace_seconds: float = 0.0) -> int:

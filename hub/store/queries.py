@@ -157,6 +157,20 @@ SET due_at = now(), parked = CASE WHEN $3 = 'resume' THEN NULL ELSE parked END
 WHERE id = $1 AND lease_owner IS NULL
 RETURNING id"""
 
+ADD_SIGNAL_AUDITED = """-- ADD_SIGNAL and the operator action that caused it, in one statement: one commits
+-- only with the other, so no action goes unaudited and no audit row claims one not taken
+WITH sig AS (
+    INSERT INTO {s}.signal (execution_id, step, kind, payload)
+    VALUES ($1, $2, $3, $4::jsonb) RETURNING id
+), aud AS (
+    INSERT INTO {s}.audit (actor_id, actor_name, via, action, execution_id, target, detail)
+    VALUES ($5, $6, $7, $8, $1, $9, $10::jsonb) RETURNING id
+)
+UPDATE {s}.execution
+SET due_at = now(), parked = CASE WHEN $3 = 'resume' THEN NULL ELSE parked END
+WHERE id = $1 AND lease_owner IS NULL
+RETURNING id"""
+
 READ_SIGNALS = """SELECT id, step, kind, payload FROM {s}.signal WHERE execution_id = $1 ORDER BY id"""
 
 DELETE_SIGNALS = """DELETE FROM {s}.signal WHERE execution_id = $1 AND id <= $2"""

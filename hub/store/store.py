@@ -63,6 +63,19 @@ def is_disconnect(exc: BaseException) -> bool:
 _SCHEMA_RE = re.compile(SCHEMA_PATTERN)
 
 
+@dataclass(frozen=True)
+class AuditRecord:
+    """An operator action (who, through what, what), written in the transaction of its
+    effect. ``detail`` is JSON text."""
+
+    actor_id: str | None
+    actor_name: str
+    via: str
+    action: str
+    target: str | None = None
+    detail: str = "{}"
+
+
 @dataclass(frozen=True, slots=True)
 class StartRow:
     id: uuid.UUID
@@ -304,10 +317,17 @@ class Store:
         await self._execute(q.PARK, execution_id, epoch, message)
 
     async def add_signal(
-        self, execution_id: uuid.UUID, step: str | None, kind: str, payload: str | None
+        self, execution_id: uuid.UUID, step: str | None, kind: str, payload: str | None,
+        audit: AuditRecord | None = None,
     ) -> bool:
-        """Record an outside outcome; True if the execution was unowned and is now due."""
-        recs = await self._fetch(q.ADD_SIGNAL, execution_id, step, kind, payload)
+        """Record an outside outcome, and the operator action behind it if ``audit`` (in one
+        transaction); True if the execution was unowned and is now due."""
+        if audit is None:
+            recs = await self._fetch(q.ADD_SIGNAL, execution_id, step, kind, payload)
+        else:
+            recs = await self._fetch(q.ADD_SIGNAL_AUDITED, execution_id, step, kind, payload,
+                                     audit.actor_id, audit.actor_name, audit.via, audit.action,
+                                     audit.target, audit.detail)
         return bool(recs)
 
     async def read_signals(self, execution_id: uuid.UUID) -> list[Row]:

@@ -9,6 +9,7 @@ starts them. Webhook secrets and the SASL password never appear in a repr or an 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -212,11 +213,10 @@ class Settings(BaseModel):
         """Every variable with its effective value (secrets masked), section by section."""
         out = []
         for section in (self.engine, self.kafka, self.api):
-            for field, info in type(section).model_fields.items():
-                value = getattr(section, field)
-                model = type(section)
+            model = type(section)
+            for field, info in model.model_fields.items():
                 out.append(Variable(name=variable_name(model, field),
-                                    value=_shown(model, field, value),
+                                    value=_shown(model, field, getattr(section, field)),
                                     description=info.description or ""))
         return out
 
@@ -254,6 +254,13 @@ def load_settings(**overrides: Any) -> Settings:
     if problems:
         raise SettingsError(problems)
     return Settings.model_validate(sections)
+
+
+@functools.cache
+def process_settings() -> Settings:
+    """The settings of this process's command, read and validated once: every entry point
+    (each CLI command, ``hub worker``, ``hub api``, ``hub dev``) takes them from here."""
+    return load_settings()
 
 
 def variable_name(model: type[BaseSettings], field: str) -> str:

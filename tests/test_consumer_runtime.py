@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -26,6 +25,7 @@ from hub.runtime.subscriber import SubscriberRegistry
 from hub.runtime.topics import Topics, load_topics
 from hub.settings import KafkaSettings
 from tests.conftest import ROOT, worker_env
+from tests.support.proxy import Proxy, free_port, to_tcp
 from tests.test_subscribers import order, produce, until
 from tests.workflows.orders_lite import record_order
 from workflows.events import OrderPlaced
@@ -367,34 +367,13 @@ async def test_dead_letter_redriven_straight_to_its_subscriber(
     assert run.trigger and run.trigger["offset"] == 0, "lineage points at the original record"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_a_worker_started_while_the_broker_is_away_waits_for_it(
         hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
     # Found by the chaos suite: a worker started during a broker restart exited with a
     # traceback (and under Kubernetes would then wait out a restart back-off).
-    port = _free_port()  # the broker's address, where nothing listens yet
+    port = free_port()  # the broker's address, where nothing listens yet
     topics = await create_topics(kafka_bootstrap, topics_file(tmp_path, prefix, partitions=1))
     host, _, broker_port = kafka_bootstrap.rpartition(":")
-
-    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(host, int(broker_port))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
     seen: list[tuple[str, str]] = []
     rt = KafkaRuntime(hub, settings(f"127.0.0.1:{port}", prefix, start_timeout_s=60),
                       subscribers=starting_registry(prefix, seen), topics=topics, relay=False)
@@ -402,8 +381,7 @@ async def test_a_worker_started_while_the_broker_is_away_waits_for_it(
     try:
         await asyncio.sleep(3)
         assert not starting.done(), "the runtime must wait for the broker, not give up"
-        server = await asyncio.start_server(forward, "127.0.0.1", port)  # the broker is back
-        async with server:
+        async with Proxy(to_tcp(host, int(broker_port)), port):  # the broker is back
             await asyncio.wait_for(starting, 60)
             await produce(kafka_bootstrap, f"{prefix}.orders",
                           [("o1", json.dumps(order(1)).encode(), [])])
@@ -415,7 +393,7 @@ async def test_a_worker_started_while_the_broker_is_away_waits_for_it(
 
 async def test_a_broker_that_stays_away_stops_the_start_naming_it(
         hub: Hub, prefix: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     rt = KafkaRuntime(hub, settings(f"127.0.0.1:{port}", prefix, start_timeout_s=2),
                       subscribers=starting_registry(prefix),
                       topics=load_topics(topics_file(tmp_path, prefix)))

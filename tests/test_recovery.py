@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import os
 import signal
@@ -13,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, ClassVar
@@ -23,6 +22,7 @@ import pytest
 
 from hub import Hub
 from tests.conftest import ROOT, worker_env
+from tests.support.proxy import Proxy, free_port, to_tcp, to_unix
 from tests.workflows import fence_flows  # noqa: F401  (registers fenced-effect)
 from tests.workflows.crash_flows import EFFECTS_DDL
 
@@ -151,57 +151,16 @@ class _Effects(BaseHTTPRequestHandler):
         self.end_headers()
 
 
-class _Partition:
-    """A TCP path to Postgres that the test can cut: one worker loses the database while
-    the others keep it (a network partition, or a worker's host stalling)."""
-
-    def __init__(self, dsn: str) -> None:
-        url = urllib.parse.urlsplit(dsn)
-        query = dict(urllib.parse.parse_qsl(url.query))
-        host = query.get("host") or url.hostname or "127.0.0.1"
-        port = int(query.get("port") or url.port or 5432)
-        self._target = (host, port)
-        self._dsn = url
-        self._server: asyncio.Server | None = None
-        self._links: set[asyncio.StreamWriter] = set()
-        self.cut = False
-
-    async def __aenter__(self) -> str:
-        self._server = await asyncio.start_server(self._link, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        user = self._dsn.username or "postgres"
-        return f"postgresql://{user}@127.0.0.1:{port}{self._dsn.path}"
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        self.sever()
-
-    def sever(self) -> None:
-        self.cut = True
-        for w in list(self._links):
-            w.transport.abort()
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.cut:
-            writer.transport.abort()
-            return
-        host, port = self._target
-        if host.startswith("/"):
-            up_r, up_w = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
-        else:
-            up_r, up_w = await asyncio.open_connection(host, port)
-        self._links.update((writer, up_w))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-            self._links.discard(dst)
-
-        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+def _partition(dsn: str) -> tuple[Proxy, Callable[[], str]]:
+    """A cuttable TCP path to the test's Postgres, and the DSN through it (once entered)."""
+    url = urllib.parse.urlsplit(dsn)
+    query = dict(urllib.parse.parse_qsl(url.query))
+    host = query.get("host") or url.hostname or "127.0.0.1"
+    port = int(query.get("port") or url.port or 5432)
+    proxy = Proxy(to_unix(f"{host}/.s.PGSQL.{port}") if host.startswith("/")
+                  else to_tcp(host, port))
+    user = url.username or "postgres"
+    return proxy, lambda: f"postgresql://{user}@127.0.0.1:{proxy.port}{url.path}"
 
 
 async def test_worker_cut_off_from_postgres_stops_its_steps_before_its_lease_runs_out(
@@ -218,10 +177,9 @@ async def test_worker_cut_off_from_postgres_stops_its_steps_before_its_lease_run
     extra = {"EFFECT_URL": f"http://127.0.0.1:{server.server_address[1]}",
              "EFFECT_GAP_S": str(4 * lease), "HUB_POLL_INTERVAL": "0.2"}
     try:
-        partition = _Partition(dsn)
-        async with Hub(dsn, schema=schema, execute=False) as starter, \
-                partition as proxied, \
-                worker(proxied, schema, "cut-off", lease, FENCE_MODULE, **extra):
+        partition, proxied = _partition(dsn)
+        async with Hub(dsn, schema=schema, execute=False) as starter, partition, \
+                worker(proxied(), schema, "cut-off", lease, FENCE_MODULE, **extra):
             ids = [(await starter.start("fenced-effect", {"key": f"k{i}"},
                                         transaction_id=f"k{i}", wait=False)).id
                    for i in range(n)]
@@ -241,12 +199,9 @@ async def test_worker_cut_off_from_postgres_stops_its_steps_before_its_lease_run
 
 
 async def test_worker_serves_its_metrics(dsn: str, schema: str) -> None:
-    import socket
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     async with Hub(dsn, schema=schema, execute=False) as starter:
         conn = await asyncpg.connect(dsn)
         await conn.execute(EFFECTS_DDL.format(schema=schema))

@@ -23,7 +23,7 @@ from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
 from hub.errors import HubError
 from hub.logging import configure_logging
-from hub.settings import KafkaSettings, load_settings
+from hub.settings import ApiSettings, KafkaSettings, process_settings
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 T = TypeVar("T")
@@ -118,7 +118,7 @@ def _with_hub(op: Callable[[Hub], Awaitable[T]]) -> T:
     configure_logging("warning")
 
     async def run() -> T:
-        async with Hub(execute=False) as hub:
+        async with Hub(settings=process_settings().engine, execute=False) as hub:
             return await op(hub)
 
     try:
@@ -141,7 +141,7 @@ async def _serve(host: str, port: int, execute: bool, modules: str | None,
                  routes: str | None, log_level: str) -> None:
     from hub.api.app import create_app, load_routes
 
-    every = load_settings()
+    every = process_settings()
     settings, kafka, api_settings = every.engine, every.kafka, every.api
     if modules:
         settings = settings.model_copy(update={"modules": modules.split(",")})
@@ -198,15 +198,18 @@ def _write_key(path: Path, token: str) -> None:
 
 
 async def start_api(hub: Hub, host: str, port: int, kafka: KafkaSettings | None = None,
+                    api_settings: ApiSettings | None = None,
                     ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     """Serve the API of ``hub`` in this process (dev mode); stop with ``server.should_exit``.
-    ``kafka``: the broker the API reports on (lag, dead letters), e.g. the embedded one."""
+    ``kafka``: the broker the API reports on (lag, dead letters), e.g. the embedded one;
+    ``api_settings``: the process's unless given (dev mode adds its warehouse's secret)."""
     from hub.api.app import create_app, load_routes
 
-    api_settings = load_settings().api
+    every = process_settings()
+    api_settings = api_settings or every.api
     custom = load_routes(api_settings.api_routes, explicit=False)
     app = create_app(hub, custom_routes=custom, settings=api_settings,
-                     kafka=kafka or load_settings().kafka)
+                     kafka=kafka or every.kafka)
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                     lifespan="off", server_header=False))
     task = asyncio.create_task(server.serve())

@@ -773,9 +773,7 @@ class HubService:
         Kafka record, outside any transaction of ours), after it was done."""
         record = self._record(actor, action, target, detail)
         await self.hub.store.audit_insert(
-            record.actor_id, record.actor_name, record.via, action,
-            uuid.UUID(execution_id) if execution_id is not None else None, target,
-            record.detail)
+            record, uuid.UUID(execution_id) if execution_id is not None else None)
         self._audited(record, execution_id)
 
     # -- the console's reads ---------------------------------------------------------------

@@ -19,16 +19,16 @@ from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
 from hub.errors import HubError
 from hub.logging import configure_logging
-from hub.settings import load_settings
+from hub.settings import process_settings
 
 T = TypeVar("T")
 JsonOut = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
-
 def _cli_actor() -> Actor:
     """The audit's "who" of a terminal command: the operating-system user running it."""
     return Actor(name=getpass.getuser(), via="cli")
+
 
 def _with_service(fn: Callable[[Any], Awaitable[T]]) -> T:
     from hub.api.service import HubService
@@ -36,7 +36,7 @@ def _with_service(fn: Callable[[Any], Awaitable[T]]) -> T:
     configure_logging("warning")
 
     async def go() -> T:
-        settings = load_settings().engine
+        settings = process_settings().engine
         load_modules(settings.modules)
         async with Hub(settings=settings, execute=False) as hub:
             return await fn(HubService(hub))

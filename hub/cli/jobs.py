@@ -14,7 +14,7 @@ from hub.engine.loader import load_modules
 from hub.errors import HubError
 from hub.logging import configure_logging
 from hub.runtime.scheduler import Scheduler
-from hub.settings import load_settings
+from hub.settings import process_settings
 
 T = TypeVar("T")
 
@@ -23,7 +23,7 @@ def _with_scheduler(fn: Callable[[Scheduler], Awaitable[T]]) -> T:
     configure_logging("warning")
 
     async def go() -> T:
-        settings = load_settings().engine
+        settings = process_settings().engine
         load_modules(settings.modules)
         async with Hub(settings=settings, execute=False) as hub:
             return await fn(Scheduler(hub))

@@ -20,7 +20,7 @@ from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
 from hub.errors import HubError
 from hub.logging import configure_logging
-from hub.settings import KafkaSettings, load_settings
+from hub.settings import KafkaSettings, process_settings
 
 T = TypeVar("T")
 
@@ -29,7 +29,7 @@ TopicsFile = Annotated[Path | None, typer.Option("--file", help="topics.yaml to 
 
 
 def _kafka(file: Path | None = None) -> tuple[KafkaSettings, str]:
-    settings = load_settings().kafka
+    settings = process_settings().kafka
     if file is not None:
         settings = settings.model_copy(update={"topics_file": file})
     if not settings.bootstrap:
@@ -123,7 +123,7 @@ def add_kafka_commands(app: typer.Typer) -> None:
         from hub.runtime.topics import load_topics
 
         try:
-            settings = load_settings().kafka
+            settings = process_settings().kafka
             topics = load_topics(file or settings.topics_file, settings.topic_prefix)
             load_modules(settings.subscribers)
             doc = build_asyncapi(topics, SUBSCRIBERS.with_prefix(settings.topic_prefix),
@@ -258,7 +258,7 @@ def add_kafka_commands(app: typer.Typer) -> None:
 
         async def go() -> Any:
             settings, bootstrap = _kafka()
-            hs = load_settings().engine
+            hs = process_settings().engine
             load_modules(hs.modules)
             load_modules(settings.subscribers)
             start = Position(
@@ -305,7 +305,7 @@ def add_kafka_commands(app: typer.Typer) -> None:
             topics = load_topics(settings.topics_file, settings.topic_prefix)
             names = [topic] if topic else dead_letter_topics(topics)
             out = []
-            async with Hub(settings=load_settings().engine, execute=False) as hub:
+            async with Hub(settings=process_settings().engine, execute=False) as hub:
                 for name in names:
                     out.extend(await read_dead_letters(hub, settings, bootstrap, name))
             return out
@@ -368,7 +368,7 @@ def add_kafka_commands(app: typer.Typer) -> None:
 
         async def go() -> Any:
             settings, bootstrap = _kafka()
-            hs = load_settings().engine
+            hs = process_settings().engine
             load_modules(hs.modules)
             load_modules(settings.subscribers)
             async with Hub(settings=hs, execute=False) as hub:

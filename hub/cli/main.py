@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import SecretStr
 
 from hub.api.cli import add_api_commands, ensure_dev_key, start_api
 from hub.cli.executions import add_execution_commands
@@ -28,7 +28,7 @@ from hub.errors import HubError
 from hub.logging import configure_logging
 from hub.runtime.scheduler import Scheduler
 from hub.runtime.service import KafkaRuntime
-from hub.settings import SettingsError, load_settings
+from hub.settings import SettingsError, process_settings
 
 app = typer.Typer(help="The commerce integration hub.", no_args_is_help=True,
                   add_completion=False)
@@ -46,7 +46,7 @@ add_settings_command(app)
 def _settings_first() -> None:
     """Every command starts by reading and validating all the settings: a bad variable is
     reported, with every other one at fault, before anything runs."""
-    load_settings()
+    process_settings()
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 JsonLogs = Annotated[bool | None, typer.Option(
@@ -67,7 +67,7 @@ def worker(
 ) -> None:
     """Run the executor and scheduler, and the consumer and outbox relay, until SIGTERM."""
     configure_logging(log_level, json_output=json_logs)
-    every = load_settings()  # all of them, so a bad variable stops the worker at once
+    every = process_settings()
     settings, kafka = every.engine, every.kafka
     if modules:
         settings = settings.model_copy(update={"modules": modules.split(",")})
@@ -113,7 +113,7 @@ def migrate(log_level: LogLevel = "warning") -> None:
     configure_logging(log_level)
 
     async def run() -> list[str]:
-        async with Hub(execute=False) as hub:
+        async with Hub(settings=process_settings().engine, execute=False) as hub:
             return await hub.store.migrate()
 
     applied = asyncio.run(run())
@@ -130,7 +130,7 @@ def purge(
     configure_logging(log_level)
 
     async def run() -> int:
-        async with Hub(execute=False) as hub:
+        async with Hub(settings=process_settings().engine, execute=False) as hub:
             total = 0
             while True:
                 n = await hub.store.purge_finished(grace_days * 86400.0)
@@ -160,7 +160,7 @@ def dev(
     from hub.cli.demo import Warehouse, run_demo, trickle
 
     async def run() -> None:
-        settings = load_settings().engine
+        settings = process_settings().engine
         sandboxes = sandbox_server(sandbox_port)
         try:
             await asyncio.to_thread(sandboxes.start_in_thread)
@@ -169,7 +169,10 @@ def dev(
         try:
             export_env(sandboxes.connector_env())
             secret = await asyncio.to_thread(_dev_secret, Path(settings.data_dir))
-            os.environ.setdefault("HUB_WEBHOOK_SECRETS", json.dumps({"warehouse": secret}))
+            api_settings = process_settings().api
+            if not api_settings.webhook_secrets:  # the demo warehouse signs with its own
+                api_settings = api_settings.model_copy(
+                    update={"webhook_secrets": {"warehouse": SecretStr(secret)}})
             load_modules(settings.modules)
             async with Hub(settings=settings) as hub, KafkaRuntime(hub) as runtime, \
                     Scheduler(hub):
@@ -182,7 +185,7 @@ def dev(
                 key_file = Path(settings.data_dir) / "dev-api-key"
                 token = await ensure_dev_key(hub, key_file)
                 kafka = runtime.settings.model_copy(update={"bootstrap": runtime.bootstrap})
-                server, task = await start_api(hub, "127.0.0.1", port, kafka)
+                server, task = await start_api(hub, "127.0.0.1", port, kafka, api_settings)
                 api = f"http://127.0.0.1:{port}"
                 try:
                     typer.echo(f"API at {api} (docs: /docs); dev key with every scope in "

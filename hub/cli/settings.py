@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hub.settings import load_settings
+from hub.settings import process_settings
 
 
 def add_settings_command(app: typer.Typer) -> None:
@@ -17,7 +17,7 @@ def add_settings_command(app: typer.Typer) -> None:
     ) -> None:
         """Show the settings in effect (environment and .env, then defaults); secrets are
         masked. A bad variable fails the command, as it would fail a worker's start."""
-        variables = load_settings().variables()
+        variables = process_settings().variables()
         if as_json:
             typer.echo(json.dumps([v.model_dump() for v in variables], indent=2, default=str))
             return

@@ -56,8 +56,9 @@ class Execution:
         self.seq = 1 + max((s.get("seq") or 0 for s in self.steps.values()), default=0)
         self.signals_upto = 0
         self.leaving = False
-        self.steps_outlived = False  # a cut step still ran when its drive task ended
         """A release or finish is being written: the lease is let go on purpose."""
+        self.steps_outlived = False
+        """A cut step still ran when its drive task ended: the lease is kept until it expires."""
         self.status_dirty = False
 
     # -- state ---------------------------------------------------------------------------

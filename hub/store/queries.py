@@ -146,25 +146,15 @@ ARCHIVE_FINISHED = """-- a non-idempotent workflow may start a finished transact
 UPDATE {s}.execution SET archived = true
 WHERE workflow = $1 AND transaction_id = $2 AND NOT archived AND finished_at IS NOT NULL"""
 
-ADD_SIGNAL = """-- 1 round trip: record the outside outcome; wake the execution unless a worker holds it
--- (the holder hears the notification instead)
-WITH sig AS (
-    INSERT INTO {s}.signal (execution_id, step, kind, payload)
-    VALUES ($1, $2, $3, $4::jsonb) RETURNING id
-)
-UPDATE {s}.execution
-SET due_at = now(), parked = CASE WHEN $3 = 'resume' THEN NULL ELSE parked END
-WHERE id = $1 AND lease_owner IS NULL
-RETURNING id"""
-
-ADD_SIGNAL_AUDITED = """-- ADD_SIGNAL and the operator action that caused it, in one statement: one commits
--- only with the other, so no action goes unaudited and no audit row claims one not taken
+ADD_SIGNAL = """-- 1 round trip: record the outside outcome, and the operator action behind it when
+-- one is given ($8 not null; one statement, so both commit or neither); wake the execution
+-- unless a worker holds it (the holder hears the notification instead)
 WITH sig AS (
     INSERT INTO {s}.signal (execution_id, step, kind, payload)
     VALUES ($1, $2, $3, $4::jsonb) RETURNING id
 ), aud AS (
     INSERT INTO {s}.audit (actor_id, actor_name, via, action, execution_id, target, detail)
-    VALUES ($5, $6, $7, $8, $1, $9, $10::jsonb) RETURNING id
+    SELECT $5, $6, $7, $8, $1, $9, $10::jsonb WHERE $8::text IS NOT NULL
 )
 UPDATE {s}.execution
 SET due_at = now(), parked = CASE WHEN $3 = 'resume' THEN NULL ELSE parked END
@@ -419,7 +409,7 @@ FROM {s}.execution
 WHERE created_at >= $1
 GROUP BY 1, 2, 3"""
 
-AUDIT_INSERT = """-- 1 round trip after an operator action was accepted
+AUDIT_INSERT = """-- 1 round trip: an operator action no signal carries (a redrive)
 INSERT INTO {s}.audit (actor_id, actor_name, via, action, execution_id, target, detail)
 VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
 RETURNING id, at"""

@@ -322,12 +322,10 @@ class Store:
     ) -> bool:
         """Record an outside outcome, and the operator action behind it if ``audit`` (in one
         transaction); True if the execution was unowned and is now due."""
-        if audit is None:
-            recs = await self._fetch(q.ADD_SIGNAL, execution_id, step, kind, payload)
-        else:
-            recs = await self._fetch(q.ADD_SIGNAL_AUDITED, execution_id, step, kind, payload,
-                                     audit.actor_id, audit.actor_name, audit.via, audit.action,
-                                     audit.target, audit.detail)
+        who = (None,) * 6 if audit is None else (
+            audit.actor_id, audit.actor_name, audit.via, audit.action, audit.target,
+            audit.detail)
+        recs = await self._fetch(q.ADD_SIGNAL, execution_id, step, kind, payload, *who)
         return bool(recs)
 
     async def read_signals(self, execution_id: uuid.UUID) -> list[Row]:
@@ -563,12 +561,10 @@ class Store:
         return [_decode_row(r) for r in
                 await self._fetch(q.API_EXECUTION_BUCKETS, since, float(bucket_s))]
 
-    async def audit_insert(self, actor_id: str | None, actor_name: str, via: str, action: str,
-                           execution_id: uuid.UUID | None, target: str | None,
-                           detail: str) -> Row:
-        """Record an operator action; ``detail`` is JSON text."""
-        recs = await self._fetch(q.AUDIT_INSERT, actor_id, actor_name, via, action,
-                                 execution_id, target, detail)
+    async def audit_insert(self, audit: AuditRecord, execution_id: uuid.UUID | None) -> Row:
+        """Record an operator action that no signal carries."""
+        recs = await self._fetch(q.AUDIT_INSERT, audit.actor_id, audit.actor_name, audit.via,
+                                 audit.action, execution_id, audit.target, audit.detail)
         return _decode_row(recs[0])
 
     async def audit_for_execution(self, execution_id: uuid.UUID, limit: int = 500) -> list[Row]:

@@ -68,7 +68,9 @@ class HubSettings(BaseSettings):
     max_payload_bytes: int = Field(default=1_000_000, ge=1024,
                                    description="largest workflow input or step output")
     retention_days: float = Field(
-        default=7.0, gt=0, description="days finished executions are kept before the purge")
+        default=7.0, gt=0,
+        description="days executions that ended well are kept; compensation_failed and parked "
+                    "ones stay until repaired")
     scheduler: bool = Field(default=True, description="workers fire scheduled jobs")
     metrics_port: int | None = Field(
         default=None, description="`hub worker` serves Prometheus metrics on this port")

@@ -13,6 +13,7 @@ from hub import (
     ExecutionEvent,
     Hub,
     InvalidTransition,
+    PermanentStepError,
     StepContext,
     StepResponse,
     WorkflowResponse,
@@ -210,6 +211,31 @@ async def test_purge_removes_only_finished_executions_past_retention(hub: Hub) -
     assert purged == 1
     assert await hub.store.get(uuid.UUID(finished.id)) is None
     assert (await hub.get_run(live.id)).status == "waiting"
+
+
+def _refund_fails(_inp: Any, _ctx: Any) -> None:
+    raise PermanentStepError("the payment provider refused the refund")
+
+
+def _fail_permanently(_inp: Any, _ctx: Any) -> None:
+    raise PermanentStepError("out of stock")
+
+
+@create_workflow("op-retained-needs-human", retention_time=0.0)
+def op_retained_needs_human(inp: Product) -> WorkflowResponse:
+    create_step("op-rh-charge", lambda i, c: "charged", _refund_fails)(inp)
+    create_step("op-rh-ship", _fail_permanently)(inp)
+    return WorkflowResponse(None)
+
+
+async def test_purge_never_deletes_an_execution_that_needs_a_human(hub: Hub) -> None:
+    # a failed compensation is the only record of a refund that never happened
+    stuck = await op_retained_needs_human(hub).run(input={"sku": "H"}, raise_on_error=False)
+    assert stuck.status == "compensation_failed"
+    ended_well = await op_retained(hub).run(input={"sku": "W"})
+    assert await hub.purge() == 1
+    assert await hub.store.get(uuid.UUID(ended_well.id)) is None
+    assert (await hub.get_run(stuck.id)).status == "compensation_failed"
 
 
 async def test_execution_of_an_unregistered_version_is_parked(dsn: str, schema: str) -> None:

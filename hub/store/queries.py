@@ -170,14 +170,18 @@ UPDATE {s}.execution SET parked = $3, lease_owner = NULL, lease_until = NULL, du
     updated_at = now()
 WHERE id = $1 AND epoch = $2"""
 
-PURGE_FINISHED = """-- only finished executions past their retention: a live run is never purged
+PURGE_FINISHED = """-- only executions that ended well, past their retention, in bounded batches: a live
+-- run is never purged, nor one that needs a human (compensation_failed, parked), whose row is
+-- the only record of a refund that never happened
 DELETE FROM {s}.execution
 WHERE id IN (SELECT id FROM {s}.execution
              WHERE retain_until < now() - make_interval(secs => $1)
                AND finished_at IS NOT NULL
+               AND status IN ('succeeded', 'compensated', 'cancelled') AND parked IS NULL
              LIMIT $2)"""
 
-DELETE_EXECUTION = """DELETE FROM {s}.execution WHERE id = $1 AND finished_at IS NOT NULL"""
+DELETE_EXECUTION = """DELETE FROM {s}.execution WHERE id = $1 AND finished_at IS NOT NULL
+  AND status IN ('succeeded', 'compensated', 'cancelled') AND parked IS NULL"""
 
 LIST_EXECUTIONS = """SELECT * FROM {s}.execution
 WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)

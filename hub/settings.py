@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any
@@ -280,8 +281,23 @@ def _is_secret(model: type[BaseSettings], field: str) -> bool:
 
 def _shown(model: type[BaseSettings], field: str, value: Any) -> Any:
     if value is None or not _is_secret(model, field):
-        return str(value) if isinstance(value, Path) else value
+        if isinstance(value, Path):
+            return str(value)
+        return mask_dsn(value) if isinstance(value, str) else value
     return {k: "***" for k in value} if isinstance(value, dict) else "***"
+
+
+_DSN_PASSWORD = re.compile(  # up to the last @ before the host: a password may hold an @
+    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)[^/?#\s]*(?=@[^@/?#\s]*(?:[/?#\s]|$))", re.I)
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|sslpassword)=)[^&#\s]*", re.I)
+
+
+def mask_dsn(text: str) -> str:
+    """A DSN or URL with its password (in the userinfo or a ``password=`` parameter) as
+    ``***``: ``hub settings``, errors and logs may show where a server is, never how to
+    log in to it."""
+    text = _DSN_PASSWORD.sub(lambda m: m["head"] + "***", text)
+    return _QUERY_PASSWORD.sub(lambda m: m["head"] + "***", text)
 
 
 def _problem(model: type[BaseSettings], err: Any) -> str:
@@ -289,5 +305,6 @@ def _problem(model: type[BaseSettings], err: Any) -> str:
     fields = model.model_fields
     field = next((f for f, i in fields.items() if f == loc[0] or i.alias == loc[0]), loc[0])
     name = variable_name(model, field) if field in fields else loc[0].upper()
-    shown = "***" if _is_secret(model, field) else json.dumps(err.get("input"), default=str)
+    shown = ("***" if _is_secret(model, field)
+             else mask_dsn(json.dumps(err.get("input"), default=str)))
     return f"{name}: {err['msg']} (got {shown})"

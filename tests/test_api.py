@@ -141,7 +141,14 @@ async def test_health_and_readiness_need_no_key(api: Api) -> None:
     assert (await api.client.get("/healthz")).json() == {"status": "ok"}
     ready = await api.client.get("/readyz")
     assert ready.status_code == 200
+    assert ready.json() == {"status": "ready"}, "no key: ready or not, no details"
+
+
+async def test_readiness_details_need_a_valid_read_key(api: Api) -> None:
+    ready = await api.client.get("/readyz", headers=api.auth("read"))
     assert ready.json() == {"status": "ready", "checks": {"database": "ok", "migrations": "ok"}}
+    forged = await api.client.get("/readyz", headers={"Authorization": "Bearer nope"})
+    assert forged.status_code == 401
 
 
 async def test_a_request_without_a_usable_key_is_401_naming_the_problem(api: Api) -> None:

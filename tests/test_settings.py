@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from hub.settings import Settings, SettingsError, load_settings
+from hub.settings import Settings, SettingsError, load_settings, mask_dsn
 from tests.conftest import ROOT
 
 
@@ -82,3 +82,17 @@ def test_hub_settings_shows_the_values_in_effect_with_secrets_masked(tmp_path: o
                          env={**env, "HUB_POOL_MAX": "many"}, cwd=tmp_path,  # type: ignore[arg-type]
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "HUB_POOL_MAX: Input should be a valid integer" in bad.stderr
+
+
+def test_hub_settings_masks_the_password_of_every_dsn(tmp_path: object) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env.update({"PYTHONPATH": str(ROOT),
+                "HUB_DATABASE_URL": "postgresql://hub:pa@ss-w0rd@db.internal:5432/orders"})
+    out = subprocess.run([sys.executable, "-m", "hub", "settings", "--json"], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)  # type: ignore[arg-type]
+    assert out.returncode == 0, out.stderr
+    shown = {v["name"]: v["value"] for v in json.loads(out.stdout)}
+    assert shown["HUB_DATABASE_URL"] == "postgresql://hub:***@db.internal:5432/orders"
+    assert "w0rd" not in out.stdout
+    assert mask_dsn("postgresql://db/orders?user=hub&password=s3cret&sslmode=require") == (
+        "postgresql://db/orders?user=hub&password=***&sslmode=require")

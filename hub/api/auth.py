@@ -104,8 +104,22 @@ def api_trigger(request: Request, key: ApiKey | None, **extra: Any) -> dict[str,
     return trigger
 
 
+_read_scope = require_scope(Scope.READ)
+
+
+async def _read_key_if_sent(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey | None:
+    """No key is fine (a probe); a key that is sent must be a valid ``read`` key."""
+    if credentials is None and not request.headers.get("authorization"):
+        return None
+    return await _read_scope(request, credentials)
+
+
 HubDep = Annotated[Hub, Depends(get_hub)]
 ServiceDep = Annotated[HubService, Depends(get_service)]
 ReadKey = Annotated[ApiKey, Depends(require_scope(Scope.READ))]
 RunKey = Annotated[ApiKey, Depends(require_scope(Scope.RUN))]
 OperateKey = Annotated[ApiKey, Depends(require_scope(Scope.OPERATE))]
+ReadKeyIfSent = Annotated[ApiKey | None, Depends(_read_key_if_sent)]

@@ -189,7 +189,8 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
-    checks: dict[str, str] = Field(description="each check: ok, or what is wrong")
+    checks: dict[str, str] | None = Field(
+        default=None, description="each check: ok, or what is wrong (only with a read key)")
 
 
 class ApiKeyOut(BaseModel):

@@ -1,6 +1,7 @@
 """Probes, metrics and the event contract.
 
-``/healthz`` and ``/readyz`` take no key (orchestrators probe them); ``/metrics`` and
+``/healthz`` and ``/readyz`` take no key (orchestrators probe them), so ``/readyz`` then says
+only ready or not: its checks name hosts and errors, for ``read`` keys. ``/metrics`` and
 ``/asyncapi.yaml`` need ``read``: the first reveals workflow names and volumes, the second
 the event contract.
 """
@@ -13,7 +14,7 @@ import yaml
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from hub.api.auth import ReadKey, ServiceDep
+from hub.api.auth import ReadKey, ReadKeyIfSent, ServiceDep
 from hub.api.metrics import CONTENT_TYPE, ApiMetrics
 from hub.api.models import ErrorBody, Health, Readiness
 from hub.api.problems import ERROR_RESPONSES, Problem
@@ -38,13 +39,19 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, summary="Ready to serve",
-            responses={503: {"model": Readiness, "description": "a check failed"}})
-async def readyz(service: ServiceDep) -> Any:
-    """Postgres answers within 2 s and every migration is applied."""
+            responses={503: {"model": Readiness, "description": "a check failed"},
+                       401: {"model": ErrorBody, "description": "a key was sent and is not "
+                                                                  "a valid read key"},
+                       403: {"model": ErrorBody, "description": "the key lacks read"}})
+async def readyz(service: ServiceDep, key: ReadKeyIfSent = None) -> Any:
+    """Postgres answers within 2 s and every migration is applied. Without a key it says
+    only ready or not: what is wrong (hosts, errors) is for callers holding ``read``."""
     ready = await service.readiness()
+    if key is None:
+        ready = Readiness(status=ready.status)
     if ready.status != "ready":
-        return JSONResponse(ready.model_dump(), status_code=503)
-    return ready
+        return JSONResponse(ready.model_dump(exclude_none=True), status_code=503)
+    return JSONResponse(ready.model_dump(exclude_none=True))
 
 
 @router.get(

@@ -26,8 +26,10 @@ class Batcher(Generic[R, K]):
         *,
         max_batch: int = 256,
         max_inflight: int = 3,
+        isolate: Callable[[BaseException], bool] | None = None,
     ) -> None:
         self._flush = flush
+        self._isolate = isolate
         self._key = key
         self._max_batch = max_batch
         self._max_inflight = max_inflight
@@ -52,8 +54,22 @@ class Batcher(Generic[R, K]):
 
     async def _run(self, batch: list[tuple[R, asyncio.Future[bool]]]) -> None:
         try:
+            await self._flush_settling(batch)
+        finally:
+            self._inflight -= 1
+            self._kick()
+
+    async def _flush_settling(self, batch: list[tuple[R, asyncio.Future[bool]]]) -> None:
+        """Flush and settle each row's future. A shared statement that fails on one row's
+        data (``isolate``) is retried row by row, so only the bad row fails: its neighbours
+        must not pay for it."""
+        try:
             written = await self._flush([row for row, _ in batch])
         except BaseException as exc:
+            if len(batch) > 1 and self._isolate is not None and self._isolate(exc):
+                for one in batch:
+                    await self._flush_settling([one])
+                return
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
@@ -65,6 +81,3 @@ class Batcher(Generic[R, K]):
             for row, fut in batch:
                 if not fut.done():
                     fut.set_result(self._key(row) in written)
-        finally:
-            self._inflight -= 1
-            self._kick()

@@ -19,7 +19,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pydantic import ValidationError
@@ -30,13 +30,13 @@ from hub.engine.checkpoint import Batcher
 from hub.engine.context import Container, StepContext
 from hub.engine.execution import Execution, ResolveError
 from hub.engine.graph import StepNode
-from hub.engine.payload import Unserializable, encode, to_json
+from hub.engine.payload import Unserializable, clean_json, encode, to_json
 from hub.engine.registry import Registry
 from hub.engine.response import StepResponse
 from hub.engine.run import Run, RunStatus, StepState
 from hub.errors import LeaseLost, PayloadTooLarge, StoreError, UnknownWorkflow
 from hub.settings import HubSettings
-from hub.store.store import CheckpointRow, Store, is_disconnect
+from hub.store.store import CheckpointRow, Store, is_data_error, is_disconnect
 from hub.types import JSON
 
 log = structlog.get_logger("hub.executor")
@@ -54,18 +54,29 @@ class Outcome:
 
 
 def _error(step: str, exc: BaseException | str, attempt: int, **extra: Any) -> dict[str, Any]:
+    """A stored failure; its text comes from outside systems, so it is cleaned for jsonb."""
     if isinstance(exc, str):
-        return {"step": step, "message": exc, "type": "StepFailure", "attempt": attempt,
-                **extra}
+        failure = {"step": step, "message": exc, "type": "StepFailure", "attempt": attempt,
+                   **extra}
+        return cast(dict[str, Any], clean_json(failure))
     message = str(exc) or repr(exc)
-    return {
+    return cast(dict[str, Any], clean_json({
         "step": step,
         "message": message[:4000],
         "type": type(exc).__name__,
         "attempt": attempt,
-        "traceback": "".join(traceback.format_exception(exc))[-4000:],
+        "traceback": _traceback_tail(exc, 4000),
         **extra,
-    }
+    }))
+
+
+def _traceback_tail(exc: BaseException, limit: int) -> str:
+    """The end of a traceback, cut at a line boundary so it reads from a whole line."""
+    text = "".join(traceback.format_exception(exc))
+    if len(text) <= limit:
+        return text
+    tail = text[-limit:]
+    return tail[tail.find("\n") + 1:] if "\n" in tail else tail
 
 
 def _record_landing(landed: list[str], step_id: str, _task: object) -> None:
@@ -102,7 +113,7 @@ class Executor:
         self._closing = False
         self._step_events_until = 0.0
         self.checkpoints: Batcher[CheckpointRow, uuid.UUID] = Batcher(
-            store.checkpoint_batch, lambda r: r.id
+            store.checkpoint_batch, lambda r: r.id, isolate=is_data_error
         )
 
     # -- lifecycle -----------------------------------------------------------------------

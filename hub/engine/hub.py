@@ -40,7 +40,7 @@ from hub.errors import (
 from hub.settings import HubSettings
 from hub.store.embedded import EmbeddedPostgres
 from hub.store.listener import Listener
-from hub.store.store import AuditRecord, StartRow, Store
+from hub.store.store import AuditRecord, StartRow, Store, is_data_error
 
 log = structlog.get_logger("hub")
 
@@ -153,7 +153,8 @@ class Hub:
         self._store = Store(dsn, s.db_schema, min_size=s.pool_min, max_size=s.pool_max)
         await self._store.connect()
         await self._store.migrate()
-        self._starts = Batcher(self._start_rows, lambda r: r.id, max_batch=2000)
+        self._starts = Batcher(self._start_rows, lambda r: r.id, max_batch=2000,
+                              isolate=is_data_error)
         self._listener = Listener(dsn, self._store.channel, self._on_message, self._on_reconnect)
         await self._listener.start()
         from hub.engine.locks import LockService

@@ -19,6 +19,29 @@ _NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 """An escaped NUL in JSON text (an odd run of backslashes before ``u0000``)."""
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""What Postgres cannot hold in text or jsonb: NUL, and surrogates (in a ``str`` every
+surrogate is a lone one; a valid pair is one astral code point)."""
+
+
+def clean_text(text: str) -> str:
+    """Outside text (an error message, a traceback, a header) made storable: each NUL and
+    lone surrogate becomes U+FFFD. Text the hub only records is cleaned, never refused,
+    so a system that answers with garbage cannot fail the checkpoint that records it."""
+    return _UNSTORABLE.sub("\ufffd", text) if _UNSTORABLE.search(text) else text
+
+
+def clean_json(value: Any) -> Any:
+    """``clean_text`` over every string of a JSON value, keys included."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean_json(v) for v in value]
+    return value
+
+
 class Unserializable(HubError, TypeError):
     """A value that cannot be stored as JSON."""
 

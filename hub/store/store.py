@@ -60,6 +60,14 @@ def is_disconnect(exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) in _TRANSIENT_STATES
 
 
+def is_data_error(exc: BaseException) -> bool:
+    """True when a statement failed on what a row holds (text Postgres cannot store, a value
+    out of range), not on the connection: shared statements are then retried row by row,
+    so only the bad row fails."""
+    return isinstance(exc, asyncpg.DataError | UnicodeError) or (
+        getattr(exc, "sqlstate", "") or "").startswith("22")
+
+
 _SCHEMA_RE = re.compile(SCHEMA_PATTERN)
 
 

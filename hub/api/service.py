@@ -38,6 +38,7 @@ from hub.api.models import (
 )
 from hub.engine.context import Container, StepContext
 from hub.engine.hub import Hub
+from hub.engine.payload import storable_text
 from hub.engine.run import FINAL_STATUSES, Run, RunStatus
 from hub.errors import ExecutionNotFound, HubError
 from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
@@ -65,17 +66,6 @@ class InvalidArgument(HubError):
 
 class Misconfigured(HubError):
     """The hub's own configuration is broken (a topics file that does not load)."""
-
-
-def storable_text(value: str) -> bool:
-    """Postgres text cannot hold NUL, and a lone surrogate is not UTF-8."""
-    if "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def check_text(value: str | None, loc: Loc) -> None:

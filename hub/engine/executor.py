@@ -56,18 +56,12 @@ class Outcome:
 def _error(step: str, exc: BaseException | str, attempt: int, **extra: Any) -> dict[str, Any]:
     """A stored failure; its text comes from outside systems, so it is cleaned for jsonb."""
     if isinstance(exc, str):
-        failure = {"step": step, "message": exc, "type": "StepFailure", "attempt": attempt,
-                   **extra}
-        return cast(dict[str, Any], clean_json(failure))
-    message = str(exc) or repr(exc)
-    return cast(dict[str, Any], clean_json({
-        "step": step,
-        "message": message[:4000],
-        "type": type(exc).__name__,
-        "attempt": attempt,
-        "traceback": _traceback_tail(exc, 4000),
-        **extra,
-    }))
+        failure = {"step": step, "message": exc, "type": "StepFailure", "attempt": attempt}
+    else:
+        failure = {"step": step, "message": (str(exc) or repr(exc))[:4000],
+                   "type": type(exc).__name__, "attempt": attempt,
+                   "traceback": _traceback_tail(exc, 4000)}
+    return cast(dict[str, Any], clean_json(failure | extra))
 
 
 def _traceback_tail(exc: BaseException, limit: int) -> str:

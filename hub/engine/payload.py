@@ -24,11 +24,17 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 surrogate is a lone one; a valid pair is one astral code point)."""
 
 
+def storable_text(text: str) -> bool:
+    """What callers send is refused (API bodies, ids) rather than cleaned: a changed id
+    would name something else."""
+    return _UNSTORABLE.search(text) is None
+
+
 def clean_text(text: str) -> str:
     """Outside text (an error message, a traceback, a header) made storable: each NUL and
     lone surrogate becomes U+FFFD. Text the hub only records is cleaned, never refused,
     so a system that answers with garbage cannot fail the checkpoint that records it."""
-    return _UNSTORABLE.sub("\ufffd", text) if _UNSTORABLE.search(text) else text
+    return text if storable_text(text) else _UNSTORABLE.sub("\ufffd", text)
 
 
 def clean_json(value: Any) -> Any:

@@ -49,9 +49,8 @@ async def readyz(service: ServiceDep, key: ReadKeyIfSent = None) -> Any:
     ready = await service.readiness()
     if key is None:
         ready = Readiness(status=ready.status)
-    if ready.status != "ready":
-        return JSONResponse(ready.model_dump(exclude_none=True), status_code=503)
-    return JSONResponse(ready.model_dump(exclude_none=True))
+    return JSONResponse(ready.model_dump(exclude_none=True),
+                        status_code=200 if ready.status == "ready" else 503)
 
 
 @router.get(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, field_validator
 
 from hub import Hub, SubscriberContext, subscriber
 from hub.runtime.admin import reconcile
@@ -401,3 +402,78 @@ async def test_a_broker_that_stays_away_stops_the_start_naming_it(
                                                r"\(PLAINTEXT\)"):
         await rt.start()
     await rt.stop()
+
+
+async def test_redrive_sends_key_and_header_bytes_unchanged(
+        hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from tests.test_subscribers import read_all
+    topics = await create_topics(kafka_bootstrap, topics_file(tmp_path, prefix, partitions=4))
+    topic = f"{prefix}.orders"
+    s = settings(kafka_bootstrap, prefix)
+    key, blob = b"\xff\xfeorder-1", b"\x80\xfe\x00raw"
+    reg = SubscriberRegistry()
+
+    @subscriber(topic, registry=reg, max_retries=0)
+    async def on_order(event: OrderPlaced, ctx: SubscriberContext) -> None:
+        raise ConnectionError("CRM down")
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(topic, json.dumps(order(1)).encode(), key=key,
+                                            headers=[("x-blob", blob)])
+    finally:
+        await producer.stop()
+    async with runtime(hub, kafka_bootstrap, prefix, topics, reg):
+        async def dead() -> bool:
+            return bool(await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq"))
+
+        await until(dead, timeout=30)
+    letters = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+    await redrive(hub, topics, reg, s, kafka_bootstrap, letters, by="sre@test")
+    records = await read_all(kafka_bootstrap, topic, 2)
+    again = records[-1]
+    assert dict(again.headers).get("hub.redriven.from"), "the redriven copy"
+    assert again.key == key
+    assert again.partition == sent.partition, "same key bytes, same partition"
+    assert ("x-blob", blob) in list(again.headers)
+    assert not [k for k, _ in again.headers if k.startswith("hub.errors.")]
+
+
+class Picky(BaseModel):
+    id: str
+
+    @field_validator("id")
+    @classmethod
+    def not_bad(cls, v: str) -> str:
+        if v == "bad":
+            raise RuntimeError("validator exploded")
+        return v
+
+
+async def test_a_validator_raising_any_error_dead_letters_and_the_partition_moves_on(
+        hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    topics = await create_topics(kafka_bootstrap, topics_file(tmp_path, prefix, partitions=1))
+    topic = f"{prefix}.orders"
+    s = settings(kafka_bootstrap, prefix)
+    seen: list[str] = []
+    reg = SubscriberRegistry()
+
+    @subscriber(topic, registry=reg, max_retries=0)
+    async def on_picky(event: Picky, ctx: SubscriberContext) -> None:
+        seen.append(event.id)
+
+    await produce(kafka_bootstrap, topic, [("k", json.dumps({"id": "bad"}).encode(), []),
+                                           ("k", json.dumps({"id": "good"}).encode(), [])])
+    async with runtime(hub, kafka_bootstrap, prefix, topics, reg):
+        async def good() -> bool:
+            return "good" in seen
+
+        await until(good, timeout=30)
+    letters = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+    assert len(letters) == 1 and json.loads(letters[0].value or b"") == {"id": "bad"}
+    summary = letters[0].summary()
+    assert summary["stage"] == "validate" and summary["error"] == "RuntimeError"
+    assert "validator exploded" in summary["message"]

@@ -25,7 +25,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import OffsetAndMetadata
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from hub import metrics
 from hub.engine.checkpoint import Batcher
@@ -193,6 +193,9 @@ class Handling:
         except EventRejected as exc:
             self.dead_letter(record, exc.stage, exc.cause, None, 1, out)
             return
+        except Exception as exc:  # any decoding failure: dead-letter, never loop on it
+            self.dead_letter(record, "deserialize", exc, None, 1, out)
+            return
         for sub in subs:
             await self._one(sub, record, decoded, out)
         out.handled += 1
@@ -204,7 +207,9 @@ class Handling:
         if model is not None:
             try:
                 event = model.model_validate(decoded.payload)
-            except ValidationError as exc:
+            except Exception as exc:
+                # a ValidationError, or whatever a validator raised (RuntimeError, KeyError):
+                # the record is dead-lettered with the reason, the partition moves on
                 self.dead_letter(record, "validate", exc, sub.name, 1, out)
                 return
         attempt = 1

@@ -35,6 +35,8 @@ class DeadLetter:
     value: bytes | None
     headers: dict[str, str]
     redriven: list[dict[str, Any]]
+    raw_key: bytes | None = None
+    raw_headers: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def ref(self) -> str:
@@ -94,7 +96,8 @@ async def read_dead_letters(hub: Hub, settings: KafkaSettings, bootstrap: str,
     return [
         DeadLetter(dlq_topic, r.partition, r.offset, r.timestamp,
                    r.key.decode("utf-8", "replace") if r.key is not None else None, r.value,
-                   decode_headers(r.headers), redrives.get((r.partition, r.offset), []))
+                   decode_headers(r.headers), redrives.get((r.partition, r.offset), []),
+                   r.key, tuple((k, bytes(v)) for k, v in r.headers or ()))
         for r in sorted(records, key=lambda r: (r.partition, r.offset))
     ]
 
@@ -112,8 +115,12 @@ async def redrive(hub: Hub, topics: Topics, subscribers: SubscriberRegistry,
             original = letter.headers.get(h.DLQ_TOPIC)
             if not original:
                 raise HubError(f"{letter.ref} has no {h.DLQ_TOPIC} header: not a hub dead letter")
-            headers = [(k, v.encode()) for k, v in letter.headers.items()
-                       if not k.startswith(h.DLQ_PREFIX)]
+            # the original key and headers go back byte for byte: a re-encoded key would
+            # land on another partition
+            raw = letter.raw_headers or tuple((k, v.encode()) for k, v in letter.headers.items())
+            headers = [(k, v) for k, v in raw if not k.startswith(h.DLQ_PREFIX)]
+            key = (letter.raw_key if letter.raw_key is not None
+                   else letter.key.encode() if letter.key is not None else None)
             headers.append((h.REDRIVEN_FROM, letter.ref.encode()))
             if to_subscriber:
                 sub = letter.headers.get(h.DLQ_SUBSCRIBER) or None
@@ -121,8 +128,7 @@ async def redrive(hub: Hub, topics: Topics, subscribers: SubscriberRegistry,
                     topic=original, partition=int(letter.headers.get(h.DLQ_PARTITION, "0")),
                     offset=int(letter.headers.get(h.DLQ_OFFSET, "0")),
                     timestamp=letter.timestamp, timestamp_type=0,
-                    key=letter.key.encode() if letter.key is not None else None,
-                    value=letter.value, checksum=None, serialized_key_size=-1,
+                    key=key, value=letter.value, checksum=None, serialized_key_size=-1,
                     serialized_value_size=-1, headers=tuple(headers))
                 out = BatchResult()
                 handling = Handling(hub, topics, subscribers, producer, settings.group)
@@ -136,8 +142,7 @@ async def redrive(hub: Hub, topics: Topics, subscribers: SubscriberRegistry,
             else:
                 await producer.send_and_wait(
                     original, letter.value,
-                    key=letter.key.encode() if letter.key is not None else None,
-                    headers=headers)
+                    key=key, headers=headers)
                 target = f"topic:{original}"
             await hub.store.record_redrive(letter.dlq_topic, letter.partition, letter.offset,
                                            target, who)

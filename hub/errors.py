@@ -62,6 +62,11 @@ class InvalidTransition(HubError):
     """The execution or step is not in a state that allows the operation."""
 
 
+class DuplicateDelivery(HubError):
+    """A signed webhook's id was already accepted for its source, for another request: a
+    replay. Nothing was recorded."""
+
+
 class WorkflowFailed(HubError):
     """A run ended compensated, cancelled or in ``compensation_failed``; ``run`` tells which."""
 

@@ -9,6 +9,7 @@ starts them. Webhook secrets and the SASL password never appear in a repr or an 
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -147,12 +148,17 @@ class ApiSettings(BaseSettings):
 
     # NoDecode: parsed by the validator below, so a value that is not JSON is reported with
     # the other bad variables (pydantic-settings would stop at it)
-    webhook_secrets: Annotated[dict[str, SecretStr], NoDecode] = Field(
+    webhook_secrets: Annotated[dict[str, SecretStr | list[SecretStr]], NoDecode] = Field(
         default_factory=dict,
-        description='per-source webhook secrets, JSON: {"warehouse": "secret"}',
+        description='per-source webhook secrets, JSON: {"warehouse": "whsec_..."}; a list '
+                    'of several while rotating',
     )
     webhook_secrets_file: Path | None = Field(
         default=None, description="a JSON file of per-source secrets (merged, file wins)"
+    )
+    webhook_tolerance_s: float = Field(
+        default=300.0, gt=0, le=86400, alias="HUB_WEBHOOK_TOLERANCE_S",
+        description="a signed webhook is accepted within this many seconds of its timestamp",
     )
     api_routes: CommaList = Field(
         default=["api.routes"],
@@ -182,9 +188,18 @@ class ApiSettings(BaseSettings):
                 raise ValueError('not JSON; give an object, like {"warehouse": "..."}') from None
         return value
 
-    def secrets(self) -> dict[str, bytes]:
-        """Every source's secret as bytes: the variable's, then the file's (which wins)."""
-        merged = {k: v.get_secret_value() for k, v in self.webhook_secrets.items()}
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _check_secrets(cls, value: dict[str, SecretStr | list[SecretStr]]) -> (
+        dict[str, SecretStr | list[SecretStr]]
+    ):
+        for source, given in value.items():
+            _webhook_keys(source, given)
+        return value
+
+    def secrets(self) -> dict[str, list[bytes]]:
+        """Every source's keys: the variable's, then the file's (which wins per source)."""
+        merged = dict(self.webhook_secrets)
         if self.webhook_secrets_file is not None:
             path = self.webhook_secrets_file
             try:
@@ -197,12 +212,47 @@ class ApiSettings(BaseSettings):
                     f'of source name to secret, like {{"warehouse": "..."}} '
                     f"({type(exc).__name__})"
                 ) from None
-            merged.update({k: v.get_secret_value() for k, v in parsed.items()})
-        return {k: v.encode() for k, v in merged.items() if v}
+            merged.update(parsed)
+        out: dict[str, list[bytes]] = {}
+        for source, given in merged.items():
+            try:
+                keys = _webhook_keys(source, given)
+            except ValueError as exc:  # the file's (the variable's were checked at load)
+                raise HubError(f"HUB_WEBHOOK_SECRETS_FILE: {exc}") from None
+            if keys:
+                out[source] = keys
+        return out
 
 
 class _SecretsFile(BaseModel):
-    secrets: dict[str, SecretStr]
+    secrets: dict[str, SecretStr | list[SecretStr]]
+
+
+_SECRET_PREFIX = "whsec_"
+
+
+def _webhook_keys(source: str, given: SecretStr | list[SecretStr]) -> list[bytes]:
+    """A source's HMAC keys: ``whsec_<base64>`` (the Standard Webhooks form) is decoded,
+    any other string is its UTF-8 bytes. The error names the source, never the value."""
+    keys = []
+    for secret in given if isinstance(given, list) else [given]:
+        text = secret.get_secret_value()
+        if not text:
+            continue
+        if not text.startswith(_SECRET_PREFIX):
+            keys.append(text.encode())
+            continue
+        b64 = text[len(_SECRET_PREFIX):]
+        try:
+            key = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
+        except ValueError:
+            raise ValueError(f"the secret of source {source!r} starts with {_SECRET_PREFIX} "
+                             "but the rest is not base64") from None
+        if len(key) < 16:
+            raise ValueError(f"the secret of source {source!r} holds {len(key)} bytes of key; "
+                             "give at least 16 (24 to 64 is usual)")
+        keys.append(key)
+    return keys
 
 
 class Settings(BaseModel):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import itertools
 import json
 import signal
 import socket
@@ -26,7 +28,7 @@ from hub.api import (
     list_keys,
     load_routes,
     revoke_key,
-    sign,
+    signed_headers,
 )
 from hub.sandbox import SandboxControl
 from tests.conftest import ROOT, worker_env
@@ -34,6 +36,8 @@ from tests.workflows.async_flows import tw_approval  # noqa: F401  (registers tw
 from workflows.hello_world import hello_world
 
 SECRET = b"warehouse-shared-secret"
+WHSEC_KEY = bytes(range(24))
+WHSEC = "whsec_" + base64.b64encode(WHSEC_KEY).decode()  # the spec's form, rotated in
 BODY_LIMIT = 64 * 1024
 
 
@@ -89,7 +93,7 @@ class Api:
 
 @pytest.fixture
 async def api(hub: Hub) -> AsyncIterator[Api]:
-    settings = ApiSettings(webhook_secrets={"warehouse": SECRET.decode()},
+    settings = ApiSettings(webhook_secrets={"warehouse": [WHSEC, SECRET.decode()]},
                            max_body_bytes=BODY_LIMIT, max_wait_seconds=10)
     app = create_app(hub, custom_routes=load_routes(["api.routes"]), settings=settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off",
@@ -311,11 +315,16 @@ async def test_a_failed_run_with_wait_is_200_and_its_status_tells(api: Api) -> N
 
 
 # -- async steps -----------------------------------------------------------------------
-async def _signed(api: Api, path: str, payload: dict[str, Any],
-                  secret: bytes = SECRET) -> httpx.Response:
+_DELIVERIES = itertools.count()
+
+
+async def _signed(api: Api, path: str, payload: dict[str, Any], secret: bytes = SECRET,
+                  msg_id: str | None = None) -> httpx.Response:
+    """One delivery as a Standard Webhooks sender makes it (a fresh id unless given)."""
     body = json.dumps(payload).encode()
-    return await api.client.post(path, content=body, headers={
-        "Content-Type": "application/json", "X-Hub-Signature-256": sign(secret, body)})
+    headers = signed_headers(secret, msg_id or f"msg_{next(_DELIVERIES)}", body)
+    return await api.client.post(path, content=body,
+                                 headers={"Content-Type": "application/json", **headers})
 
 
 async def test_a_signed_webhook_completes_an_async_step(api: Api) -> None:
@@ -334,11 +343,19 @@ async def test_a_webhook_with_a_bad_signature_is_401(api: Api) -> None:
     path = "/webhooks/warehouse/executions/approval:w2/steps/ask-approval/success"
     body = json.dumps({"output": {"by": "mallory"}}).encode()
     tampered = body.replace(b"mallory", b"alice")
+    good = signed_headers(SECRET, "msg_w2", body)
     attempts = [
-        ({"X-Hub-Signature-256": sign(b"wrong-secret", body)}, body, "does not match"),
-        ({"X-Hub-Signature-256": sign(SECRET, body)}, tampered, "does not match"),
-        ({}, body, "missing X-Hub-Signature-256"),
-        ({"X-Hub-Signature-256": "md5=abc"}, body, "must look like sha256="),
+        (signed_headers(b"wrong-secret", "msg_w2", body), body, "does not match"),
+        (good, tampered, "does not match"),
+        ({**good, "webhook-id": "msg_other"}, body, "does not match"),
+        ({**good, "webhook-timestamp": str(int(good["webhook-timestamp"]) + 1)}, body,
+         "does not match"),
+        ({}, body, "missing webhook-id, webhook-timestamp, webhook-signature"),
+        ({"X-Hub-Signature-256": "sha256=" + "0" * 64}, body,
+         "X-Hub-Signature-256 is no longer accepted"),
+        ({**good, "webhook-signature": "md5=abc"}, body, "must be space-separated v1,"),
+        ({**good, "webhook-timestamp": "soon"}, body, "must be integer Unix seconds"),
+        ({**good, "webhook-id": "a b"}, body, "printable ASCII"),
     ]
     for headers, content, problem in attempts:
         bad = await api.client.post(path, content=content, headers=headers)
@@ -497,10 +514,10 @@ async def test_the_custom_workflow_route_answers_hello_world(api: Api) -> None:
 
 def test_webhook_secrets_come_from_the_variable_and_a_file(tmp_path: Path) -> None:
     secrets_file = tmp_path / "secrets.json"
-    secrets_file.write_text(json.dumps({"psp": "from-file", "warehouse": "rotated"}))
+    secrets_file.write_text(json.dumps({"psp": "from-file", "warehouse": ["rotated", WHSEC]}))
     settings = ApiSettings(webhook_secrets={"warehouse": "from-env"},
                            webhook_secrets_file=secrets_file)
-    assert settings.secrets() == {"warehouse": b"rotated", "psp": b"from-file"}
+    assert settings.secrets() == {"warehouse": [b"rotated", WHSEC_KEY], "psp": [b"from-file"]}
     assert "from-env" not in repr(settings)
     secrets_file.write_text("not json")
     with pytest.raises(HubError, match="must be a readable JSON object") as err:

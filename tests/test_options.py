@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
 
-from hub import Hub, StepContext, WorkflowResponse, create_step, create_workflow
+from hub import Hub, InvalidTransition, StepContext, WorkflowResponse, create_step, create_workflow
 
 GATE: dict[str, asyncio.Event] = {}
 
@@ -55,7 +56,9 @@ async def test_async_compensation_waits_for_its_outcome(hub: Hub) -> None:
                                         raise_on_error=False)
     assert run.status == "waiting" and run.state == "waiting_to_compensate"
     assert run.steps["opt-capture"].state == "waiting_to_compensate"
-    await hub.set_step_success("comp-async", "opt-capture")
+    with pytest.raises(InvalidTransition, match="waiting_to_compensate"):
+        await hub.set_step_success("comp-async", "opt-capture")  # a forward outcome: refused
+    await hub.set_compensation_success("comp-async", "opt-capture")
     done = await hub.wait("comp-async", timeout=10)
     assert done.status == "compensated"
     assert done.steps["opt-capture"].state == "reverted"

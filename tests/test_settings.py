@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -53,6 +54,19 @@ def test_a_bad_secret_is_named_but_never_shown(clean_env: pytest.MonkeyPatch) ->
         load_settings()
     assert "HUB_WEBHOOK_SECRETS" in str(caught.value)
     assert "hunter2" not in str(caught.value) and "42" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("given", "problem"), [
+    ("whsec_!!!not-base64!!!", "'psp' starts with whsec_ but the rest is not base64"),
+    ("whsec_" + base64.b64encode(b"tiny-key").decode(), "'psp' holds 8 bytes of key"),
+])
+def test_a_malformed_whsec_secret_names_its_source_not_its_value(
+        clean_env: pytest.MonkeyPatch, given: str, problem: str) -> None:
+    clean_env.setenv("HUB_WEBHOOK_SECRETS", json.dumps({"psp": ["whsec_" + "A" * 32, given]}))
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert problem in str(caught.value)
+    assert given[6:] not in str(caught.value)
 
 
 def test_sections_are_what_the_components_read(clean_env: pytest.MonkeyPatch) -> None:

@@ -4,8 +4,8 @@ win the CRM deal and publish ``order.shipped``.
 The wait is an async step: nothing runs and no worker holds the execution while it waits.
 The warehouse completes it with a signed webhook to the hub's API:
 ``POST /webhooks/warehouse/executions/ship-order:<order id>/steps/await-shipment/success``
-with ``{"output": {"tracking_number": ..., "carrier": ...}}`` and the
-``X-Hub-Signature-256`` header (HMAC-SHA256 of the body with the warehouse's secret).
+with ``{"output": {"tracking_number": ..., "carrier": ...}}``, signed with the warehouse's
+secret by the Standard Webhooks specification (README, "Sending a signed webhook").
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from hub.api.keys import list_keys as list_keys
 from hub.api.keys import revoke_key as revoke_key
 from hub.api.service import HubService as HubService
 from hub.api.signatures import sign as sign
+from hub.api.signatures import signed_headers as signed_headers
 from hub.settings import ApiSettings as ApiSettings
 
 __all__ = [

@@ -34,8 +34,10 @@ operate on failures.
 **Authentication**: `Authorization: Bearer <API key>` (`hub keys create NAME --scope ...`).
 Scopes: `read` (every GET), `run` (start runs, complete steps), `operate` (retry,
 compensate, cancel). 401: no key, or a malformed, unknown or revoked one; 403: the key lacks
-the scope. `/healthz` and `/readyz` are open; webhooks are signed with a per-source secret
-(`X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>`) instead of a key.
+the scope. `/healthz` and `/readyz` are open; webhooks are signed instead, by the Standard
+Webhooks specification with a per-source secret (`webhook-id`, `webhook-timestamp`,
+`webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{raw body}">`); a stale
+timestamp or a reused id is refused.
 
 **Errors** are `{"error": code, "detail": message}`; validation errors (422) list
 `{loc, msg, type}` naming each field. Bodies over the limit get 413.

@@ -180,7 +180,11 @@ class SignalAccepted(BaseModel):
     workflow: str
     transaction_id: str
     step: str | None = None
-    signal: Literal["success", "failure", "retry", "cancel", "compensate"]
+    signal: Literal["success", "failure", "compensation_success", "compensation_failure",
+                    "retry", "cancel", "compensate"]
+    duplicate: bool = Field(
+        default=False, description="a signed delivery already accepted (the sender's retry): "
+                                   "answered as before, nothing recorded again")
 
 
 class Health(BaseModel):

@@ -7,7 +7,8 @@ FastAPI, the workflow's input model or the service refused it.
 | raised                                   | status | error               |
 |------------------------------------------|--------|---------------------|
 | missing, malformed, unknown, revoked key | 401    | unauthorized        |
-| bad or missing webhook signature         | 401    | unauthorized        |
+| bad or missing webhook signature, stale  | 401    | unauthorized        |
+|   timestamp, DuplicateDelivery (replay)  |        |                     |
 | known key without the route's scope      | 403    | forbidden           |
 | ExecutionNotFound, UnknownWorkflow       | 404    | not_found           |
 | InvalidTransition                        | 409    | conflict            |
@@ -39,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hub.api.models import ErrorBody
 from hub.api.service import InvalidArgument, Misconfigured
 from hub.errors import (
+    DuplicateDelivery,
     ExecutionNotFound,
     HubError,
     InputValidationError,
@@ -57,7 +59,8 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
           500: "internal", 503: "unavailable"}
 
 _BY_TYPE: list[tuple[type[HubError], int]] = [
-    (ExecutionNotFound, 404), (UnknownWorkflow, 404), (InvalidTransition, 409),
+    (DuplicateDelivery, 401), (ExecutionNotFound, 404), (UnknownWorkflow, 404),
+    (InvalidTransition, 409),
     (PayloadTooLarge, 413), (WorkflowFailed, 500), (Misconfigured, 500), (StoreError, 503),
 ]
 

@@ -40,10 +40,10 @@ from hub.engine.context import Container, StepContext
 from hub.engine.hub import Hub
 from hub.engine.payload import storable_text
 from hub.engine.run import FINAL_STATUSES, Run, RunStatus
-from hub.errors import ExecutionNotFound, HubError
+from hub.errors import DuplicateDelivery, ExecutionNotFound, HubError
 from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
 from hub.settings import KafkaSettings
-from hub.store.store import AuditRecord
+from hub.store.store import AuditRecord, WebhookDelivery
 
 log = structlog.get_logger("hub.api")
 
@@ -625,25 +625,58 @@ class HubService:
     async def complete_step(
         self, ref: str, step: str, *, success: bool, output: Any = None,
         error: str | None = None, workflow: str | None = None, actor: Actor | None = None,
+        compensation: bool = False, delivery: WebhookDelivery | None = None,
     ) -> SignalAccepted:
-        """Record an async step's outcome; a worker applies it. Audited, as every
-        operation: ``actor`` names who asked."""
+        """Record an async step's outcome (or, with ``compensation``, its async
+        compensation's); a worker applies it. Audited, as every operation: ``actor`` names
+        who asked. ``delivery``: the signed webhook that carried it, accepted once; the
+        sender's retry of it (same id, target and body) is answered as accepted again, with
+        ``duplicate`` and nothing recorded, any other use of its id raises
+        DuplicateDelivery."""
         check_json(output, ("body", "output"))
         check_text(error, ("body", "error"))
         run = await self._run(ref, workflow)
         check_text(step, ("path", "step"))
-        audit = self._record(actor, "complete_step" if success else "fail_step", step,
-                             {"step": step, "error": error} if not success else {"step": step})
-        if success:
-            await self.hub.set_step_success(run.id, step, output, workflow=run.workflow,
-                                            audit=audit)
+        kind: Literal["success", "failure", "compensation_success", "compensation_failure"]
+        if compensation:
+            kind = "compensation_success" if success else "compensation_failure"
         else:
+            kind = "success" if success else "failure"
+        accepted = SignalAccepted(execution_id=run.id, workflow=run.workflow,
+                                  transaction_id=run.transaction_id, step=step, signal=kind)
+        if delivery is not None:
+            seen = await self.hub.store.webhook_seen(delivery.source, delivery.id)
+            if seen is not None:
+                if (str(seen["execution_id"]), seen["step"], seen["kind"], seen["digest"]) != (
+                        run.id, step, kind, delivery.digest):
+                    raise DuplicateDelivery(
+                        f"webhook-id {delivery.id!r} was already accepted from "
+                        f"{delivery.source!r} for another request: a delivery is used once")
+                return accepted.model_copy(update={"duplicate": True})
+        action = {"success": "complete_step", "failure": "fail_step",
+                  "compensation_success": "complete_compensation",
+                  "compensation_failure": "fail_compensation"}[kind]
+        detail: dict[str, Any] = {"step": step}
+        if not success:
+            detail["error"] = error
+        if delivery is not None:
+            detail["webhook_id"] = delivery.id
+        audit = self._record(actor, action, step, detail)
+        if kind == "success":
+            await self.hub.set_step_success(run.id, step, output, workflow=run.workflow,
+                                            audit=audit, once=delivery)
+        elif kind == "failure":
             await self.hub.set_step_failure(run.id, step, error or "failed",
-                                            workflow=run.workflow, audit=audit)
+                                            workflow=run.workflow, audit=audit, once=delivery)
+        elif kind == "compensation_success":
+            await self.hub.set_compensation_success(run.id, step, workflow=run.workflow,
+                                                    audit=audit, once=delivery)
+        else:
+            await self.hub.set_compensation_failure(run.id, step, error or "failed",
+                                                    workflow=run.workflow, audit=audit,
+                                                    once=delivery)
         self._audited(audit, run.id)
-        return SignalAccepted(execution_id=run.id, workflow=run.workflow,
-                              transaction_id=run.transaction_id, step=step,
-                              signal="success" if success else "failure")
+        return accepted
 
     async def retry(self, ref: str, *, workflow: str | None = None,
                     actor: Actor | None = None) -> SignalAccepted:

@@ -10,8 +10,6 @@ the warehouse (signed shipment webhooks for confirmed orders) and prints a live 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import time
 from collections.abc import Callable
@@ -21,6 +19,7 @@ import httpx
 import typer
 from aiokafka import AIOKafkaProducer
 
+from hub.api.signatures import signed_headers
 from hub.engine.hub import Hub
 from hub.errors import ExecutionNotFound
 from hub.runtime.service import KafkaRuntime
@@ -127,20 +126,20 @@ async def _wait_run_started(hub: Hub, ref: str, timeout: float) -> Any:
 class Warehouse:
     """Ships confirmed demo orders a little later, through the API's signed webhook."""
 
-    def __init__(self, api_url: str, secret: bytes) -> None:
+    def __init__(self, api_url: str, key: bytes) -> None:
         self.api_url = api_url
-        self.secret = secret
+        self.key = key
         self.shipped: set[str] = set()
 
     async def ship(self, client: httpx.AsyncClient, order_id: str) -> bool:
         body = json.dumps({"output": {"tracking_number": f"TRK-{order_id}",
                                       "carrier": "DHL"}}).encode()
-        signature = hmac.new(self.secret, body, hashlib.sha256).hexdigest()
+        # one delivery id per shipment, the same on every retry (Standard Webhooks)
+        headers = signed_headers(self.key, f"ship-{order_id}", body)
         answer = await client.post(
             f"{self.api_url}/webhooks/warehouse/executions/ship-order:{order_id}"
             "/steps/await-shipment/success?workflow=ship-order", content=body,
-            headers={"Content-Type": "application/json",
-                     "X-Hub-Signature-256": f"sha256={signature}"})
+            headers={"Content-Type": "application/json", **headers})
         if answer.status_code == 202:
             self.shipped.add(order_id)
             return True

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a failure the command reports, 2 bad usage (typer's own
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import secrets
@@ -192,8 +193,10 @@ def dev(
                                f"{key_file}:\n  curl -H 'Authorization: Bearer {token}' "
                                f"{api}/workflow")
                     typer.echo(f"Kafka at {runtime.bootstrap}; Ctrl-C stops everything")
+                    keys = api_settings.secrets().get("warehouse")  # none: nobody ships
                     demo = asyncio.create_task(trickle(
-                        hub, runtime, demo_events, warehouse=Warehouse(api, secret.encode())))
+                        hub, runtime, demo_events,
+                        warehouse=Warehouse(api, keys[0]) if keys else None))
                     await until_signalled()
                     demo.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -217,7 +220,7 @@ def _dev_secret(data_dir: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_hex(16)
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     path.write_text(secret + "\n")
     path.chmod(0o600)
     return secret

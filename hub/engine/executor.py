@@ -238,6 +238,7 @@ class Executor:
                 if time.monotonic() - last_purge > 300:
                     last_purge = time.monotonic()
                     await self.store.purge_finished()
+                    await self.store.purge_webhook_ids()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -791,20 +792,19 @@ class Executor:
             return
         node = ex.graph.steps[step_id]
         state = ex.state(step_id)
-        if kind == "success":
-            if state == StepState.WAITING:
-                ex.complete(step_id, payload, payload)
-            elif state == StepState.WAITING_TO_COMPENSATE:
-                ex.set_step(step_id, "compensate_step_success", state=StepState.REVERTED,
-                            compensated_at=now)
-        elif kind == "failure":
+        if kind == "success" and state == StepState.WAITING:
+            ex.complete(step_id, payload, payload)
+        elif kind == "compensation_success" and state == StepState.WAITING_TO_COMPENSATE:
+            ex.set_step(step_id, "compensate_step_success", state=StepState.REVERTED,
+                        compensated_at=now)
+        elif kind in ("failure", "compensation_failure"):
             error = {"step": step_id, "message": (payload or {}).get("message", "failed"),
                      "type": "AsyncStepFailure", "attempt": ex.step(step_id).get("attempts")}
-            if state == StepState.WAITING:
+            if kind == "failure" and state == StepState.WAITING:
                 ex.set_step(step_id, "step_failure", state=StepState.PERMANENT_FAILURE,
                             error=error, finished_at=now, due=None)
                 self._on_permanent(ex, node, error)
-            elif state == StepState.WAITING_TO_COMPENSATE:
+            elif kind == "compensation_failure" and state == StepState.WAITING_TO_COMPENSATE:
                 ex.set_step(step_id, "compensate_step_failure", state=StepState.FAILED,
                             comp_error=error | {"compensation": True})
                 ex.error = ex.new_error = (ex.error or {}) | {"compensation_error": error}

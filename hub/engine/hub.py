@@ -31,6 +31,7 @@ from hub.engine.payload import Unserializable, encode, to_json
 from hub.engine.registry import REGISTRY, Registry, WorkflowSpec
 from hub.engine.run import FINAL_STATUSES, Run, RunStatus
 from hub.errors import (
+    DuplicateDelivery,
     ExecutionNotFound,
     HubError,
     InputValidationError,
@@ -40,7 +41,7 @@ from hub.errors import (
 from hub.settings import HubSettings
 from hub.store.embedded import EmbeddedPostgres
 from hub.store.listener import Listener
-from hub.store.store import AuditRecord, StartRow, Store, is_data_error
+from hub.store.store import AuditRecord, StartRow, Store, WebhookDelivery, is_data_error
 
 log = structlog.get_logger("hub")
 
@@ -538,7 +539,8 @@ class Hub:
     # -- acting on executions ------------------------------------------------------------
     async def _signal(self, ref: str, workflow: str | None, step: str | None, kind: str,
                       payload: Any, allowed: tuple[str, ...] | None,
-                      audit: AuditRecord | None = None) -> Run:
+                      audit: AuditRecord | None = None,
+                      once: WebhookDelivery | None = None) -> Run:
         row = await self._resolve_row(ref, workflow)
         run = self._run_from_row(row)
         if step is not None:
@@ -552,7 +554,7 @@ class Hub:
             if allowed is not None and state not in allowed:
                 raise InvalidTransition(
                     f"step {step!r} of execution {run.id} is {state}; {kind} needs it to be "
-                    f"one of {', '.join(allowed)}"
+                    f"{' or '.join(allowed)}"
                 )
         elif run.finished:
             raise InvalidTransition(f"execution {run.id} already ended {run.status}")
@@ -560,26 +562,48 @@ class Hub:
         if payload is not None:
             payload_text = encode(to_json(payload, f"{kind} payload"), f"{kind} payload",
                                   self.settings.max_payload_bytes)
-        await self.store.add_signal(uuid.UUID(run.id), step, kind, payload_text, audit)
+        if not await self.store.add_signal(uuid.UUID(run.id), step, kind, payload_text, audit,
+                                           once):
+            raise DuplicateDelivery(f"webhook-id {once.id if once else ''!r} was already "
+                                    "accepted from this source")
         await self.store.notify(json.dumps({"id": run.id, "sig": True}))
         return run
 
     async def set_step_success(self, transaction_id: str, step: str, output: Any = None, *,
-                               workflow: str | None = None,
-                               audit: AuditRecord | None = None) -> None:
-        """Complete an async step (or its async compensation) from any process.
+                               workflow: str | None = None, audit: AuditRecord | None = None,
+                               once: WebhookDelivery | None = None) -> None:
+        """Complete an async step that is waiting, from any process.
 
         ``audit`` (here and in the other operations): the operator action to record with
-        the signal, in its transaction."""
+        the signal, in its transaction; ``once``: the signed delivery that carried it, whose
+        id is recorded with it (a second use raises DuplicateDelivery)."""
         await self._signal(transaction_id, workflow, step, "success", to_json(output, "output"),
-                           ("waiting", "waiting_to_compensate"), audit)
+                           ("waiting",), audit, once)
 
     async def set_step_failure(self, transaction_id: str, step: str, error: str = "failed", *,
-                               workflow: str | None = None,
-                               audit: AuditRecord | None = None) -> None:
+                               workflow: str | None = None, audit: AuditRecord | None = None,
+                               once: WebhookDelivery | None = None) -> None:
         """Fail an async step: the workflow compensates (or follows the step's options)."""
         await self._signal(transaction_id, workflow, step, "failure", {"message": error},
-                           ("waiting", "waiting_to_compensate"), audit)
+                           ("waiting",), audit, once)
+
+    async def set_compensation_success(
+        self, ref: str, step: str, *, workflow: str | None = None,
+        audit: AuditRecord | None = None, once: WebhookDelivery | None = None,
+    ) -> None:
+        """Complete a step's async compensation (the refund went through). Its own operation:
+        a forward outcome never settles a compensation."""
+        await self._signal(ref, workflow, step, "compensation_success", None,
+                           ("waiting_to_compensate",), audit, once)
+
+    async def set_compensation_failure(
+        self, ref: str, step: str, error: str = "failed", *, workflow: str | None = None,
+        audit: AuditRecord | None = None, once: WebhookDelivery | None = None,
+    ) -> None:
+        """Fail a step's async compensation: the execution ends ``compensation_failed``,
+        for a human to repair and retry."""
+        await self._signal(ref, workflow, step, "compensation_failure", {"message": error},
+                           ("waiting_to_compensate",), audit, once)
 
     async def cancel(self, transaction_id: str, *, workflow: str | None = None,
                      reason: str = "cancelled", wait: bool = True,
@@ -639,7 +663,10 @@ class Hub:
             n = await self.store.purge_finished(grace_seconds)
             total += n
             if n < 1000:
-                return total
+                break
+        while await self.store.purge_webhook_ids() == 1000:
+            pass
+        return total
 
     async def run_until_idle(self, timeout: float = 30.0) -> None:
         """Wait until this hub's executor holds nothing (tests and scripts)."""

@@ -147,19 +147,36 @@ UPDATE {s}.execution SET archived = true
 WHERE workflow = $1 AND transaction_id = $2 AND NOT archived AND finished_at IS NOT NULL"""
 
 ADD_SIGNAL = """-- 1 round trip: record the outside outcome, and the operator action behind it when
--- one is given ($8 not null; one statement, so both commit or neither); wake the execution
--- unless a worker holds it (the holder hears the notification instead)
-WITH sig AS (
+-- one is given ($8 not null), and the webhook delivery's id when it came signed ($11 not null):
+-- one statement, so all commit or none. An id already recorded for its source records nothing
+-- (a replay), and the caller is told (fresh = false). Wake the execution unless a worker holds
+-- it (the holder hears the notification instead)
+WITH wid AS (
+    INSERT INTO {s}.webhook_id (source, id, execution_id, step, kind, digest, expires_at)
+    SELECT $11, $12, $1, $2, $3, $14, now() + make_interval(secs => $13)
+    WHERE $11::text IS NOT NULL
+    ON CONFLICT DO NOTHING RETURNING 1
+), ok AS (
+    SELECT $11::text IS NULL OR EXISTS (SELECT 1 FROM wid) AS fresh
+), sig AS (
     INSERT INTO {s}.signal (execution_id, step, kind, payload)
-    VALUES ($1, $2, $3, $4::jsonb) RETURNING id
+    SELECT $1, $2, $3, $4::jsonb FROM ok WHERE ok.fresh RETURNING id
 ), aud AS (
     INSERT INTO {s}.audit (actor_id, actor_name, via, action, execution_id, target, detail)
-    SELECT $5, $6, $7, $8, $1, $9, $10::jsonb WHERE $8::text IS NOT NULL
+    SELECT $5, $6, $7, $8, $1, $9, $10::jsonb FROM ok WHERE ok.fresh AND $8::text IS NOT NULL
+), due AS (
+    UPDATE {s}.execution
+    SET due_at = now(), parked = CASE WHEN $3 = 'resume' THEN NULL ELSE parked END
+    WHERE id = $1 AND lease_owner IS NULL AND EXISTS (SELECT 1 FROM sig)
 )
-UPDATE {s}.execution
-SET due_at = now(), parked = CASE WHEN $3 = 'resume' THEN NULL ELSE parked END
-WHERE id = $1 AND lease_owner IS NULL
-RETURNING id"""
+SELECT fresh FROM ok"""
+
+WEBHOOK_SEEN = """SELECT execution_id, step, kind, digest FROM {s}.webhook_id
+WHERE source = $1 AND id = $2"""
+
+PURGE_WEBHOOK_IDS = """-- bounded: a long outage's backlog of ids is purged a batch at a time
+DELETE FROM {s}.webhook_id WHERE (source, id) IN (
+    SELECT source, id FROM {s}.webhook_id WHERE expires_at < now() LIMIT $1)"""
 
 READ_SIGNALS = """SELECT id, step, kind, payload FROM {s}.signal WHERE execution_id = $1 ORDER BY id"""
 

@@ -84,6 +84,17 @@ class AuditRecord:
     detail: str = "{}"
 
 
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """A signed delivery's id, recorded with its signal so it is accepted once: who sent it
+    (``source``), its ``webhook-id``, the SHA-256 of its body, and how long to keep the id."""
+
+    source: str
+    id: str
+    digest: str
+    keep_s: float
+
+
 @dataclass(frozen=True, slots=True)
 class StartRow:
     id: uuid.UUID
@@ -326,15 +337,27 @@ class Store:
 
     async def add_signal(
         self, execution_id: uuid.UUID, step: str | None, kind: str, payload: str | None,
-        audit: AuditRecord | None = None,
+        audit: AuditRecord | None = None, once: WebhookDelivery | None = None,
     ) -> bool:
         """Record an outside outcome, and the operator action behind it if ``audit`` (in one
-        transaction); True if the execution was unowned and is now due."""
+        transaction). With ``once`` the signed delivery's id is recorded with it, and False
+        says that id was used before: nothing was recorded."""
         who = (None,) * 6 if audit is None else (
             audit.actor_id, audit.actor_name, audit.via, audit.action, audit.target,
             audit.detail)
-        recs = await self._fetch(q.ADD_SIGNAL, execution_id, step, kind, payload, *who)
-        return bool(recs)
+        seen = (None,) * 4 if once is None else (once.source, once.id, once.keep_s,
+                                                 once.digest)
+        recs = await self._fetch(q.ADD_SIGNAL, execution_id, step, kind, payload, *who, *seen)
+        return bool(recs[0]["fresh"])
+
+    async def webhook_seen(self, source: str, delivery: str) -> Row | None:
+        """What an accepted delivery id did (execution_id, step, kind, digest), if any."""
+        recs = await self._fetch(q.WEBHOOK_SEEN, source, delivery)
+        return dict(recs[0]) if recs else None
+
+    async def purge_webhook_ids(self, limit: int = 1000) -> int:
+        status = await self._execute(q.PURGE_WEBHOOK_IDS, limit)
+        return int(status.split()[-1])
 
     async def read_signals(self, execution_id: uuid.UUID) -> list[Row]:
         return [_decode_row(r) for r in await self._fetch(q.READ_SIGNALS, execution_id)]

@@ -123,6 +123,33 @@ async def step_failure(
         actor=Actor.of_key(key, "api")))
 
 
+@router.post("/executions/{id}/steps/{step}/compensation/success",
+             response_model=SignalAccepted, status_code=202, responses=_SIGNAL,
+             summary="Complete an async compensation")
+async def compensation_success(
+    execution: ExecutionRef, step: StepId, response: Response, service: ServiceDep,
+    key: RunKey, workflow: WorkflowFilter = None,
+) -> SignalAccepted:
+    """The step's compensation (a refund, a release) went through: the step is reverted.
+    Its own operation: a step's forward outcome never settles its compensation."""
+    return _accepted(response, await service.complete_step(
+        execution, step, success=True, workflow=workflow, compensation=True,
+        actor=Actor.of_key(key, "api")))
+
+
+@router.post("/executions/{id}/steps/{step}/compensation/failure",
+             response_model=SignalAccepted, status_code=202, responses=_SIGNAL,
+             summary="Fail an async compensation")
+async def compensation_failure(
+    execution: ExecutionRef, step: StepId, body: StepFailureBody, response: Response,
+    service: ServiceDep, key: RunKey, workflow: WorkflowFilter = None,
+) -> SignalAccepted:
+    """The compensation failed: the execution ends compensation_failed, for a human."""
+    return _accepted(response, await service.complete_step(
+        execution, step, success=False, error=body.error, workflow=workflow,
+        compensation=True, actor=Actor.of_key(key, "api")))
+
+
 @router.post("/executions/{id}/retry", response_model=SignalAccepted, status_code=202,
              responses=_SIGNAL, summary="Retry where the execution stopped")
 async def retry(execution: ExecutionRef, response: Response, service: ServiceDep,

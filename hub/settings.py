@@ -73,6 +73,10 @@ class HubSettings(BaseSettings):
         default=7.0, gt=0,
         description="days executions that ended well are kept; compensation_failed and parked "
                     "ones stay until repaired")
+    dedupe_window_s: float = Field(
+        default=86400.0, gt=0,
+        description="a store=False workflow's succeeded execution is kept this long, without "
+                    "its input, steps or result, so its transaction id still dedupes")
     scheduler: bool = Field(default=True, description="workers fire scheduled jobs")
     metrics_port: int | None = Field(
         default=None, description="`hub worker` serves Prometheus metrics on this port")

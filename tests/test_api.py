@@ -297,11 +297,26 @@ async def test_the_idempotency_key_finds_the_same_execution(api: Api) -> None:
     again = await start(api, "hello-world", {"name": "Cy"}, key="order-42")
     late = await start(api, "hello-world", {"name": "Di"}, wait=False, key="order-42")
     assert first.json()["id"] == again.json()["id"] == late.json()["id"]
-    assert first.json()["transaction_id"] == "order-42"
+    assert first.json()["transaction_id"].endswith(":order-42")
     assert late.json()["input"] == {"name": "Cy"}, "the first request's input wins"
     page = await api.client.get("/executions", params={"workflow": "hello-world"},
                                 headers=api.auth("read"))
     assert len(page.json()["items"]) == 1
+
+
+async def test_idempotency_keys_live_in_the_callers_namespace(api: Api) -> None:
+    # a caller holding `run` cannot take the transaction id a future order.placed event
+    # will start fulfil-order with, nor find or collide with another key's runs
+    mine = await start(api, "hello-world", {"name": "Eve"}, key="order.placed:o-77")
+    assert mine.json()["transaction_id"] != "order.placed:o-77"
+    event_start = await api.hub.start("hello-world", {"name": "Shop"},
+                                      transaction_id="order.placed:o-77", wait=True)
+    assert event_start.id != mine.json()["id"] and event_start.input == {"name": "Shop"}
+    headers = api.auth("all") | {"Idempotency-Key": "order.placed:o-77"}
+    other = await api.client.post("/workflows/hello-world/runs", params={"wait": True},
+                                  json={"input": {"name": "Other"}}, headers=headers)
+    assert other.json()["id"] not in (mine.json()["id"], event_start.id)
+    assert other.json()["input"] == {"name": "Other"}
 
 
 async def test_a_failed_run_with_wait_is_200_and_its_status_tells(api: Api) -> None:
@@ -330,17 +345,17 @@ async def _signed(api: Api, path: str, payload: dict[str, Any], secret: bytes = 
 async def test_a_signed_webhook_completes_an_async_step(api: Api) -> None:
     r = await start(api, "tw-approval", {"id": "w1"}, key="approval:w1")
     assert r.json()["status"] == "waiting"
-    path = "/webhooks/warehouse/executions/approval:w1/steps/ask-approval/success"
+    path = f"/webhooks/warehouse/executions/{r.json()['id']}/steps/ask-approval/success"
     hook = await _signed(api, path, {"output": {"by": "alice"}})
     assert hook.status_code == 202, hook.text
     assert hook.json()["signal"] == "success"
-    done = await until(lambda: status_of(api, "approval:w1", "succeeded"))
+    done = await until(lambda: status_of(api, r.json()["id"], "succeeded"))
     assert done["result"] == {"approved_by": "alice"}
 
 
 async def test_a_webhook_with_a_bad_signature_is_401(api: Api) -> None:
     r = await start(api, "tw-approval", {"id": "w2"}, key="approval:w2")
-    path = "/webhooks/warehouse/executions/approval:w2/steps/ask-approval/success"
+    path = f"/webhooks/warehouse/executions/{r.json()['id']}/steps/ask-approval/success"
     body = json.dumps({"output": {"by": "mallory"}}).encode()
     tampered = body.replace(b"mallory", b"alice")
     good = signed_headers(SECRET, "msg_w2", body)
@@ -370,8 +385,8 @@ async def test_a_webhook_with_a_bad_signature_is_401(api: Api) -> None:
 
 
 async def test_a_signed_webhook_with_an_invalid_body_is_422(api: Api) -> None:
-    await start(api, "tw-approval", {"id": "w3"}, key="approval:w3")
-    path = "/webhooks/warehouse/executions/approval:w3/steps/ask-approval/failure"
+    r = await start(api, "tw-approval", {"id": "w3"}, key="approval:w3")
+    path = f"/webhooks/warehouse/executions/{r.json()['id']}/steps/ask-approval/failure"
     r = await _signed(api, path, {"eror": "typo"})
     assert r.status_code == 422
     assert ["body", "error"] in [e["loc"] for e in r.json()["detail"]]
@@ -425,7 +440,8 @@ async def test_execution_detail_shows_trigger_steps_and_published_events(api: Ap
     r = await start(api, "api-emitter", {"sku": "E1"}, key="emit:E1",
                     trigger={"request_id": "req-7"})
     assert r.json()["status"] == "succeeded"
-    d = (await api.client.get("/executions/emit:E1", headers=api.auth("read"))).json()
+    tx = r.json()["transaction_id"]
+    d = (await api.client.get(f"/executions/{tx}", headers=api.auth("read"))).json()
     assert d["trigger"]["kind"] == "api"
     assert d["trigger"]["route"] == "POST /workflows/{name}/runs"
     assert d["trigger"]["api_key"]["name"] == "test-run"

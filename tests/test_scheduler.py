@@ -374,6 +374,35 @@ async def test_crash_after_start_before_marking_starts_nothing_twice(hub: Hub) -
     assert str(row["execution_id"]) == run.id
 
 
+async def test_a_slow_claimer_racing_the_recovery_still_fires_once(
+        hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claimer was slow, not dead: recovery looked for its run before it existed, and the
+    claimer's run (non-idempotent, and finished by now) lands before recovery starts its own.
+    The tick's start is keyed by the tick (``once``): recovery finds it, runs nothing."""
+    reg = ScheduleRegistry()
+    job = scheduled("0 * * * *", name="slowpoke", workflow="sched-echo-again", registry=reg,
+                    input={"k": 3})
+    clock = FakeClock(at("2025-01-06T10:00:30"))
+    sched = Scheduler(hub, reg, clock=clock, recover_after=0.0)
+    await sched.sync()
+    tick = at("2025-01-06T11:00:00")
+    clock.set(tick)
+    await hub.store.schedule_claim(
+        [("slowpoke", tick, at("2025-01-06T12:00:00"), tick)], [("slowpoke", tick)], 0.0)
+    real_find = hub.store.find_started
+
+    async def look_then_the_claimer_starts(keys: Any) -> list[Any]:
+        monkeypatch.setattr(hub.store, "find_started", real_find)
+        found = await real_find(keys)  # nothing yet ...
+        await hub.start("sched-echo-again", {"k": 3}, transaction_id=job.transaction_id(tick),
+                        trigger=job.trigger(tick), once=True)  # ... then the claimer's lands
+        return found
+
+    monkeypatch.setattr(hub.store, "find_started", look_then_the_claimer_starts)
+    assert len(await sched.run_once()) == 1
+    assert await executions(hub, "slowpoke") == Counter({job.transaction_id(tick): 1})
+
+
 async def test_failed_start_is_retried_then_given_up_visibly(hub: Hub) -> None:
     reg = ScheduleRegistry()
     failures = {"flaky": 1, "broken": 99}

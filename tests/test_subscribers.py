@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from hub import Hub, SubscriberContext, subscriber
+from hub import (
+    Hub,
+    SubscriberContext,
+    WorkflowResponse,
+    create_step,
+    create_workflow,
+    subscriber,
+)
 from hub.runtime import constants as h
 from hub.runtime.service import KafkaRuntime
 from hub.runtime.subscriber import SubscriberRegistry
@@ -206,3 +213,47 @@ async def test_failed_workflow_does_not_dead_letter_the_event(
         return bool(runs) and runs[0]["status"] == "compensated"
 
     await until(compensated)
+
+
+@create_workflow("sub-unkeyed-again", idempotent=False)
+def sub_unkeyed_again(inp: OrderPlaced) -> WorkflowResponse:
+    return WorkflowResponse(create_step("sub-note", lambda o, c: o["id"])(inp))
+
+
+async def test_a_start_without_a_transaction_id_is_keyed_by_its_record(
+        hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    # the handler forgot transaction_id: a redelivered record (an at-least-once broker, a
+    # rebalance, a replay of the offsets) must still not start a second execution, even of
+    # an idempotent=False workflow run with wait=True
+    reg = SubscriberRegistry()
+
+    @subscriber(f"{prefix}.order.placed", registry=reg, name="forgetful")
+    async def forgetful(event: OrderPlaced, ctx: SubscriberContext) -> None:
+        await record_order(ctx.hub).run(input=event, wait=False)
+        await record_order(ctx.hub).run(input=event, wait=False)  # a second, on purpose
+        await sub_unkeyed_again(ctx.hub).run(input=event, wait=True)
+
+    settings = KafkaSettings(bootstrap=kafka_bootstrap, group=f"{prefix}-unkeyed")
+    topic = f"{prefix}.order.placed"
+    same = json.dumps(order(5)).encode()
+    await produce(kafka_bootstrap, topic, [("o5", same, [(h.EVENT_ID, b"evt-5")])] * 3)
+    await produce(kafka_bootstrap, topic, [("o6", json.dumps(order(6)).encode(), [])])
+    rt = KafkaRuntime(hub, settings, subscribers=reg, topics=topics_for(tmp_path, prefix))
+    await rt.start()
+    try:
+        async def consumed() -> bool:
+            return rt.consumer is not None and rt.consumer.stats["handled"] >= 4
+
+        await until(consumed)
+    finally:
+        await rt.stop()
+    runs = await hub.store.list_executions(workflow="record-order", limit=10)
+    assert sorted(r["transaction_id"] for r in runs) == [
+        "forgetful:event:evt-5", "forgetful:event:evt-5#2",
+        "forgetful:event:o6", "forgetful:event:o6#2"]
+    again = await hub.store.list_executions(workflow="sub-unkeyed-again", limit=10)
+    assert sorted(r["transaction_id"] for r in again) == [
+        "forgetful:event:evt-5", "forgetful:event:o6"]
+    archived = await hub.store.pool.fetchval(
+        f"SELECT count(*) FROM {hub.store.schema}.execution WHERE archived")
+    assert archived == 0, "a redelivery never re-ran the finished non-idempotent run"

@@ -536,26 +536,32 @@ class HubService:
         workflow: str,
         input: Any,
         *,
-        transaction_id: str | None,
+        idempotency_key: str | None,
+        namespace: str,
         trigger: dict[str, Any],
         caller: dict[str, Any] | None = None,
         wait: bool,
         timeout: float | None = None,
     ) -> Outcome:
-        """Start (or find, for a known transaction id) a run.
+        """Start (or find, for a known idempotency key) a run.
 
-        ``trigger`` is the lineage the front end records (``kind`` and who asked); the
-        caller's own lineage, if any, is kept under ``trigger.caller`` where it cannot pass
-        for the hub's. Without a transaction id one is made up (``api:<uuid>``) so a wait
-        that times out can still find the run it started. With ``wait``, a run that ended
-        without success is returned like any other (its status tells), never raised.
+        ``idempotency_key`` is the caller's, kept in the caller's ``namespace`` (its API
+        key's id): the transaction id is ``api:<namespace>:<key>``, so a caller can neither
+        find another's runs nor pre-empt a transaction id the hub derives elsewhere (an
+        event's, a tick's). ``trigger`` is the lineage the front end records (``kind`` and
+        who asked); the caller's own lineage, if any, is kept under ``trigger.caller`` where
+        it cannot pass for the hub's. Without a key a transaction id is made up
+        (``api:<uuid>``) so a wait that times out can still find the run it started. With
+        ``wait``, a run that ended without success is returned like any other (its status
+        tells), never raised.
         """
         check_json(input, ("body", "input"))
         check_json(caller, ("body", "trigger"))
-        check_text(transaction_id, ("header", "Idempotency-Key"))
+        check_text(idempotency_key, ("header", "Idempotency-Key"))
         if caller is not None:
             trigger = {**trigger, "caller": caller}
-        tx = transaction_id or f"api:{uuid.uuid4()}"
+        tx = (f"api:{namespace}:{idempotency_key}" if idempotency_key
+              else f"api:{uuid.uuid4()}")
         self.hub.registry.get(workflow)  # UnknownWorkflow before anything else
         try:
             run = await self.hub.start(workflow, input, transaction_id=tx, wait=wait,

@@ -891,4 +891,6 @@ class Executor:
                  status=ex.status)
         self._on_settled(ex.snapshot(), True)
         if not ex.spec.store and ex.status == RunStatus.SUCCEEDED:
-            await self.store.delete_finished(ex.id)
+            # its details go; its row stays for the dedupe window, so a redelivered event or
+            # a retried request with the same transaction id finds it instead of running again
+            await self.store.forget_finished(ex.id, self.settings.dedupe_window_s)

@@ -74,6 +74,16 @@ class StartScope:
     trigger: dict[str, Any]
     replay_id: str | None = None
     rows: list[StartRow] = field(default_factory=list)
+    key: str | None = None  # the triggering record's, for starts that give no transaction id
+    keyed: dict[str, int] = field(default_factory=dict)  # starts per workflow under ``key``
+
+    def derived_transaction_id(self, workflow: str) -> str | None:
+        """The same id for the same record, every time it is delivered: the n-th start of a
+        workflow by one handler call is ``key``, then ``key#2``, ``key#3``..."""
+        if self.key is None:
+            return None
+        n = self.keyed[workflow] = self.keyed.get(workflow, 0) + 1
+        return self.key if n == 1 else f"{self.key}#{n}"
 
 
 _SCOPE: contextvars.ContextVar[StartScope | None] = contextvars.ContextVar(
@@ -241,18 +251,26 @@ class Hub:
         raise_on_error: bool = True,
         trigger: dict[str, Any] | None = None,
         timeout: float | None = None,
+        once: bool = False,
     ) -> Run:
         """Start ``workflow`` (or find the execution already started for ``transaction_id``).
 
         Input is validated before anything is stored. ``wait=True`` returns when the run
         finishes or waits on the outside (an async step); ``raise_on_error`` raises
-        ``WorkflowFailed`` for a run that ended without success.
+        ``WorkflowFailed`` for a run that ended without success. ``once``: the transaction
+        id names one start for ever (a scheduled tick, a record), so a finished execution
+        is found, not started again, even for an ``idempotent=False`` workflow. A start by
+        a subscriber that gives no transaction id gets one derived from its record, with
+        ``once``: a redelivered record never starts a second execution.
         """
         spec = self.registry.get(workflow)
         input_json, input_text = self._validate_input(spec, input)
         scope = _SCOPE.get()
         if scope is not None:
             trigger = {**scope.trigger, **(trigger or {})}
+            if transaction_id is None:
+                transaction_id = scope.derived_transaction_id(spec.name)
+                once = once or transaction_id is not None
         trigger_text = None if trigger is None else encode(
             to_json(trigger, "trigger"), "trigger", self.settings.max_payload_bytes)
         exec_id = new_execution_id()
@@ -288,7 +306,8 @@ class Hub:
         if not created:
             self._drop_waiter(str(exec_id), fut)
             existing = await self.store.find_started([(spec.name, tx)])
-            if existing and not spec.idempotent and existing[0]["finished_at"] is not None:
+            if (existing and not spec.idempotent and not once
+                    and existing[0]["finished_at"] is not None):
                 await self.store.archive_finished(spec.name, tx)
                 return await self.start(workflow, input, transaction_id=tx, wait=wait,
                                         raise_on_error=raise_on_error, trigger=trigger,
@@ -315,11 +334,13 @@ class Hub:
 
     @contextlib.contextmanager
     def start_scope(
-        self, trigger: dict[str, Any], *, replay_id: str | None = None
+        self, trigger: dict[str, Any], *, replay_id: str | None = None,
+        key: str | None = None,
     ) -> Iterator[StartScope]:
         """Collect the ``wait=False`` starts made inside (by a subscriber handler) instead of
-        writing each one; :meth:`flush_starts` then makes a whole batch durable at once."""
-        scope = StartScope(trigger=trigger, replay_id=replay_id)
+        writing each one; :meth:`flush_starts` then makes a whole batch durable at once.
+        ``key``: the transaction id of starts that give none (derived from the record)."""
+        scope = StartScope(trigger=trigger, replay_id=replay_id, key=key)
         token = _SCOPE.set(scope)
         try:
             yield scope

@@ -221,7 +221,8 @@ class Handling:
                 event_id=decoded.event_id, attempt=attempt, replay=self.replaying,
             )
             try:
-                with self.hub.start_scope(ctx.trigger, replay_id=self.replay_id) as scope, \
+                with self.hub.start_scope(ctx.trigger, replay_id=self.replay_id,
+                                          key=ctx.start_key) as scope, \
                         structlog.contextvars.bound_contextvars(
                             topic=record.topic, partition=record.partition,
                             offset=record.offset, subscriber=sub.name):

@@ -624,7 +624,7 @@ class Scheduler:
             try:
                 run = await self.hub.start(
                     job.workflow, await job.input_for(tick), transaction_id=tx, wait=False,
-                    raise_on_error=False, trigger=job.trigger(tick),
+                    raise_on_error=False, trigger=job.trigger(tick), once=True,
                 )
             except asyncio.CancelledError:
                 raise

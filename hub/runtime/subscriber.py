@@ -8,6 +8,7 @@ is never a guess.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,17 @@ class SubscriberContext:
     event_id: str | None = None
     attempt: int = 1
     replay: bool = False
+
+    @property
+    def start_key(self) -> str:
+        """The transaction id of a start that gives none: the same on every delivery of this
+        record (its event id, else its position), so a redelivery finds the first start."""
+        if self.event_id and len(self.event_id) <= 200 and self.event_id.isprintable():
+            return f"{self.subscriber}:event:{self.event_id}"
+        if self.event_id:  # long or odd ids: their digest, stable and storable
+            digest = hashlib.sha256(self.event_id.encode(errors="surrogatepass")).hexdigest()
+            return f"{self.subscriber}:event-sha256:{digest}"
+        return f"{self.subscriber}:{self.topic}:{self.partition}:{self.offset}"
 
     @property
     def trigger(self) -> dict[str, Any]:

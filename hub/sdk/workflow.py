@@ -182,6 +182,7 @@ class WorkflowRunner:
         raise_on_error: bool = True,
         trigger: dict[str, Any] | None = None,
         timeout: float | None = None,
+        once: bool = False,
     ) -> Run:
         """Start (or find, for a known ``transaction_id``) an execution; see ``Hub.start``."""
         return await self.hub.start(
@@ -192,6 +193,7 @@ class WorkflowRunner:
             raise_on_error=raise_on_error,
             trigger=trigger,
             timeout=timeout,
+            once=once,
         )
 
 

@@ -197,8 +197,10 @@ WHERE id IN (SELECT id FROM {s}.execution
                AND status IN ('succeeded', 'compensated', 'cancelled') AND parked IS NULL
              LIMIT $2)"""
 
-DELETE_EXECUTION = """DELETE FROM {s}.execution WHERE id = $1 AND finished_at IS NOT NULL
-  AND status IN ('succeeded', 'compensated', 'cancelled') AND parked IS NULL"""
+FORGET_EXECUTION = """-- a store=False run: only what dedupes its transaction id stays, until purged
+UPDATE {s}.execution SET input = NULL, steps = '{}'::jsonb, result = NULL,
+       retain_until = now() + make_interval(secs => $2)
+WHERE id = $1 AND status = 'succeeded' AND finished_at IS NOT NULL"""
 
 LIST_EXECUTIONS = """SELECT * FROM {s}.execution
 WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)

@@ -369,8 +369,8 @@ class Store:
         status = await self._execute(q.PURGE_FINISHED, grace_s, limit)
         return int(status.split()[-1])
 
-    async def delete_finished(self, execution_id: uuid.UUID) -> None:
-        await self._execute(q.DELETE_EXECUTION, execution_id)
+    async def forget_finished(self, execution_id: uuid.UUID, keep_s: float) -> None:
+        await self._execute(q.FORGET_EXECUTION, execution_id, keep_s)
 
     async def notify(self, payload: str) -> None:
         await self._execute(q.NOTIFY, self.channel, payload)

@@ -4,8 +4,11 @@
 it) or, with ``?wait=true``, 200 once the run finished or waits on the outside (an async
 step). A run that failed is still a 200: its ``status`` says ``compensated``, ``cancelled``
 or ``compensation_failed``. A wait that outlasts ``timeout`` answers 202 with the run as it
-is. ``Idempotency-Key`` becomes the transaction id: the same key finds the same execution
-(the first request's input wins); without one the hub makes up ``api:<uuid>``.
+is. ``Idempotency-Key`` names the run within the caller's API key: the transaction id is
+``api:<key id>:<Idempotency-Key>``, so the same key finds the same execution (the first
+request's input wins), and no caller can take the transaction id of a run some event or
+another caller will start (``order.placed:<id>``). Without one the hub makes up
+``api:<uuid>``.
 """
 
 from __future__ import annotations
@@ -69,11 +72,13 @@ async def start_run(
         description="seconds to wait (capped by HUB_API_MAX_WAIT_SECONDS)")] = None,
     idempotency_key: Annotated[str | None, Header(
         alias="Idempotency-Key", min_length=1, max_length=255,
-        description="becomes the transaction id: a repeat finds the same execution")] = None,
+        description="a repeat with the same API key finds the same execution "
+                    "(transaction id api:<key id>:<this>)")] = None,
 ) -> RunOut:
     body = body or StartRunBody()
     trigger = api_trigger(request, key, idempotency_key=idempotency_key)
-    outcome = await service.start(name, body.input, transaction_id=idempotency_key,
+    outcome = await service.start(name, body.input, idempotency_key=idempotency_key,
+                                  namespace=key.id,
                                   trigger=trigger, caller=body.trigger, wait=wait,
                                   timeout=timeout)
     response.status_code = 200 if outcome.settled else 202

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import textwrap
+import uuid
+from datetime import UTC, datetime
 
 import pytest
 
 from hub import Hub, InvalidTransition
+from hub.store.store import CheckpointRow
 from tests.conftest import worker_env
 from tests.workflows.async_flows import tw_approval, tw_approval_deadline
 
@@ -71,3 +75,48 @@ async def test_completing_a_step_that_is_not_waiting_is_refused(hub: Hub) -> Non
     await hub.wait(run.id, timeout=10)
     with pytest.raises(InvalidTransition, match="is done"):
         await hub.set_step_success("approval:a5", "ask-approval", {"by": "again"})
+
+
+async def test_a_signal_committed_while_the_holder_releases_is_never_lost(hub: Hub) -> None:
+    """The holder decided to let go (it read no signal) while an outcome committed: the
+    signal saw a held lease, so it made nothing due and only notified the holder, which was
+    already leaving. The release must still leave the execution due, or the step waits for
+    an outcome it already has, for ever."""
+    run = await tw_approval(hub).run(input={"id": "a6"}, transaction_id="approval:a6")
+    assert run.status == "waiting"
+    execution_id = uuid.UUID(run.id)
+    schema = hub.store.schema
+    epoch = await hub.store.pool.fetchval(  # a worker holds it again (as after a claim)
+        f"UPDATE {schema}.execution SET lease_owner = 'w-elsewhere', epoch = epoch + 1, "
+        "lease_until = now() + interval '60 s' WHERE id = $1 RETURNING epoch", execution_id)
+    assert await hub.store.add_signal(execution_id, "ask-approval", "success",
+                                      json.dumps({"by": "alice"}), None, None)
+    row = await hub.store.get(execution_id)
+    assert row is not None and (row["due_at"] is None or row["due_at"] > datetime.now(UTC))
+    # ... and that worker, which read its signals before this one committed, releases
+    written = await hub.store.checkpoint_batch([CheckpointRow(
+        id=execution_id, epoch=epoch, status="waiting", phase="forward", steps="{}",
+        result=None, error=None, hold=False, due_s=None, finished=False, retain_s=None,
+        events=None, seen=0)])
+    assert written == {execution_id}
+    await hub.store.notify(json.dumps({"due": True}))  # as any later notification would
+    done = await hub.wait(run.id, timeout=20)
+    assert done.status == "succeeded" and done.result == {"approved_by": "alice"}
+
+
+async def test_a_release_after_applying_the_signals_leaves_nothing_due(hub: Hub) -> None:
+    run = await tw_approval(hub).run(input={"id": "a7"}, transaction_id="approval:a7")
+    execution_id = uuid.UUID(run.id)
+    schema = hub.store.schema
+    epoch = await hub.store.pool.fetchval(
+        f"UPDATE {schema}.execution SET lease_owner = 'w-elsewhere', epoch = epoch + 1, "
+        "lease_until = now() + interval '60 s' WHERE id = $1 RETURNING epoch", execution_id)
+    await hub.store.add_signal(execution_id, "ask-approval", "retry", None, None, None)
+    last = await hub.store.pool.fetchval(
+        f"SELECT last_signal FROM {schema}.execution WHERE id = $1", execution_id)
+    await hub.store.checkpoint_batch([CheckpointRow(
+        id=execution_id, epoch=epoch, status="waiting", phase="forward", steps="{}",
+        result=None, error=None, hold=False, due_s=None, finished=False, retain_s=None,
+        events=None, seen=last)])
+    row = await hub.store.get(execution_id)
+    assert row is not None and row["due_at"] is None, "an applied signal wakes nothing again"

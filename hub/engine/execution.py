@@ -54,7 +54,8 @@ class Execution:
         self.events: list[list[str]] = []
         self.outbox: list[dict[str, Any]] = []
         self.seq = 1 + max((s.get("seq") or 0 for s in self.steps.values()), default=0)
-        self.signals_upto = 0
+        self.signals_upto = 0  # applied and not yet deleted
+        self.signals_seen = 0  # the highest id applied by this drive (never reset)
         self.leaving = False
         """A release or finish is being written: the lease is let go on purpose."""
         self.steps_outlived = False

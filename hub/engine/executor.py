@@ -770,6 +770,7 @@ class Executor:
         rows = await self.store.read_signals(ex.id)
         for sig in rows:
             ex.signals_upto = max(ex.signals_upto, int(sig["id"]))
+            ex.signals_seen = max(ex.signals_seen, ex.signals_upto)
             self._apply_signal(ex, sig["kind"], sig["step"], sig["payload"], running)
 
     def _apply_signal(
@@ -849,6 +850,7 @@ class Executor:
                       else self.settings.retention_days * 86400.0),
             events=events,
             outbox=json.dumps(ex.outbox) if ex.outbox else None,
+            seen=ex.signals_seen,
         )
 
     async def _write(self, ex: Execution, row: CheckpointRow) -> None:

@@ -48,9 +48,9 @@ CHECKPOINT_BATCH = """-- 1 round trip, 1 commit for the checkpoints of many exec
 WITH c AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[],
                          $6::text[], $7::text[], $8::bool[], $9::float8[], $10::bool[],
-                         $11::float8[], $12::text[], $14::text[])
+                         $11::float8[], $12::text[], $14::text[], $15::bigint[])
         AS c(id, epoch, status, phase, steps, result, error, hold, due_s, finished,
-             retain_s, events, outbox)
+             retain_s, events, outbox, seen)
 ), locked AS (
     -- rows are locked in id order, as RENEW_LEASES does: two multi-row writers never deadlock
     SELECT e.id FROM {s}.execution e JOIN c ON c.id = e.id ORDER BY e.id FOR UPDATE OF e
@@ -65,8 +65,12 @@ WITH c AS (
         -- transition changes no indexed column and Postgres can update the row in place (HOT)
         lease_owner  = CASE WHEN c.hold THEN e.lease_owner END,
         lease_until  = CASE WHEN c.hold THEN e.lease_until END,
+        -- released: due at its timer, or now if a signal it has not applied came in (one
+        -- that committed while this worker was letting go: never lost)
         due_at       = CASE WHEN c.hold THEN e.due_at
+                            WHEN e.last_signal > GREATEST(e.signals_done, c.seen) THEN now()
                             ELSE now() + make_interval(secs => c.due_s) END,
+        signals_done = GREATEST(e.signals_done, c.seen),
         finished_at  = CASE WHEN c.finished THEN now() END,
         retain_until = CASE WHEN c.finished THEN now() + make_interval(secs => c.retain_s) END,
         updated_at   = now()
@@ -150,7 +154,7 @@ ADD_SIGNAL = """-- 1 round trip: record the outside outcome, and the operator ac
 -- one is given ($8 not null), and the webhook delivery's id when it came signed ($11 not null):
 -- one statement, so all commit or none. An id already recorded for its source records nothing
 -- (a replay), and the caller is told (fresh = false). Wake the execution unless a worker holds
--- it (the holder hears the notification instead)
+-- it (the holder hears the notification instead, and its release re-checks the stamp)
 WITH wid AS (
     INSERT INTO {s}.webhook_id (source, id, execution_id, step, kind, digest, expires_at)
     SELECT $11, $12, $1, $2, $3, $14, now() + make_interval(secs => $13)
@@ -165,9 +169,13 @@ WITH wid AS (
     INSERT INTO {s}.audit (actor_id, actor_name, via, action, execution_id, target, detail)
     SELECT $5, $6, $7, $8, $1, $9, $10::jsonb FROM ok WHERE ok.fresh AND $8::text IS NOT NULL
 ), due AS (
+    -- always stamped, even when held: the stamp locks the row, so it orders with a holder's
+    -- release, which makes the execution due if it sees a stamp it has not applied
     UPDATE {s}.execution
-    SET due_at = now(), parked = CASE WHEN $3 = 'resume' THEN NULL ELSE parked END
-    WHERE id = $1 AND lease_owner IS NULL AND EXISTS (SELECT 1 FROM sig)
+    SET last_signal = (SELECT id FROM sig),
+        due_at = CASE WHEN lease_owner IS NULL THEN now() ELSE due_at END,
+        parked = CASE WHEN $3 = 'resume' AND lease_owner IS NULL THEN NULL ELSE parked END
+    WHERE id = $1 AND EXISTS (SELECT 1 FROM sig)
 )
 SELECT fresh FROM ok"""
 

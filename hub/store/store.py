@@ -124,6 +124,7 @@ class CheckpointRow:
     retain_s: float | None
     events: str | None
     outbox: str | None = None
+    seen: int = 0  # the highest signal id this execution's worker has applied
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:
@@ -286,7 +287,7 @@ class Store:
             [r.phase for r in rows], [r.steps for r in rows], [r.result for r in rows],
             [r.error for r in rows], [r.hold for r in rows], [r.due_s for r in rows],
             [r.finished for r in rows], [r.retain_s for r in rows], [r.events for r in rows],
-            self.channel, [r.outbox for r in rows],
+            self.channel, [r.outbox for r in rows], [r.seen for r in rows],
         )
         return {r["id"] for r in recs}
 

@@ -151,6 +151,9 @@ async def test_a_replay_to_another_execution_or_step_is_refused(api: Api) -> Non
     untouched = await status_of(api, target, "waiting")
     assert untouched is not None and _step(untouched, "ask-approval") == "waiting"
     assert await _webhook_audit(api, target) == []
+    refused = [r for r in await api.hub.store.audit_for_execution(uuid.UUID(target))
+               if r["action"] == "complete_step_refused"]
+    assert len(refused) == 1 and "already accepted" in refused[0]["detail"]["refused"]
 
 
 async def test_concurrent_replays_to_different_targets_land_once(api: Api) -> None:
@@ -270,3 +273,26 @@ async def test_a_failed_async_compensation_ends_for_a_human(api: Api) -> None:
 async def _comp_waiting(api: Api, ref: str) -> dict[str, Any] | None:
     body = (await api.client.get(f"/executions/{ref}", headers=api.auth("read"))).json()
     return body if _step(body, "wh-capture") == "waiting_to_compensate" else None
+
+
+async def test_a_late_outcome_for_an_ended_execution_is_refused_and_audited(api: Api) -> None:
+    ref = await _approval(api, "late1")
+    cancelled = await api.client.post(f"/executions/{ref}/cancel", params={"wait": True},
+                                      json={"reason": "customer changed their mind"},
+                                      headers=api.auth("operate"))
+    assert cancelled.json()["status"] == "cancelled"
+    body = json.dumps({"output": {"by": "warehouse"}}).encode()
+    late = await _post(api, _path(ref), body, signed_headers(SECRET, "msg_late1", body))
+    assert late.status_code == 409, late.text
+    assert "already ended cancelled" in late.json()["detail"]
+    keyed = await api.client.post(f"/executions/{ref}/steps/ask-approval/failure",
+                                  json={"error": "lost"}, headers=api.auth("run"))
+    assert keyed.status_code == 409
+    audit = await api.hub.store.audit_for_execution(uuid.UUID(ref))
+    refused = [(r["action"], r["actor_name"], r["detail"].get("webhook_id")) for r in audit
+               if r["action"].endswith("_refused")]
+    assert refused == [("complete_step_refused", "webhook:warehouse", "msg_late1"),
+                       ("fail_step_refused", "test-run", None)]
+    assert await status_of(api, ref, "cancelled") is not None, "the finished run stays shut"
+    # the refused delivery's id was not used up: nothing of it was recorded
+    assert await api.hub.store.webhook_seen("warehouse", "msg_late1") is None

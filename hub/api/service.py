@@ -40,7 +40,7 @@ from hub.engine.context import Container, StepContext
 from hub.engine.hub import Hub
 from hub.engine.payload import storable_text
 from hub.engine.run import FINAL_STATUSES, Run, RunStatus
-from hub.errors import DuplicateDelivery, ExecutionNotFound, HubError
+from hub.errors import DuplicateDelivery, ExecutionNotFound, HubError, InvalidTransition
 from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
 from hub.settings import KafkaSettings
 from hub.store.store import AuditRecord, WebhookDelivery
@@ -650,15 +650,6 @@ class HubService:
             kind = "success" if success else "failure"
         accepted = SignalAccepted(execution_id=run.id, workflow=run.workflow,
                                   transaction_id=run.transaction_id, step=step, signal=kind)
-        if delivery is not None:
-            seen = await self.hub.store.webhook_seen(delivery.source, delivery.id)
-            if seen is not None:
-                if (str(seen["execution_id"]), seen["step"], seen["kind"], seen["digest"]) != (
-                        run.id, step, kind, delivery.digest):
-                    raise DuplicateDelivery(
-                        f"webhook-id {delivery.id!r} was already accepted from "
-                        f"{delivery.source!r} for another request: a delivery is used once")
-                return accepted.model_copy(update={"duplicate": True})
         action = {"success": "complete_step", "failure": "fail_step",
                   "compensation_success": "complete_compensation",
                   "compensation_failure": "fail_compensation"}[kind]
@@ -667,22 +658,52 @@ class HubService:
             detail["error"] = error
         if delivery is not None:
             detail["webhook_id"] = delivery.id
-        audit = self._record(actor, action, step, detail)
+        try:
+            if delivery is not None and await self._retried(delivery, run.id, step, kind):
+                return accepted.model_copy(update={"duplicate": True})
+            await self._signal_outcome(run.id, run.workflow, step, kind, output, error,
+                                       self._record(actor, action, step, detail), delivery)
+        except (InvalidTransition, DuplicateDelivery) as exc:
+            # a late outcome (the run ended, the step moved on) or a reused delivery: refused,
+            # and kept in the audit as refused, so "did the warehouse say it shipped?" has an
+            # answer even when the answer came too late
+            await self._audit(actor, f"{action}_refused", run.id, step,
+                              {**detail, "refused": str(exc)})
+            raise
+        return accepted
+
+    async def _retried(self, delivery: WebhookDelivery, execution_id: str, step: str,
+                       kind: str) -> bool:
+        """The sender's retry of a delivery already accepted (same id, target, kind, body):
+        True; a reuse of its id for anything else: DuplicateDelivery."""
+        seen = await self.hub.store.webhook_seen(delivery.source, delivery.id)
+        if seen is None:
+            return False
+        if (str(seen["execution_id"]), seen["step"], seen["kind"], seen["digest"]) != (
+                execution_id, step, kind, delivery.digest):
+            raise DuplicateDelivery(
+                f"webhook-id {delivery.id!r} was already accepted from "
+                f"{delivery.source!r} for another request: a delivery is used once")
+        return True
+
+    async def _signal_outcome(self, execution_id: str, workflow: str, step: str, kind: str,
+                              output: Any, error: str | None, audit: AuditRecord,
+                              delivery: WebhookDelivery | None) -> None:
+        run = execution_id  # resolved already: the id, never an ambiguous transaction id
         if kind == "success":
-            await self.hub.set_step_success(run.id, step, output, workflow=run.workflow,
+            await self.hub.set_step_success(run, step, output, workflow=workflow,
                                             audit=audit, once=delivery)
         elif kind == "failure":
-            await self.hub.set_step_failure(run.id, step, error or "failed",
-                                            workflow=run.workflow, audit=audit, once=delivery)
+            await self.hub.set_step_failure(run, step, error or "failed", workflow=workflow,
+                                            audit=audit, once=delivery)
         elif kind == "compensation_success":
-            await self.hub.set_compensation_success(run.id, step, workflow=run.workflow,
-                                                    audit=audit, once=delivery)
-        else:
-            await self.hub.set_compensation_failure(run.id, step, error or "failed",
-                                                    workflow=run.workflow, audit=audit,
+            await self.hub.set_compensation_success(run, step, workflow=workflow, audit=audit,
                                                     once=delivery)
-        self._audited(audit, run.id)
-        return accepted
+        else:
+            await self.hub.set_compensation_failure(run, step, error or "failed",
+                                                    workflow=workflow, audit=audit,
+                                                    once=delivery)
+        self._audited(audit, run)
 
     async def retry(self, ref: str, *, workflow: str | None = None,
                     actor: Actor | None = None) -> SignalAccepted:

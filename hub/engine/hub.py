@@ -86,6 +86,9 @@ class StartScope:
         return self.key if n == 1 else f"{self.key}#{n}"
 
 
+# a step's outside outcome: refused once its execution ended (a retry of a failed one is not)
+_OUTCOMES = frozenset({"success", "failure", "compensation_success", "compensation_failure"})
+
 _SCOPE: contextvars.ContextVar[StartScope | None] = contextvars.ContextVar(
     "hub_start_scope", default=None
 )
@@ -572,6 +575,10 @@ class Hub:
                     f"(steps: {', '.join(spec.graph.steps)})"
                 )
             state = run.steps[step].state
+            if run.finished and kind in _OUTCOMES:
+                raise InvalidTransition(
+                    f"execution {run.id} already ended {run.status}: a late {kind} for step "
+                    f"{step!r} is refused (the step is {state})")
             if allowed is not None and state not in allowed:
                 raise InvalidTransition(
                     f"step {step!r} of execution {run.id} is {state}; {kind} needs it to be "

@@ -334,6 +334,22 @@ class OdooConnector(HttpConnector):
                 raise InsufficientStockError(order_ref, shortages)
         return {"picking_id": picking_id, "state": "assigned"}
 
+    async def find_picking(self, ctx: StepContext | None, order_ref: str) -> int | None:
+        """The live outgoing picking of ``order_ref``, if one was made (a reservation whose
+        step recorded no output: its compensation looks it up)."""
+        found = await self.call(
+            ctx, "stock.picking", "search",
+            domain=[["origin", "=", order_ref], ["picking_type_code", "=", "outgoing"],
+                    ["state", "!=", "cancel"]], limit=1, order="id desc")
+        return int(found[0]) if found else None
+
+    async def find_sale_order(self, ctx: StepContext | None, order_ref: str) -> int | None:
+        """The live sales order of ``order_ref`` (``client_order_ref``), if one was made."""
+        found = await self.call(ctx, "sale.order", "search",
+                                domain=[["client_order_ref", "=", order_ref],
+                                        ["state", "!=", "cancel"]], limit=1, order="id desc")
+        return int(found[0]) if found else None
+
     async def release_stock(self, ctx: StepContext | None, picking_id: int) -> None:
         """Cancel the picking, freeing its reservation; Odoo treats a cancelled one as done."""
         await self.call(ctx, "stock.picking", "action_cancel", ids=[picking_id])
@@ -379,11 +395,9 @@ class OdooConnector(HttpConnector):
 
         ``lines``: ``{"sku", "quantity", "unit_price"}``, prices in currency units (Odoo's
         ``price_unit``, e.g. 59.0), not minor units."""
-        found = await self.call(ctx, "sale.order", "search",
-                                domain=[["client_order_ref", "=", order_ref],
-                                        ["state", "!=", "cancel"]], limit=1, order="id desc")
-        if found:
-            return int(found[0])
+        found = await self.find_sale_order(ctx, order_ref)
+        if found is not None:
+            return found
         checked = [_line(f"sale order {order_ref!r}", i, line)
                    for i, line in enumerate(lines)]
         products = await self._product_ids(ctx, [sku for sku, _, _ in checked])

@@ -303,3 +303,39 @@ async def test_the_nightly_stock_reconciliation_reports_drift(
     drifted = {d["sku"] for d in report["drift"]}
     assert drifted and drifted <= {f"SKU-00{i}" for i in range(1, 9)}
     assert "SKU-OOS" in report["missing_in_cms"]
+
+
+async def test_a_cancel_while_the_payment_is_authorised_releases_the_hold(
+        shop: Shop, sandbox: SandboxControl) -> None:
+    # the confirm call is in flight (the card is being authorised) when an operator cancels
+    # the order: the step recorded no intent, yet its compensation finds and cancels it
+    order = shop.order(400)
+    tx = f"order.placed:{order['id']}"
+    await sandbox.set_faults("stripe", latency_ms=3000,
+                             match=r"POST /v1/payment_intents/[^/]+/confirm")
+    try:
+        await shop.publish("order.placed", order, order["id"])
+
+        async def authorising() -> bool:
+            stripe = await sandbox.state("stripe")
+            return bool(stripe["by_order"].get(order["id"]))
+
+        await shop.run(tx, "fulfil-order",
+                       until=lambda r: r.steps["authorize-payment"].state == "invoking")
+        # the intent exists and its confirm is held in flight by the sandbox
+        deadline = time.monotonic() + 30
+        while not await authorising():
+            assert time.monotonic() < deadline, "the intent was never created"
+            await asyncio.sleep(0.05)
+        await shop.hub.cancel(tx, workflow="fulfil-order", reason="customer called",
+                              wait=False)
+        run = await shop.run(tx, "fulfil-order")
+    finally:
+        await sandbox.clear_faults()
+    assert run.status == "cancelled", run.error
+    assert run.steps["authorize-payment"].state == "reverted"
+    # (the delayed confirm may land after the rollback: Stripe refuses to confirm a
+    # cancelled intent, so what is seen now is final)
+    seen = effects(*await states(sandbox), order["id"])
+    assert seen["intents"] and all(s == "canceled" for s in seen["intents"]), seen
+    assert seen["picking"] in (None, "cancel"), seen

@@ -63,7 +63,16 @@ async def validate_order(order: OrderPlaced, ctx: StepContext) -> StepResponse[d
                          "currency": order.currency.upper()})
 
 
-async def _release_stock(picking_id: int, ctx: StepContext) -> None:
+def _order(ctx: StepContext) -> OrderPlaced:
+    """The order a step was called with, for a compensation whose step recorded no output."""
+    return OrderPlaced.model_validate(ctx.step_input)
+
+
+async def _release_stock(picking_id: int | None, ctx: StepContext) -> None:
+    if picking_id is None:  # cut mid-call (a cancel): release what the call made, if it did
+        picking_id = await erp(ctx).find_picking(ctx, _order(ctx).id)
+        if picking_id is None:
+            return
     await erp(ctx).release_stock(ctx, picking_id)
 
 
@@ -74,10 +83,20 @@ async def reserve_stock(order: OrderPlaced, ctx: StepContext) -> StepResponse[di
     return StepResponse(reservation, compensate_input=reservation["picking_id"])
 
 
-async def _cancel_payment(payment_intent_id: str, ctx: StepContext) -> None:
+async def _cancel_payment(payment_intent_id: str | None, ctx: StepContext) -> None:
     """Release the hold; if the money was taken after all (a capture whose step never
-    recorded it), give it back: a captured payment cannot be cancelled."""
+    recorded it), give it back: a captured payment cannot be cancelled. Cut mid-call (a
+    cancel), the step recorded no intent: replaying its create under the step's own
+    idempotency key makes Stripe answer with the intent the lost call made (or a new,
+    unconfirmed one), and that one is cancelled."""
     system = payments(ctx)
+    if payment_intent_id is None:
+        order = _order(ctx)
+        created = await system.create_payment_intent(
+            ctx.forward(), amount=order.total, currency=order.currency.lower(),
+            order_id=order.id, payment_method=order.payment_method,
+            customer_email=order.customer_email)
+        payment_intent_id = str(created["id"])
     intent = await system.retrieve_payment_intent(ctx, payment_intent_id)
     if intent["status"] == "canceled":
         return
@@ -102,7 +121,11 @@ async def authorize_payment(order: OrderPlaced, ctx: StepContext,
                         compensate_input=intent["id"])
 
 
-async def _cancel_sales_order(sales_order_id: int, ctx: StepContext) -> None:
+async def _cancel_sales_order(sales_order_id: int | None, ctx: StepContext) -> None:
+    if sales_order_id is None:  # cut mid-call: cancel the order the call made, if it did
+        sales_order_id = await erp(ctx).find_sale_order(ctx, _order(ctx).id)
+        if sales_order_id is None:
+            return
     await erp(ctx).cancel_sale_order(ctx, sales_order_id)
 
 
@@ -121,7 +144,12 @@ async def create_sales_order(order: OrderPlaced, ctx: StepContext,
                         compensate_input=sales_order_id)
 
 
-async def _mark_deal_lost(deal_id: str, ctx: StepContext) -> None:
+async def _mark_deal_lost(deal_id: str | None, ctx: StepContext) -> None:
+    if deal_id is None:  # cut mid-call: the deal the call made, if it did
+        deal = await crm(ctx).find_deal(ctx, _order(ctx).id)
+        if deal is None:
+            return
+        deal_id = str(deal["id"])
     failure = ctx.failure or {}
     await crm(ctx).mark_deal_lost(ctx, deal_id,
                                   reason=str(failure.get("message") or "order rolled back"))
@@ -141,7 +169,12 @@ async def sync_crm(order: OrderPlaced, ctx: StepContext) -> StepResponse[dict[st
                         compensate_input=deal_id)
 
 
-async def _refund(payment_intent_id: str, ctx: StepContext) -> None:
+async def _refund(payment_intent_id: str | None, ctx: StepContext) -> None:
+    if payment_intent_id is None:  # cut mid-capture: authorize-payment's intent, if taken
+        payment_intent_id = str((ctx.step_input or {})["payment_intent_id"])
+        intent = await payments(ctx).retrieve_payment_intent(ctx, payment_intent_id)
+        if intent["status"] != "succeeded":
+            return  # not captured: authorize-payment's compensation releases the hold
     await payments(ctx).refund(ctx, payment_intent_id, reason="requested_by_customer",
                                metadata={"cause": "order rolled back"})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,21 @@ class StepContext:
     """While compensating: the error that made the workflow roll back (``message``, ``step``,
     ``type``), so a compensation can report why, e.g. in an ``order.failed`` event."""
     outbox: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    output_recorded: bool = True
+    """While compensating: False when the step never recorded an outcome (it was cut by a
+    cancel, or still waiting, or its worker died mid-call) though its call may have reached
+    the outside system. The compensation then gets the ``compensate_input`` the step
+    returned before waiting, or None, and ``step_input``: it should look up what the call
+    made (replay it with ``forward()``) and undo that, if anything."""
+    step_input: Any = None
+    """While compensating a step whose output was not recorded: the input it was called with."""
+
+    def forward(self) -> StepContext:
+        """This step's forward context (its idempotency key, not the compensation's): a
+        compensation whose step recorded no output replays the forward call with it, so the
+        outside system answers with what the lost call made, and undoes that."""
+        return dataclasses.replace(self, compensating=False, outbox=[],
+                                   idempotency_key=f"{self.execution_id}:{self.step}")
 
     @property
     def traceparent(self) -> str | None:
@@ -153,6 +169,8 @@ class StepContext:
         compensating: bool = False,
         trigger: dict[str, Any] | None = None,
         failure: dict[str, Any] | None = None,
+        output_recorded: bool = True,
+        step_input: Any = None,
     ) -> StepContext:
         key = f"{execution_id}:{step}" + (":compensate" if compensating else "")
         return StepContext(
@@ -170,4 +188,6 @@ class StepContext:
             compensating=compensating,
             trigger=trigger,
             failure=failure,
+            output_recorded=output_recorded,
+            step_input=step_input,
         )

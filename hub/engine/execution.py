@@ -88,6 +88,14 @@ class Execution:
         )
         self.seq += 1
 
+    def interrupt(self, step_id: str, compensate_input: JSON = None) -> None:
+        """A step whose call may have reached the outside, with no output recorded (cut by
+        a cancel, waiting when the run rolled back, or left mid-call by a dead worker): it
+        joins the compensation order as the latest step, its compensation told so."""
+        self.set_step(step_id, "step_interrupted", output=None, unrecorded=True,
+                      compensate_input=compensate_input, seq=self.seq, due=None)
+        self.seq += 1
+
     def settled(self, step_id: str) -> bool:
         return self.state(step_id) in SETTLED_STEP_STATES
 

@@ -525,6 +525,12 @@ class Executor:
         if any(ex.state(s) == StepState.INVOKING for s in running):
             ex.status, ex.status_dirty = RunStatus.RUNNING, True
             return []  # let in-flight steps land first: a success must be compensated too
+        for step_id, st in list(ex.steps.items()):
+            # waiting for the outside (a payment authorised, awaiting its confirmation), or
+            # left mid-call by a worker that died: undone too, latest first
+            if (st.get("seq") is None and st["state"] in (StepState.WAITING, StepState.INVOKING)
+                    and self._compensable(ex.graph.steps[step_id])):
+                ex.interrupt(step_id, st.get("compensate_input"))
         now = time.time()
         order = sorted(
             (s for s, st in ex.steps.items()
@@ -575,13 +581,20 @@ class Executor:
         now = time.time()
         opts = node.options
         if outcome.kind == "cut":
-            # cut by a cancel or an operator's compensation: it never completed
-            ex.set_step(node.id, None, state=StepState.NOT_STARTED, due=None)
+            # cut by a cancel or an operator's compensation: it never completed, but its call
+            # may have reached the outside system, so its compensation runs (told so)
+            if self._compensable(node):
+                ex.interrupt(node.id)
+            else:
+                ex.set_step(node.id, None, state=StepState.NOT_STARTED, due=None)
             return
         if outcome.kind == "ok":
             if opts.is_async:
                 due = st["started_at"] + opts.timeout if opts.timeout else None
-                ex.set_step(node.id, "step_awaiting", state=StepState.WAITING, due=due)
+                # what the call returned to undo it (a payment intent's id) is kept: if the
+                # run rolls back while this step waits, its compensation needs it
+                ex.set_step(node.id, "step_awaiting", state=StepState.WAITING, due=due,
+                            compensate_input=outcome.compensate_input)
                 log.info("step_awaiting", execution_id=ex.sid, step=node.id)
             else:
                 ex.complete(node.id, outcome.output, outcome.compensate_input)
@@ -669,11 +682,17 @@ class Executor:
 
     # -- running step code ---------------------------------------------------------------
     def _ctx(self, ex: Execution, node: StepNode, attempt: int, compensating: bool) -> StepContext:
+        unrecorded = compensating and bool(ex.step(node.id).get("unrecorded"))
+        step_input = None
+        if unrecorded:
+            with contextlib.suppress(ResolveError):
+                step_input = ex.resolve(node.input)
         return StepContext.make(
             execution_id=ex.sid, transaction_id=ex.transaction_id, workflow=ex.workflow,
             step=node.id, attempt=attempt, container=self.container,
             compensating=compensating, trigger=ex.trigger,
             failure=ex.error if compensating else None,
+            output_recorded=not unrecorded, step_input=step_input,
         )
 
     async def _call(self, fn: Any, value: Any, ctx: StepContext, timeout: float | None) -> Any:

@@ -73,6 +73,10 @@ class HubSettings(BaseSettings):
         default=7.0, gt=0,
         description="days executions that ended well are kept; compensation_failed and parked "
                     "ones stay until repaired")
+    audit_retention_days: float = Field(
+        default=400.0, gt=0, description="days operator actions are kept in the audit")
+    redrive_retention_days: float = Field(
+        default=30.0, gt=0, description="days the record of a dead letter's redrive is kept")
     dedupe_window_s: float = Field(
         default=86400.0, gt=0,
         description="a store=False workflow's succeeded execution is kept this long, without "
@@ -83,6 +87,10 @@ class HubSettings(BaseSettings):
     hold_timer_seconds: float = Field(
         default=30.0, description="timers shorter than this keep the lease; longer ones release"
     )
+
+    def housekeeping(self) -> tuple[float, float]:
+        """The retentions ``Store.purge_housekeeping`` applies: audit, redrives (seconds)."""
+        return self.audit_retention_days * 86400.0, self.redrive_retention_days * 86400.0
 
 
 class KafkaSettings(BaseSettings):

@@ -299,3 +299,24 @@ async def test_retry_re_runs_a_step_left_for_a_manual_retry(hub: Hub) -> None:
     assert run.status == "waiting"
     await hub.retry("manual-2")
     assert (await hub.wait("manual-2", timeout=10)).status == "succeeded"
+
+
+async def test_purge_keeps_every_growing_table_bounded(hub: Hub) -> None:
+    s = hub.store.schema
+    pool = hub.store.pool
+    await pool.execute(
+        f"INSERT INTO {s}.lock (key, owner, expires_at) VALUES "
+        "('gone', 'w1', now() - interval '2 hours'), ('held', 'w2', now() + interval '1 hour'),"
+        "('just-expired', 'w3', now() - interval '1 minute'), ('forever', 'w4', NULL)")
+    await pool.execute(
+        f"INSERT INTO {s}.dlq_redrive (dlq_topic, partition, \"offset\", target, redriven_by, "
+        "redriven_at) VALUES ('d', 0, 1, 't', 'ops', now() - interval '31 days'), "
+        "('d', 0, 2, 't', 'ops', now() - interval '1 day')")
+    await pool.execute(
+        f"INSERT INTO {s}.audit (at, actor_name, via, action) VALUES "
+        "(now() - interval '401 days', 'ops', 'cli', 'retry'), (now(), 'ops', 'cli', 'cancel')")
+    await hub.purge()
+    assert sorted(await pool.fetchval(f"SELECT array_agg(key) FROM {s}.lock")) == [
+        "forever", "held", "just-expired"]
+    assert await pool.fetchval(f'SELECT array_agg("offset") FROM {s}.dlq_redrive') == [2]
+    assert await pool.fetchval(f"SELECT array_agg(action) FROM {s}.audit") == ["cancel"]

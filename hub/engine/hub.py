@@ -685,14 +685,18 @@ class Hub:
         await self.store.notify(json.dumps({"id": str(row["id"]), "due": True}))
 
     async def purge(self, *, grace_seconds: float = 0.0) -> int:
-        """Delete finished executions past their retention; live ones are never touched."""
+        """Delete finished executions past their retention (live ones and those that need a
+        human are never touched), then what else only grows (used webhook ids, expired
+        locks, old redrive records and audit entries), each in bounded batches. Returns the
+        executions deleted."""
         total = 0
         while True:
             n = await self.store.purge_finished(grace_seconds)
             total += n
             if n < 1000:
                 break
-        while await self.store.purge_webhook_ids() == 1000:
+        while max((await self.store.purge_housekeeping(
+                *self.settings.housekeeping())).values()) == 1000:
             pass
         return total
 

@@ -186,6 +186,21 @@ PURGE_WEBHOOK_IDS = """-- bounded: a long outage's backlog of ids is purged a ba
 DELETE FROM {s}.webhook_id WHERE (source, id) IN (
     SELECT source, id FROM {s}.webhook_id WHERE expires_at < now() LIMIT $1)"""
 
+PURGE_EXPIRED_LOCKS = """-- an expired lock is free already (LOCK_ACQUIRE takes it): its row is only kept a while
+-- for whoever reads why a key was held
+DELETE FROM {s}.lock WHERE key IN (
+    SELECT key FROM {s}.lock WHERE expires_at < now() - interval '1 hour' LIMIT $1)"""
+
+PURGE_REDRIVES = """-- a redrive record outlives its dead letter's use: older than the retention, it goes
+DELETE FROM {s}.dlq_redrive WHERE (dlq_topic, partition, "offset", redriven_at) IN (
+    SELECT dlq_topic, partition, "offset", redriven_at FROM {s}.dlq_redrive
+    WHERE redriven_at < now() - make_interval(secs => $1) LIMIT $2)"""
+
+PURGE_AUDIT = """-- oldest first by id (which follows time): the scan stops after one batch of matches
+DELETE FROM {s}.audit WHERE id IN (
+    SELECT id FROM {s}.audit WHERE at < now() - make_interval(secs => $1)
+    ORDER BY id LIMIT $2)"""
+
 READ_SIGNALS = """SELECT id, step, kind, payload FROM {s}.signal WHERE execution_id = $1 ORDER BY id"""
 
 DELETE_SIGNALS = """DELETE FROM {s}.signal WHERE execution_id = $1 AND id <= $2"""

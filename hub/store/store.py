@@ -360,6 +360,17 @@ class Store:
         status = await self._execute(q.PURGE_WEBHOOK_IDS, limit)
         return int(status.split()[-1])
 
+    async def purge_housekeeping(self, audit_s: float, redrive_s: float,
+                                 limit: int = 1000) -> dict[str, int]:
+        """One bounded batch from each table that only grows: used webhook ids, expired
+        locks, old redrive records, old audit entries. Rows per table purged."""
+        done: dict[str, int] = {"webhook_ids": await self.purge_webhook_ids(limit)}
+        for name, sql, args in (("locks", q.PURGE_EXPIRED_LOCKS, (limit,)),
+                                ("redrives", q.PURGE_REDRIVES, (redrive_s, limit)),
+                                ("audit", q.PURGE_AUDIT, (audit_s, limit))):
+            done[name] = int((await self._execute(sql, *args)).split()[-1])
+        return done
+
     async def read_signals(self, execution_id: uuid.UUID) -> list[Row]:
         return [_decode_row(r) for r in await self._fetch(q.READ_SIGNALS, execution_id)]
 

@@ -65,8 +65,8 @@ class EventRejected(Exception):
 
 class RecordParked(HubError):
     """A record that can be neither handled nor dead-lettered (too large for its dead-letter
-    topic, or a batch that never succeeds): its partition stops at it, visibly, rather than
-    drop it or retry it for ever."""
+    topic): retrying cannot help, so its partition stops at it, visibly, rather than drop it
+    or retry it for ever."""
 
     def __init__(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         super().__init__(reason)
@@ -255,8 +255,6 @@ class Handling:
             subs = [s for s in subs if s.name == only]
         try:
             decoded = decode_record(record, spec)
-        except RecordParked:
-            raise
         except EventRejected as exc:
             self.dead_letter(record, exc.stage, exc.cause, None, 1, out)
             return
@@ -416,6 +414,7 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("consumer_started", group=self.settings.group, topics=names)
 
     async def _check_dead_letter_topics(self, names: list[str]) -> None:
+        """Before any record is fetched: a poison record must have somewhere to go."""
         wanted = {name: dead_letter_topic(self.topics, name) for name in names}
         deadline = time.monotonic() + 5.0
         while True:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from pydantic import BaseModel
@@ -219,3 +220,36 @@ async def test_a_start_postgres_refuses_dead_letters_its_record_and_the_partitio
     assert letter.headers[h.DLQ_STAGE] == "start"
     assert letter.headers[h.DLQ_OFFSET] == "0"
     assert letter.headers[h.DLQ_SUBSCRIBER] == "on_order"
+
+
+async def test_a_batch_that_keeps_failing_is_tried_a_bounded_number_of_times_then_parked(
+        hub: Hub, dsn: str, schema: str, kafka_bootstrap: str, prefix: str,
+        tmp_path: Path) -> None:
+    topics = await created(kafka_bootstrap, topics_file(tmp_path, prefix))
+    topic = f"{prefix}.in"
+    conn = await asyncpg.connect(dsn)
+    try:  # a constraint a DBA added: every try of this start is refused, not for its text
+        await conn.execute(f"ALTER TABLE {schema}.execution ADD CONSTRAINT no_stuck "
+                           "CHECK (transaction_id NOT LIKE 'blob:7%') NOT VALID")
+    finally:
+        await conn.close()
+    await produce(kafka_bootstrap, topic, [("k", json.dumps({"id": "7"}).encode(), [])])
+    s = settings(kafka_bootstrap, prefix, batch_max_attempts=3)
+    tp = TopicPartition(topic, 0)
+    with capture_logs() as logs:
+        rt = KafkaRuntime(hub, s, relay=False, topics=topics,
+                          subscribers=failing_registry(topic, "x"))
+        await rt.start()
+        try:
+            async def parked() -> bool:
+                return rt.consumer is not None and tp in rt.consumer.parked
+
+            await until(parked, timeout=60)
+        finally:
+            await rt.stop()
+    assert [e["attempt"] for e in logs if e["event"] == "batch_failed"] == [1, 2]
+    [event] = [e for e in logs if e["event"] == "partition_parked"]
+    assert event["offset"] == 0 and "failed 3 times" in event["reason"]
+    assert "CheckViolation" in event["reason"]
+    [lag] = await consumer_lag(s, kafka_bootstrap, [topic])
+    assert lag.committed is None, "nothing committed past the record"

@@ -651,6 +651,8 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
             for t in pending:
                 t.cancel()
         self._parts.clear()
+        for tp in self.parked:  # the partitions are no longer ours to report
+            metrics.PARTITIONS_PARKED.labels(tp.topic, str(tp.partition)).set(0)
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._consumer.stop(), 10)

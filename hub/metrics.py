@@ -35,6 +35,15 @@ EVENTS_HANDLED = Counter(
 DEAD_LETTERS = Counter(
     "hub_dead_letters", "Kafka records sent to a dead-letter topic", ["topic", "stage"],
     registry=REGISTRY)
+PARTITIONS_PARKED = Gauge(
+    "hub_consumer_partitions_parked",
+    "1 while a partition is parked: a record could not be settled (not even dead-lettered); "
+    "nothing past it is consumed until the partition is reassigned", ["topic", "partition"],
+    registry=REGISTRY)
+DEAD_LETTERS_TRUNCATED = Counter(
+    "hub_dead_letters_truncated",
+    "Dead letters whose context headers were cut to fit the size limit", ["topic"],
+    registry=REGISTRY)
 CONSUMER_LAG = Gauge(
     "hub_consumer_lag", "Records behind the end of each assigned partition",
     ["topic", "partition"], registry=REGISTRY)

@@ -144,6 +144,14 @@ class KafkaSettings(BaseSettings):
         description="how long a starting worker waits for an unreachable broker before it "
                     "exits naming it")
     relay_batch: int = Field(default=500, ge=1, description="outbox events per publish")
+    max_message_bytes: int = Field(
+        default=1_048_576, ge=1024,
+        description="largest record the hub produces (the producer's max_request_size); keep "
+                    "it at most the broker's message.max.bytes")
+    batch_max_attempts: int = Field(
+        default=10, ge=1,
+        description="tries of a partition's batch that keeps failing (backoff up to 30 s) "
+                    "before the partition is parked")
 
     def password(self) -> str | None:
         """The SASL password, from the file when one is named (never logged)."""

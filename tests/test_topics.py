@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from hub.runtime.asyncapi import build_asyncapi
 from hub.runtime.subscriber import SUBSCRIBERS
 from hub.runtime.topics import TopicsFileError, load_topics
 from hub.settings import KafkaSettings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, worker_env
 
 pytestmark = pytest.mark.broker
 
@@ -35,6 +36,9 @@ def write(tmp_path: Path, text: str) -> Path:
     ("topics:\n  a b:\n    partitions: 1\n", r"topics.yaml:2: topics.a b: invalid topic"),
     ("topics: [\n", r"topics.yaml:2: not valid YAML"),
     ("topic:\n  a: {}\n", r"topics.yaml:1: topic: Extra inputs|topics.yaml:\d+: topics: Field"),
+    ("defaults:\n  replication_factor: 1\n  cleanup_policy: delete\n  partitions: eight\n\n"
+     "topics:\n  a.b:\n    description: x\n    retention: 1d\n",
+     r"topics.yaml:4: defaults.partitions: Input should be a valid integer"),
 ])
 def test_malformed_topics_file_names_file_line_and_field(tmp_path: Path, text: str,
                                                          where: str) -> None:
@@ -42,8 +46,53 @@ def test_malformed_topics_file_names_file_line_and_field(tmp_path: Path, text: s
         load_topics(write(tmp_path, text))
 
 
+MISSPELT = "topics:\n  a.b:\n    partitions: 1\n    event: workflows.events:OrderPlace\n"
+MISSPELT_AT = ("topics.yaml:4: topics.a.b.event: event model 'workflows.events:OrderPlace' "
+               "cannot be imported: module 'workflows.events' has no attribute 'OrderPlace'")
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    (MISSPELT, re.escape(MISSPELT_AT)),
+    ("defaults:\n  event: workflows.evnts:OrderPlaced\ntopics:\n  a.b: {}\n",
+     r"topics.yaml:2: defaults.event: event model .* No module named 'workflows.evnts'"),
+    ("topics:\n  a.b:\n    event: workflows.events:Event\n    partitions: 1\n"
+     "  c.d:\n    event: hub.errors:HubError\n",
+     r"topics.yaml:6: topics.c.d.event: event 'hub.errors:HubError' is not a pydantic model"),
+])
+def test_an_event_model_that_cannot_be_imported_names_file_line_and_field(
+        tmp_path: Path, text: str, where: str) -> None:
+    topics = load_topics(write(tmp_path, text), prefix="staging.")
+    with pytest.raises(TopicsFileError, match=where):
+        topics.import_models()
+
+
+def test_cli_topics_check_refuses_a_misspelt_event_model_with_exit_2(
+        tmp_path: Path, kafka_bootstrap: str) -> None:
+    path = write(tmp_path, MISSPELT)
+    env = {**os.environ, "HUB_KAFKA_BOOTSTRAP": kafka_bootstrap, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "hub", "topics", "check", "--file", str(path)],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [f"error: {path.parent}/{MISSPELT_AT}"]
+
+
+def test_worker_start_refuses_a_misspelt_event_model_with_exit_2(
+        tmp_path: Path, dsn: str, schema: str, kafka_bootstrap: str) -> None:
+    path = write(tmp_path, MISSPELT)
+    env = worker_env(dsn, schema, "workflows", HUB_KAFKA_BOOTSTRAP=kafka_bootstrap,
+                     HUB_KAFKA_TOPICS_FILE=str(path), HUB_KAFKA_SUBSCRIBERS="subscribers")
+    out = subprocess.run([sys.executable, "-m", "hub", "worker", "--consume", "--no-execute",
+                          "--log-level", "warning"], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {path.parent}/{MISSPELT_AT}"]
+    assert "Traceback" not in out.stderr
+
+
 def test_project_topics_file_is_valid_and_models_import() -> None:
     topics = load_topics(ROOT / "topics.yaml")
+    assert set(topics.import_models()) >= {"order.placed", "order.confirmed"}
     assert topics["order.placed"].dead_letter == "order.placed.dlq"
     assert topics["order.placed"].event_model().__name__ == "OrderPlaced"  # type: ignore[union-attr]
 

@@ -2,7 +2,8 @@
 
 They talk to the broker at ``HUB_KAFKA_BOOTSTRAP`` and the database of ``HUB_DATABASE_URL``
 (or the embedded one); ``--json`` prints machine-readable output for scripts.
-Exit codes: 0 done (or in sync), 1 a failure or drift found, 2 bad usage.
+Exit codes: 0 done (or in sync), 1 a failure or drift found, 2 bad usage (a topics.yaml
+error, an event model that cannot be imported, included).
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ def _kafka(file: Path | None = None) -> tuple[KafkaSettings, str]:
 
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
     configure_logging("warning")
+    from hub.runtime.topics import TopicsFileError
+
     try:
         return asyncio.run(fn())  # type: ignore[arg-type]
+    except TopicsFileError as exc:  # the file is wrong, not the broker: exit 2
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except HubError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -79,6 +85,7 @@ def add_kafka_commands(app: typer.Typer) -> None:
         async def go() -> Any:
             settings, bootstrap = _kafka(file)
             topics = load_topics(settings.topics_file, settings.topic_prefix)
+            topics.import_models()
             return await reconcile(topics, settings, bootstrap,
                                    create=create)
 

@@ -29,6 +29,7 @@ from hub.errors import HubError
 from hub.logging import configure_logging
 from hub.runtime.scheduler import Scheduler
 from hub.runtime.service import KafkaRuntime
+from hub.runtime.topics import TopicsFileError
 from hub.settings import SettingsError, process_settings
 
 app = typer.Typer(help="The commerce integration hub.", no_args_is_help=True,
@@ -103,6 +104,9 @@ def worker(
 
     try:
         asyncio.run(run())
+    except TopicsFileError as exc:  # the worker's configuration: bad usage, like settings
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except HubError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -90,6 +90,16 @@ async def reconcile(topics: Topics, settings: KafkaSettings, bootstrap: str, *,
     return report
 
 
+async def existing_topics(settings: KafkaSettings, bootstrap: str) -> set[str]:
+    """The topics on the broker now (one metadata round trip)."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings, bootstrap))
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
 def _topic_errors(resp: Any) -> list[tuple[str, int, str]]:
     out = []
     for entry in resp.topic_errors:

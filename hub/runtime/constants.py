@@ -23,9 +23,13 @@ DLQ_EXCEPTION_CLASS = DLQ_PREFIX + "exception.class.name"
 DLQ_EXCEPTION_MESSAGE = DLQ_PREFIX + "exception.message"
 DLQ_EXCEPTION_STACKTRACE = DLQ_PREFIX + "exception.stacktrace"
 DLQ_CONSUMER_GROUP = DLQ_PREFIX + "consumer.group"
+DLQ_TRUNCATED = DLQ_PREFIX + "truncated"
+"""Set (``true``) when the context headers were cut so the record fits the size limit; the
+value, the key and the original headers are never cut."""
 
 REDRIVEN_FROM = "hub.redriven.from"
 """Set on a record sent back to its topic by ``hub dlq redrive``: ``dlq-topic/partition/offset``."""
 
-STAGES = ("deserialize", "schema_version", "validate", "handler")
-"""Where an event failed, in the order the runtime tries them."""
+STAGES = ("deserialize", "schema_version", "validate", "handler", "start")
+"""Where an event failed, in the order the runtime tries them (``start``: Postgres refused
+the start a handler asked for, on what the row holds)."""

@@ -7,6 +7,10 @@ batch of its partition's records, runs handlers (events of one key in order, dif
 side by side up to a bound), makes every start the batch requested durable in one statement,
 waits for its dead letters to be acknowledged, and only then commits the batch's offsets.
 Every consumed offset ends handled or dead-lettered; a redelivered one starts nothing new.
+No record is retried for ever: a batch that keeps failing (a dead letter the broker will not
+take, Postgres refusing every try) is tried ``HUB_KAFKA_BATCH_MAX_ATTEMPTS`` times, and a
+record that cannot even be dead-lettered parks its partition: paused, logged
+(``partition_parked``), counted (``hub_consumer_partitions_parked``), never skipped.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import contextlib
 import json
 import time
 import traceback
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,14 +29,18 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import BaseModel
 
 from hub import metrics
 from hub.engine.checkpoint import Batcher
 from hub.engine.hub import Hub
+from hub.errors import HubError
 from hub.runtime import constants as h
+from hub.runtime.admin import existing_topics
 from hub.runtime.kafka import client_kwargs, explained_start, start_producer
+from hub.runtime.oversize import Headers, fitted_headers, is_truncated
 from hub.runtime.subscriber import (
     SUBSCRIBERS,
     SubscriberContext,
@@ -40,7 +49,7 @@ from hub.runtime.subscriber import (
 )
 from hub.runtime.topics import Topics, TopicSpec
 from hub.settings import KafkaSettings
-from hub.store.store import StartRow
+from hub.store.store import StartRow, is_data_error
 
 log = structlog.get_logger("hub.consumer")
 
@@ -52,6 +61,28 @@ class EventRejected(Exception):
         super().__init__(str(cause))
         self.stage = stage
         self.cause = cause
+
+
+class RecordParked(HubError):
+    """A record that can be neither handled nor dead-lettered (too large for its dead-letter
+    topic): retrying cannot help, so its partition stops at it, visibly, rather than drop it
+    or retry it for ever."""
+
+    def __init__(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        super().__init__(reason)
+        self.record = record
+        self.reason = reason
+
+
+class DeadLetterTopicMissing(HubError):
+    """A subscribed topic's dead-letter topic is not on the broker: its first poison record
+    would stall the partition, so the consumer does not start."""
+
+
+def dead_letter_topic(topics: Topics, topic: str) -> str:
+    """Where ``topic``'s rejected records go: its ``dead_letter:``, else ``<topic>.dlq``."""
+    spec = topics.topics.get(topic)
+    return spec.dead_letter if spec is not None and spec.dead_letter else f"{topic}.dlq"
 
 
 @dataclass
@@ -101,11 +132,11 @@ def decode_record(record: ConsumerRecord[bytes, bytes], spec: TopicSpec | None) 
     return Decoded(payload, event_id, headers, key)
 
 
-def dead_letter_headers(
+def dead_letter_context(
     record: ConsumerRecord[bytes, bytes], stage: str, exc: BaseException | str, *,
     subscriber: str | None, attempts: int, group: str,
-) -> list[tuple[str, bytes]]:
-    """Connect-style context headers, plus the original record's own headers."""
+) -> dict[str, str]:
+    """Connect-style context headers (the record's own headers go beside them)."""
     if isinstance(exc, BaseException):
         cls = f"{type(exc).__module__}.{type(exc).__qualname__}"
         message = str(exc) or repr(exc)
@@ -126,8 +157,12 @@ def dead_letter_headers(
         h.DLQ_EXCEPTION_STACKTRACE: stack,
         h.DLQ_CONSUMER_GROUP: group,
     }
-    original = [(k, v) for k, v in (record.headers or ()) if not k.startswith(h.DLQ_PREFIX)]
-    return [*original, *((k, v.encode()) for k, v in ctx.items())]
+    return ctx
+
+
+def original_headers(record: ConsumerRecord[bytes, bytes]) -> Headers:
+    """The record's own headers, byte for byte (an earlier dead letter's context dropped)."""
+    return [(k, bytes(v)) for k, v in (record.headers or ()) if not k.startswith(h.DLQ_PREFIX)]
 
 
 @dataclass
@@ -135,7 +170,10 @@ class BatchResult:
     """What handling one batch of a partition produced."""
 
     rows: list[StartRow] = field(default_factory=list)
+    origins: list[tuple[ConsumerRecord[bytes, bytes], str]] = field(default_factory=list)
+    """The record and subscriber of each of ``rows``, in step."""
     dead: list[Awaitable[Any]] = field(default_factory=list)
+    parked: list[RecordParked] = field(default_factory=list)
     handled: int = 0
     dead_lettered: int = 0
 
@@ -146,7 +184,8 @@ class Handling:
     def __init__(self, hub: Hub, topics: Topics, subscribers: SubscriberRegistry,
                  producer: AIOKafkaProducer | None, group: str, *,
                  replay_id: str | None = None, replaying: bool = False,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 max_message_bytes: int = 1_048_576) -> None:
         self.hub = hub
         self.replaying = replaying
         self.topics = topics
@@ -155,6 +194,7 @@ class Handling:
         self.group = group
         self.replay_id = replay_id
         self._sleep = sleep
+        self.max_message_bytes = max_message_bytes
         self._models: dict[str, type[BaseModel] | None] = {}
 
     def _topic_model(self, topic: str) -> type[BaseModel] | None:
@@ -166,21 +206,46 @@ class Handling:
     def dead_letter(self, record: ConsumerRecord[bytes, bytes], stage: str,
                     exc: BaseException | str, subscriber: str | None, attempts: int,
                     out: BatchResult) -> None:
-        spec = self.topics.topics.get(record.topic)
-        target = spec.dead_letter if spec is not None else None
-        if target is None:
-            target = f"{record.topic}.dlq"
-        headers = dead_letter_headers(record, stage, exc, subscriber=subscriber,
+        """Queue the record for its dead-letter topic; ``RecordParked`` if it cannot fit."""
+        target = dead_letter_topic(self.topics, record.topic)
+        context = dead_letter_context(record, stage, exc, subscriber=subscriber,
                                       attempts=attempts, group=self.group)
+        tries = fitted_headers(record.key, record.value, original_headers(record), context,
+                               self.max_message_bytes)
+        if not tries:
+            raise RecordParked(record, (
+                f"cannot be dead-lettered to {target!r}: its value ({len(record.value or b'')} "
+                f"bytes), key and headers alone exceed HUB_KAFKA_MAX_MESSAGE_BYTES="
+                f"{self.max_message_bytes} (it failed at {stage}: {str(exc)[:200]})"))
         metrics.DEAD_LETTERS.labels(record.topic, stage).inc()
         log.warning("event_dead_lettered", topic=record.topic, partition=record.partition,
                     offset=record.offset, stage=stage, subscriber=subscriber,
                     dead_letter_topic=target, error=str(exc)[:300])
-        assert self.producer is not None, "a consumer that dead-letters needs a producer"
-        out.dead.append(self.producer.send_and_wait(
-            target, record.value, key=record.key, headers=headers,
-            partition=None))
+        out.dead.append(self._send(target, record, tries))
         out.dead_lettered += 1
+
+    async def _send(self, target: str, record: ConsumerRecord[bytes, bytes],
+                    tries: list[Headers]) -> None:
+        """The largest header set the broker takes (its limit may be below ours); the value
+        and key go as they came."""
+        assert self.producer is not None, "a consumer that dead-letters needs a producer"
+        refused: Exception | None = None
+        for headers in tries:
+            try:
+                await self.producer.send_and_wait(target, record.value, key=record.key,
+                                                  headers=headers, partition=None)
+            except (MessageSizeTooLargeError, RecordListTooLargeError) as exc:
+                refused = exc
+                continue
+            if is_truncated(headers):
+                metrics.DEAD_LETTERS_TRUNCATED.labels(record.topic).inc()
+                log.warning("dead_letter_truncated", topic=record.topic,
+                            partition=record.partition, offset=record.offset,
+                            dead_letter_topic=target, value_bytes=len(record.value or b""))
+            return
+        raise RecordParked(record, (
+            f"the broker refused its dead letter to {target!r} as too large even with the "
+            f"context headers cut ({refused!r}); raise that topic's max.message.bytes"))
 
     async def handle(self, record: ConsumerRecord[bytes, bytes], out: BatchResult,
                      only: str | None = None) -> None:
@@ -202,8 +267,12 @@ class Handling:
 
     async def _one(self, sub: SubscriberSpec, record: ConsumerRecord[bytes, bytes],
                    decoded: Decoded, out: BatchResult) -> None:
-        model = sub.event_model or self._topic_model(record.topic)
         event: Any = decoded.payload
+        try:
+            model = sub.event_model or self._topic_model(record.topic)
+        except Exception as exc:  # checked at start; a Topics built without the check
+            self.dead_letter(record, "validate", exc, sub.name, 1, out)
+            return
         if model is not None:
             try:
                 event = model.model_validate(decoded.payload)
@@ -237,6 +306,7 @@ class Handling:
                 attempt += 1
                 continue
             out.rows.extend(scope.rows)
+            out.origins.extend((record, sub.name) for _ in scope.rows)
             return
 
 
@@ -248,8 +318,7 @@ async def handle_batch(handling: Handling, records: Sequence[ConsumerRecord[byte
     for r in records:
         lanes.setdefault(r.key, []).append(r)
     if len(lanes) == 1 or max_in_flight == 1:
-        for r in records:
-            await handling.handle(r, out)
+        await _lane(handling, records, out)
         return out
     pending = iter(list(lanes.values()))
 
@@ -257,11 +326,21 @@ async def handle_batch(handling: Handling, records: Sequence[ConsumerRecord[byte
         # a few runners pull whole lanes: a key's events stay in order, at most
         # ``max_in_flight`` keys are in hand, and no task is made per key
         for recs in pending:
-            for r in recs:
-                await handling.handle(r, out)
+            await _lane(handling, recs, out)
 
     await asyncio.gather(*(runner() for _ in range(min(max_in_flight, len(lanes)))))
     return out
+
+
+async def _lane(handling: Handling, records: Sequence[ConsumerRecord[bytes, bytes]],
+                out: BatchResult) -> None:
+    """Records in order; a parked one stops the lane (what follows it waits behind it)."""
+    for r in records:
+        try:
+            await handling.handle(r, out)
+        except RecordParked as exc:
+            out.parked.append(exc)
+            return
 
 
 class _Partition:
@@ -271,6 +350,7 @@ class _Partition:
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.stopping = False
+        self.parked = False
         self.committed: int | None = None
 
 
@@ -291,6 +371,8 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         self._stopping = False
         self._handling: Handling | None = None
         self.stats = {"handled": 0, "dead_lettered": 0, "batches": 0, "starts": 0}
+        self.parked: dict[TopicPartition, int] = {}
+        """Parked partitions and the offset each stopped at."""
         # offsets of partitions whose batches land together go in one OffsetCommit
         # (aiokafka sends one commit at a time anyway)
         self._commits: Batcher[tuple[TopicPartition, int], TopicPartition] = Batcher(
@@ -301,6 +383,8 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         names = self.subscribers.topics()
         for name in names:
             self.topics[name]  # raises, naming the file, for an undeclared topic
+        async with explained_start(self.settings, self.bootstrap, "checking dead-letter topics"):
+            await self._check_dead_letter_topics(names)
         kw = client_kwargs(self.settings, self.bootstrap)
         self._producer = await start_producer(self.settings, self.bootstrap)
         self._consumer = AIOKafkaConsumer(
@@ -325,15 +409,43 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
             self._consumer = self._producer = None
             raise
         self._handling = Handling(self.hub, self.topics, self.subscribers, self._producer,
-                                  self.settings.group)
+                                  self.settings.group,
+                                  max_message_bytes=self.settings.max_message_bytes)
         self._fetch_task = asyncio.create_task(self._fetch_loop(), name="hub-fetch")
         log.info("consumer_started", group=self.settings.group, topics=names)
+
+    async def _check_dead_letter_topics(self, names: list[str]) -> None:
+        """Before any record is fetched: a poison record must have somewhere to go."""
+        wanted = {name: dead_letter_topic(self.topics, name) for name in names}
+        deadline = time.monotonic() + 5.0
+        while True:
+            present = await existing_topics(self.settings, self.bootstrap)
+            missing = {n: d for n, d in wanted.items() if d not in present}
+            # a topic created a moment ago may not be in every broker's metadata yet
+            if not missing or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.25)
+        if not missing:
+            return
+        name, dlq = sorted(missing.items())[0]
+        if dlq in self.topics:
+            fix = f"create it with `hub topics apply` (it is declared in {self.topics.path})"
+        else:
+            fix = (f"declare `dead_letter:` for {name!r} in {self.topics.path} and create it "
+                   "with `hub topics apply`")
+        raise DeadLetterTopicMissing(
+            f"subscribed topic {name!r} has no dead-letter topic on the broker at "
+            f"{self.bootstrap}: {dlq!r} does not exist, so a record it cannot handle would stall "
+            f"its partition; {fix}"
+            + (f" ({len(missing) - 1} more subscribed topic(s) too)" if len(missing) > 1 else ""))
 
     # -- rebalance -----------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         """Finish the batch in hand (bounded), commit it, forget the rest (redelivered)."""
         parts = [self._parts.pop(tp) for tp in revoked if tp in self._parts]
         for p in parts:
+            if self.parked.pop(p.tp, None) is not None:
+                metrics.PARTITIONS_PARKED.labels(p.tp.topic, str(p.tp.partition)).set(0)
             p.stopping = True
             p.queue.clear()
             p.ready.set()
@@ -377,7 +489,7 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
                 continue
             for tp, records in data.items():
                 part = self._parts.get(tp)
-                if part is None or part.stopping:
+                if part is None or part.stopping or part.parked:
                     continue
                 part.queue.extend(records)
                 part.ready.set()
@@ -386,7 +498,9 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
                     paused.add(tp)
             for tp in list(paused):
                 part = self._parts.get(tp)
-                if part is None or len(part.queue) < limit // 2:
+                if part is not None and part.parked:
+                    paused.discard(tp)  # it stays paused: only a reassignment resumes it
+                elif part is None or len(part.queue) < limit // 2:
                     if tp in consumer.assignment():
                         consumer.resume(tp)
                     paused.discard(tp)
@@ -396,41 +510,79 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         while True:
             await part.ready.wait()
             part.ready.clear()
-            while part.queue:
+            while part.queue and not part.parked:
                 n = min(len(part.queue), self.settings.max_poll_records)
                 batch = [part.queue.popleft() for _ in range(n)]
-                delay = 0.5
-                while True:
-                    try:
-                        await self._process(part, batch)
-                        break
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:
-                        # never die silently: the partition would stall unseen. Handling a
-                        # batch again is safe (starts are idempotent by transaction id)
-                        log.error("batch_failed", topic=part.tp.topic,
-                                  partition=part.tp.partition, first_offset=batch[0].offset,
-                                  error=repr(exc)[:300], retry_in_s=delay)
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 30.0)
-                        if part.stopping:
-                            return
+                await self._settle(part, batch)
+                if part.stopping:
+                    return
             if part.stopping:
                 return
+
+    async def _settle(self, part: _Partition, batch: list[ConsumerRecord[bytes, bytes]]
+                      ) -> None:
+        """Process the batch; retry a failure (bounded, with backoff), then park."""
+        delay = 0.5
+        attempts = self.settings.batch_max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                await self._process(part, batch)
+                return
+            except asyncio.CancelledError:
+                raise
+            except RecordParked as exc:  # retrying cannot make it fit
+                self._park(part, exc.record.offset, exc.reason)
+                return
+            except Exception as exc:
+                # never die silently: the partition would stall unseen. Handling a batch
+                # again is safe (starts are idempotent by transaction id)
+                if attempt == attempts:
+                    self._park(part, batch[0].offset,
+                               f"its batch failed {attempts} times, last with {exc!r}"[:500])
+                    return
+                log.error("batch_failed", topic=part.tp.topic, partition=part.tp.partition,
+                          first_offset=batch[0].offset, attempt=attempt,
+                          error=repr(exc)[:300], retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                if part.stopping:
+                    return
+
+    def _park(self, part: _Partition, offset: int, reason: str) -> None:
+        """Stop the partition at ``offset``, uncommitted and visible: the record is neither
+        lost nor retried for ever; a reassignment (a restart, a rebalance) tries it again."""
+        part.parked = True
+        part.queue.clear()
+        assert self._consumer is not None
+        if part.tp in self._consumer.assignment():
+            self._consumer.pause(part.tp)
+        self.parked[part.tp] = offset
+        metrics.PARTITIONS_PARKED.labels(part.tp.topic, str(part.tp.partition)).set(1)
+        log.error("partition_parked", topic=part.tp.topic, partition=part.tp.partition,
+                  offset=offset, reason=reason,
+                  fix="fix the cause (see docs/operations.md, Parked partitions), then "
+                      "restart the worker: the partition resumes at this offset")
 
     async def _process(self, part: _Partition,
                        batch: list[ConsumerRecord[bytes, bytes]]) -> None:
         assert self._handling is not None and self._consumer is not None
         result = await handle_batch(self._handling, batch,
                                     self.settings.max_in_flight_per_partition)
-        created = await self.hub.flush_starts(result.rows)
-        if result.dead:
-            await asyncio.gather(*result.dead)
-        next_offset = batch[-1].offset + 1
+        created = await self._flush_starts(result)
+        sent = await asyncio.gather(*result.dead, return_exceptions=True)
+        result.parked.extend(x for x in sent if isinstance(x, RecordParked))
+        failed = [x for x in sent if isinstance(x, BaseException) and
+                  not isinstance(x, RecordParked)]
+        if failed:
+            raise failed[0]
+        parked = min(result.parked, key=lambda p: p.record.offset, default=None)
+        # everything before a parked record is settled (its lane stopped at it; the other
+        # lanes ran to their end): commit up to it, not past it
+        next_offset = parked.record.offset if parked is not None else batch[-1].offset + 1
         try:
-            await self._commits.write((part.tp, next_offset))
-            part.committed = next_offset
+            if next_offset > batch[0].offset:
+                await self._commits.write((part.tp, next_offset))
+                part.committed = next_offset
         except Exception as exc:
             # a rebalance took the partition: the new owner re-reads from the last commit,
             # and its starts find these transaction ids already stored
@@ -445,6 +597,31 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         self.stats["dead_lettered"] += result.dead_lettered
         self.stats["batches"] += 1
         self.stats["starts"] += len(created)
+        if parked is not None:
+            raise parked
+
+    async def _flush_starts(self, result: BatchResult) -> set[uuid.UUID]:
+        """The batch's starts (still one shared statement); a start Postgres refuses for what
+        its row holds dead-letters its record (stage ``start``) instead of failing the batch
+        on every try. Any other failure fails the batch (retried)."""
+        assert self._handling is not None
+        outcomes = await asyncio.gather(*(self.hub.flush_starts([row]) for row in result.rows),
+                                        return_exceptions=True)
+        created: set[uuid.UUID] = set()
+        refused: dict[int, tuple[ConsumerRecord[bytes, bytes], str, BaseException]] = {}
+        for (record, sub), outcome in zip(result.origins, outcomes, strict=True):
+            if not isinstance(outcome, BaseException):
+                created |= outcome
+            elif is_data_error(outcome):
+                refused.setdefault(record.offset, (record, sub, outcome))
+            else:
+                raise outcome
+        for record, sub, exc in refused.values():
+            try:
+                self._handling.dead_letter(record, "start", exc, sub, 1, result)
+            except RecordParked as parked:
+                result.parked.append(parked)
+        return created
 
     async def _commit_offsets(
         self, rows: Sequence[tuple[TopicPartition, int]]
@@ -475,6 +652,8 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
             for t in pending:
                 t.cancel()
         self._parts.clear()
+        for tp in self.parked:  # the partitions are no longer ours to report
+            metrics.PARTITIONS_PARKED.labels(tp.topic, str(tp.partition)).set(0)
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._consumer.stop(), 10)

@@ -131,7 +131,8 @@ async def redrive(hub: Hub, topics: Topics, subscribers: SubscriberRegistry,
                     key=key, value=letter.value, checksum=None, serialized_key_size=-1,
                     serialized_value_size=-1, headers=tuple(headers))
                 out = BatchResult()
-                handling = Handling(hub, topics, subscribers, producer, settings.group)
+                handling = Handling(hub, topics, subscribers, producer, settings.group,
+                                    max_message_bytes=settings.max_message_bytes)
                 await handling.handle(record, out, only=sub)
                 for fut in out.dead:
                     await fut

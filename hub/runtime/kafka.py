@@ -104,7 +104,7 @@ async def start_producer(settings: KafkaSettings, bootstrap: str) -> AIOKafkaPro
     """An idempotent producer (acks=all), or a plain acks=all one where the broker cannot
     hand out producer ids (the embedded Tansu broker): the outbox and dead letters are
     at-least-once either way, and every event carries its unique id."""
-    kw = client_kwargs(settings, bootstrap)
+    kw = {**client_kwargs(settings, bootstrap), "max_request_size": settings.max_message_bytes}
     producer = AIOKafkaProducer(**kw, enable_idempotence=True, acks="all", linger_ms=2)
     try:
         async with explained_start(settings, bootstrap, "starting a producer"):

@@ -69,6 +69,7 @@ class KafkaRuntime:
             log.info("embedded_broker_started", bootstrap=self.bootstrap)
         if self.topics is None:
             self.topics = load_topics(s.topics_file, s.topic_prefix)
+        self.topics.import_models()  # a misspelt model stops the start, naming file and line
         if self.consume and self.subscribers is SUBSCRIBERS:
             load_modules(s.subscribers)
             self.subscribers = SUBSCRIBERS.with_prefix(s.topic_prefix)

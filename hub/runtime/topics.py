@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,18 +82,24 @@ class TopicSpec(BaseModel):
     def event_model(self) -> type[BaseModel] | None:
         if self.event is None:
             return None
-        module, _, attr = self.event.replace(":", ".").rpartition(".")
         try:
-            model = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise TopicsFileError(
-                f"topic {self.name!r}: event model {self.event!r} cannot be imported: {exc}"
-            ) from exc
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            raise TopicsFileError(
-                f"topic {self.name!r}: event {self.event!r} is not a pydantic model"
-            )
-        return model
+            return import_model(self.event)
+        except ValueError as exc:
+            raise TopicsFileError(f"topic {self.name!r}: {exc}") from exc
+
+
+def import_model(dotted: str) -> type[BaseModel]:
+    """The pydantic model at ``package.module:Model``; ``ValueError`` says why not, in one
+    line (a module that fails while importing counts too: the worker must not start on it)."""
+    module, _, attr = dotted.replace(":", ".").rpartition(".")
+    try:
+        model = getattr(importlib.import_module(module), attr)
+    except Exception as exc:  # ImportError, AttributeError, or whatever the module raised
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"event model {dotted!r} cannot be imported: {reason}") from exc
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ValueError(f"event {dotted!r} is not a pydantic model")
+    return model
 
 
 class _File(BaseModel):
@@ -109,6 +115,8 @@ class Topics:
 
     path: Path
     topics: dict[str, TopicSpec]
+    event_at: dict[str, tuple[int, str]] = field(default_factory=dict, compare=False)
+    """Topic name to the line and field its ``event`` was written at (its own or defaults')."""
 
     def __getitem__(self, name: str) -> TopicSpec:
         try:
@@ -131,7 +139,22 @@ class Topics:
             prefix + name: spec.model_copy(update={
                 "name": prefix + name,
                 "dead_letter": prefix + spec.dead_letter if spec.dead_letter else None})
-            for name, spec in self.topics.items()})
+            for name, spec in self.topics.items()},
+            {prefix + name: at for name, at in self.event_at.items()})
+
+    def import_models(self) -> dict[str, type[BaseModel]]:
+        """Import every topic's event model, so a typo stops a start (not the first record
+        of that topic, hours later) naming the file, the line and the field."""
+        models: dict[str, type[BaseModel]] = {}
+        for spec in self.topics.values():
+            if spec.event is None:
+                continue
+            try:
+                models[spec.name] = import_model(spec.event)
+            except ValueError as exc:
+                line, where = self.event_at.get(spec.name, (1, f"topics.{spec.name}.event"))
+                raise TopicsFileError(f"{self.path}:{line}: {where}: {exc}") from None
+        return models
 
     def __iter__(self) -> Any:
         return iter(self.topics.values())
@@ -183,7 +206,17 @@ def load_topics(path: str | Path, prefix: str = "") -> Topics:
         raise TopicsFileError(
             f"{path}:{_line_of(root, loc) or 1}: {'.'.join(map(str, loc))}: {err['msg']}"
         ) from None
+    try:
+        TopicSpec.model_validate({**parsed.defaults, "name": "defaults"})
+    except ValidationError as exc:
+        # a default is wrong wherever it applies: report it where it is written, once
+        err = exc.errors()[0]
+        loc = ("defaults", *err["loc"])
+        raise TopicsFileError(
+            f"{path}:{_line_of(root, loc)}: {'.'.join(map(str, loc))}: {err['msg']}"
+        ) from None
     topics: dict[str, TopicSpec] = {}
+    event_at: dict[str, tuple[int, str]] = {}
     for name, body in parsed.topics.items():
         where = ("topics", name)
         if not _TOPIC_NAME.match(name):
@@ -196,10 +229,13 @@ def load_topics(path: str | Path, prefix: str = "") -> Topics:
                                                      "name": name})
         except ValidationError as exc:
             err = exc.errors()[0]
-            loc = (*where, *err["loc"])
+            loc = _owner(where, body or {}, parsed.defaults, tuple(err["loc"]))
             raise TopicsFileError(
                 f"{path}:{_line_of(root, loc)}: {'.'.join(map(str, loc))}: {err['msg']}"
             ) from None
+        if topics[name].event is not None:
+            event_loc = _owner(where, body or {}, parsed.defaults, ("event",))
+            event_at[name] = (_line_of(root, event_loc) or 1, ".".join(map(str, event_loc)))
     for spec in topics.values():
         if spec.dead_letter is not None and spec.dead_letter not in topics:
             dl_loc = ("topics", spec.name, "dead_letter")
@@ -207,4 +243,12 @@ def load_topics(path: str | Path, prefix: str = "") -> Topics:
                 f"{path}:{_line_of(root, dl_loc)}: {'.'.join(dl_loc)}: dead-letter topic "
                 f"{spec.dead_letter!r} is not declared in this file"
             )
-    return Topics(path, topics).with_prefix(prefix)
+    return Topics(path, topics, event_at).with_prefix(prefix)
+
+
+def _owner(where: tuple[str, str], body: dict[str, Any], defaults: dict[str, Any],
+           loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Where the field at ``loc`` of a topic was written: the topic, or ``defaults:``."""
+    if loc and loc[0] not in body and loc[0] in defaults:
+        return ("defaults", *loc)
+    return (*where, *loc)

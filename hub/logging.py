@@ -8,10 +8,18 @@ import sys
 
 import structlog
 
+from hub.redaction import DEFAULT, Redaction
+from hub.settings import HubSettings
 
-def configure_logging(level: str = "info", *, json_output: bool | None = None) -> None:
+
+def configure_logging(level: str = "info", *, json_output: bool | None = None,
+                      redaction: Redaction | None = None) -> None:
     """Structured logs to stderr at ``level``: JSON lines when ``json_output`` (by default
-    when stderr is not a terminal, i.e. in production), readable lines in a terminal."""
+    when stderr is not a terminal, i.e. in production), readable lines in a terminal. A
+    field a log line carries is redacted by the policy (``redaction``, else the process's
+    ``HUB_REDACT_FIELDS``, else the defaults)."""
+    if redaction is None:
+        redaction = _process_redaction()
     if json_output is None:
         json_output = not sys.stderr.isatty()
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
@@ -23,6 +31,7 @@ def configure_logging(level: str = "info", *, json_output: bool | None = None) -
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            redaction.log_processor,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
@@ -31,3 +40,12 @@ def configure_logging(level: str = "info", *, json_output: bool | None = None) -
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def _process_redaction() -> Redaction:
+    """The policy of ``HUB_REDACT_FIELDS`` if it is set and valid, else the defaults (a bad
+    setting is reported by the settings check, not by the logger)."""
+    try:
+        return Redaction(HubSettings().redact_fields)
+    except Exception:
+        return DEFAULT

@@ -22,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationErr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hub.errors import HubError
+from hub.redaction import DEFAULT_FIELDS
 
 SCHEMA_PATTERN = r"^[a-z_][a-z0-9_]{0,40}$"
 """Names the hub's schema may take: it is written into every statement, never quoted."""
@@ -73,6 +74,10 @@ class HubSettings(BaseSettings):
         default=7.0, gt=0,
         description="days executions that ended well are kept; compensation_failed and parked "
                     "ones stay until repaired")
+    redact_fields: CommaList = Field(
+        default=list(DEFAULT_FIELDS),
+        description="comma-separated field names whose values the API, console, CLI and logs "
+                    "show as ***, matched by their words (api_key matches apiKey, X-Api-Key)")
     audit_retention_days: float = Field(
         default=400.0, gt=0, description="days operator actions are kept in the audit")
     redrive_retention_days: float = Field(

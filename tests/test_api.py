@@ -444,7 +444,7 @@ async def test_execution_detail_shows_trigger_steps_and_published_events(api: Ap
     d = (await api.client.get(f"/executions/{tx}", headers=api.auth("read"))).json()
     assert d["trigger"]["kind"] == "api"
     assert d["trigger"]["route"] == "POST /workflows/{name}/runs"
-    assert d["trigger"]["api_key"]["name"] == "test-run"
+    assert d["trigger"]["credential"]["name"] == "test-run"
     assert d["trigger"]["idempotency_key"] == "emit:E1"
     assert d["trigger"]["caller"] == {"request_id": "req-7"}
     assert api.keys["run"] not in json.dumps(d)

@@ -98,8 +98,10 @@ def api_trigger(request: Request, key: ApiKey | None, **extra: Any) -> dict[str,
     if traceparent and _TRACEPARENT.match(traceparent):
         trigger["traceparent"] = traceparent  # W3C trace context, carried into the steps
     if key is not None:
-        trigger["api_key"] = {"id": key.id, "name": key.name,
-                              "prefix": TOKEN_PREFIX + key.prefix}
+        # who, never how: the key's id, name and public prefix (under a name the redaction
+        # policy leaves visible, since it holds no secret)
+        trigger["credential"] = {"type": "api_key", "id": key.id, "name": key.name,
+                                 "prefix": TOKEN_PREFIX + key.prefix}
     trigger.update({k: v for k, v in extra.items() if v is not None})
     return trigger
 

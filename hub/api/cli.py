@@ -66,7 +66,8 @@ def add_api_commands(app: typer.Typer) -> None:
     def create(
         name: Annotated[str, typer.Argument(help="who will use the key, e.g. erp-sync")],
         scope: Annotated[list[str], typer.Option(
-            "--scope", "-s", help="read, run or operate; repeat for several")],
+            "--scope", "-s",
+            help="read, run, operate or raw (payloads unredacted); repeat for several")],
         as_json: AsJson = False,
     ) -> None:
         """Create a key and print its token: it is shown this once, and stored only hashed."""

@@ -40,6 +40,7 @@ class Scope(StrEnum):
     READ = "read"
     RUN = "run"
     OPERATE = "operate"
+    RAW = "raw"  # with read: payloads as stored, secret fields unredacted
 
 
 ALL_SCOPES: tuple[Scope, ...] = tuple(Scope)

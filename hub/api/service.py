@@ -41,6 +41,7 @@ from hub.engine.hub import Hub
 from hub.engine.payload import storable_text
 from hub.engine.run import FINAL_STATUSES, Run, RunStatus
 from hub.errors import DuplicateDelivery, ExecutionNotFound, HubError, InvalidTransition
+from hub.redaction import Redaction
 from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
 from hub.settings import KafkaSettings
 from hub.store.store import AuditRecord, WebhookDelivery
@@ -179,27 +180,6 @@ class MetricsSnapshot:
     executions: list[tuple[str, str, int]]
     outbox_unsent: int
     outbox_oldest_age_s: float
-
-
-SECRET_KEY = re.compile(r"secret|password|token|api[_-]?key|authorization", re.IGNORECASE)
-"""Keys whose values a front end never shows: ``redact`` replaces them at any depth."""
-
-REDACTED = "***"
-
-_REDACT_DEPTH = 100
-
-
-def redact(value: Any, _depth: int = 0) -> Any:
-    """``value`` with the value of every key matching ``SECRET_KEY`` replaced by ``***``
-    (inputs, outputs, results, headers: whatever a step was given may hold a credential)."""
-    if _depth > _REDACT_DEPTH:
-        return REDACTED
-    if isinstance(value, dict):
-        return {k: REDACTED if isinstance(k, str) and SECRET_KEY.search(k)
-                else redact(v, _depth + 1) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, _depth + 1) for v in value]
-    return value
 
 
 @dataclass(frozen=True)
@@ -510,6 +490,8 @@ class HubService:
         self._snapshot_lock = asyncio.Lock()
         self._broker = _Cache(broker_ttl_s)
         self._charts: dict[tuple[int, int], tuple[float, StatusChart]] = {}
+        self.redaction = Redaction(hub.settings.redact_fields)
+        """What every front end shows as ``***`` (``HUB_REDACT_FIELDS``)."""
         self._chart_locks: dict[tuple[int, int], asyncio.Lock] = {}
 
     # -- workflows -----------------------------------------------------------------------
@@ -615,11 +597,13 @@ class HubService:
             raise ExecutionNotFound(f"no execution with id or transaction id {ref!r}")
         return await self.hub.get_run(ref, workflow=workflow)
 
-    async def execution(self, ref: str, *, workflow: str | None = None) -> ExecutionDetail:
-        """Every step's state, the trigger lineage and the events the execution published."""
+    async def execution(self, ref: str, *, workflow: str | None = None,
+                        raw: bool = False) -> ExecutionDetail:
+        """Every step's state, the trigger lineage and the events the execution published;
+        secret fields redacted unless ``raw`` (a key with the ``raw`` scope)."""
         run = await self._run(ref, workflow)
         events = await self.hub.store.api_outbox_for_execution(uuid.UUID(run.id))
-        return ExecutionDetail(
+        detail = ExecutionDetail(
             **run_out(run).model_dump(),
             outbox=[OutboxEventOut(
                 id=str(e["id"]), step=e.get("step"), topic=e["topic"], key=e["key"],
@@ -627,6 +611,19 @@ class HubService:
                 sent_at=e["sent_at"], attempts=e["attempts"], last_error=e["last_error"])
                 for e in events],
         )
+        return detail if raw else self._redacted(detail)
+
+    def _redacted(self, detail: ExecutionDetail) -> ExecutionDetail:
+        """``detail`` as anyone without the ``raw`` scope sees it: every payload it carries
+        (input, outputs, result, trigger, events and their headers) by the policy."""
+        r = self.redaction.value
+        return detail.model_copy(update={
+            "input": r(detail.input), "result": r(detail.result),
+            "trigger": r(detail.trigger),
+            "steps": [st.model_copy(update={"output": r(st.output)}) for st in detail.steps],
+            "outbox": [e.model_copy(update={"payload": r(e.payload), "headers": r(e.headers)})
+                       for e in detail.outbox],
+        })
 
     async def complete_step(
         self, ref: str, step: str, *, success: bool, output: Any = None,
@@ -849,7 +846,7 @@ class HubService:
             node = nodes.get(out.id, {})
             compensable = bool(node.get("compensates"))
             steps.append(StepView(
-                out=out.model_copy(update={"output": redact(out.output)}),
+                out=out,
                 kind=str(node.get("kind", "step")),
                 is_async=bool((node.get("options") or {}).get("is_async")),
                 compensable=compensable,
@@ -860,17 +857,11 @@ class HubService:
                 compensated_at=_epoch(st.get("compensated_at")),
                 completed_order=st.get("seq"),
                 due_at=_epoch(st.get("due")),
-                compensate_input=redact(st.get("compensate_input")),
+                compensate_input=self.redaction.value(st.get("compensate_input")),
             ))
         audit = [_audit_entry(r) for r in
                  await self.hub.store.audit_for_execution(uuid.UUID(detail.id))]
-        safe = detail.model_copy(update={
-            "input": redact(detail.input), "result": redact(detail.result),
-            "trigger": redact(detail.trigger), "steps": [s.out for s in steps],
-            "outbox": [e.model_copy(update={"payload": redact(e.payload),
-                                            "headers": redact(e.headers)})
-                       for e in detail.outbox],
-        })
+        safe = detail  # redacted by execution()
         return ExecutionView(detail=safe, steps=steps, graph=graph, graph_note=note,
                              timeline=_timeline(safe, steps, audit), audit=audit)
 
@@ -1025,8 +1016,8 @@ class HubService:
                 subscriber=hd.get(h.DLQ_SUBSCRIBER) or None,
                 error=hd.get(h.DLQ_EXCEPTION_CLASS, "").rsplit(".", 1)[-1],
                 message=hd.get(h.DLQ_EXCEPTION_MESSAGE) or "",
-                payload=_payload_text(d.value),
-                headers={k: REDACTED if SECRET_KEY.search(k) else v for k, v in hd.items()},
+                payload=_payload_text(d.value, self.redaction),
+                headers=self.redaction.value(hd),
                 redrives=redrives or [{"at": a.at, "target": a.detail.get("to"),
                                        "by": a.actor.label} for a in actions.get(d.ref, [])],
             ))
@@ -1105,9 +1096,8 @@ class HubService:
                                     if rec.key is not None else None,
                                     "timestamp": datetime.fromtimestamp(rec.timestamp / 1000,
                                                                         UTC),
-                                    "headers": {k: REDACTED if SECRET_KEY.search(k) else v
-                                                for k, v in headers.items()},
-                                    "payload": _payload_text(rec.value),
+                                    "headers": self.redaction.value(headers),
+                                    "payload": _payload_text(rec.value, self.redaction),
                                     "redriven_from": source, "redrives": redrives}
                         if rec.offset > offset:
                             return None
@@ -1128,12 +1118,12 @@ def _idempotency_key(detail: ExecutionDetail, step: str, *, compensating: bool) 
 _NO_SERVICES = Container()
 
 
-def _payload_text(value: bytes | None) -> str | None:
+def _payload_text(value: bytes | None, redaction: Redaction) -> str | None:
     """A record's value for display: JSON pretty-printed with secrets redacted, else text."""
     if value is None:
         return None
     text = value.decode("utf-8", "replace")
     try:
-        return json.dumps(redact(json.loads(text)), indent=2, ensure_ascii=False)
+        return json.dumps(redaction.value(json.loads(text)), indent=2, ensure_ascii=False)
     except ValueError:
         return text

@@ -80,9 +80,13 @@ def add_execution_commands(app: typer.Typer) -> None:
 
     @ex_app.command("show")
     def show(ref: Annotated[str, typer.Argument(help="execution id or transaction id")],
-             workflow: Annotated[str | None, typer.Option("--workflow")] = None) -> None:
-        """Every step's state, attempts, errors, the trigger and the published events."""
-        detail = _with_service(lambda svc: svc.execution(ref, workflow=workflow))
+             workflow: Annotated[str | None, typer.Option("--workflow")] = None,
+             raw: Annotated[bool, typer.Option(
+                 "--raw", help="payloads as stored: secret fields unredacted")] = False,
+             ) -> None:
+        """Every step's state, attempts, errors, the trigger and the published events;
+        secret fields (HUB_REDACT_FIELDS) read *** unless --raw."""
+        detail = _with_service(lambda svc: svc.execution(ref, workflow=workflow, raw=raw))
         typer.echo(json.dumps(_dump(detail), indent=2, default=str))
 
     @ex_app.command("retry")

@@ -31,3 +31,17 @@ def tw_approval(inp: Req) -> WorkflowResponse:
 @create_workflow("tw-approval-deadline")
 def tw_approval_deadline(inp: Req) -> WorkflowResponse:
     return WorkflowResponse(ask_with_deadline(inp))
+
+
+class Signup(BaseModel):
+    email: str
+    password: str
+    payment: dict[str, Any]
+
+
+@create_workflow("tw-secretive")
+def tw_secretive(inp: Signup) -> WorkflowResponse:
+    """Inputs and outputs that hold secrets: what every front end must redact."""
+    issued = create_step("tw-issue-token", lambda s, c: {
+        "accessToken": "tok-live-123", "user": s["email"]})(inp)
+    return WorkflowResponse(issued)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Path, Query, Response
 
 from hub.api.auth import OperateKey, ReadKey, RunKey, ServiceDep
-from hub.api.keys import ApiKey
+from hub.api.keys import ApiKey, Scope
 from hub.api.models import (
     ErrorBody,
     ExecutionDetail,
@@ -95,8 +95,10 @@ async def list_executions(
 async def get_execution(execution: ExecutionRef, service: ServiceDep, key: ReadKey,
                         workflow: WorkflowFilter = None) -> ExecutionDetail:
     """Every step's state, attempts, timings and errors, the compensation errors, the
-    trigger lineage, and the outbox events the execution published."""
-    return await service.execution(execution, workflow=workflow)
+    trigger lineage, and the outbox events the execution published. Secret fields
+    (``HUB_REDACT_FIELDS``) read ``***`` unless the key also has the ``raw`` scope."""
+    return await service.execution(execution, workflow=workflow,
+                                   raw=key.has(Scope.RAW))
 
 
 @router.post("/executions/{id}/steps/{step}/success", response_model=SignalAccepted,

@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import structlog
 
+from hub.engine.events import check_event
+from hub.engine.payload import to_json
 from hub.errors import HubError
 
 _OUTBOX_NS = uuid.UUID("6f1c1d0e-52a3-4c2e-9a55-3b0f3a1e7c11")
@@ -115,6 +117,8 @@ class StepContext:
     """While compensating: the error that made the workflow roll back (``message``, ``step``,
     ``type``), so a compensation can report why, e.g. in an ``order.failed`` event."""
     outbox: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    max_event_bytes: int = 1_048_576
+    """The largest record ``emit`` accepts (``HUB_MAX_EVENT_BYTES``)."""
 
     @property
     def traceparent(self) -> str | None:
@@ -130,15 +134,20 @@ class StepContext:
         The event is stored with this step's checkpoint (so only if the step succeeds) and
         relayed to Kafka afterwards. Its id is derived from the execution, the step and the
         event's position in the step, so a re-run step emits the same ids: returns the id.
+
+        Raises ``UnpublishableEvent`` (the step fails, without retries) for a topic name
+        Kafka refuses or a record over ``max_event_bytes``: nothing is emitted.
         """
+        payload = to_json(event, f"event emitted by step {self.step!r}")
         phase = "/compensate" if self.compensating else ""
         event_id = str(uuid.uuid5(_OUTBOX_NS, f"{self.execution_id}/{self.step}{phase}/"
                                                f"{len(self.outbox)}"))
         hdrs = dict(headers or {})
         if self.traceparent and "traceparent" not in hdrs:
             hdrs["traceparent"] = self.traceparent
+        check_event(topic, payload, key, hdrs, self.max_event_bytes)
         self.outbox.append({"id": event_id, "step": self.step, "topic": topic, "key": key,
-                            "payload": event, "headers": hdrs})
+                            "payload": payload, "headers": hdrs})
         return event_id
 
     @staticmethod
@@ -153,6 +162,7 @@ class StepContext:
         compensating: bool = False,
         trigger: dict[str, Any] | None = None,
         failure: dict[str, Any] | None = None,
+        max_event_bytes: int = 1_048_576,
     ) -> StepContext:
         key = f"{execution_id}:{step}" + (":compensate" if compensating else "")
         return StepContext(
@@ -170,4 +180,5 @@ class StepContext:
             compensating=compensating,
             trigger=trigger,
             failure=failure,
+            max_event_bytes=max_event_bytes,
         )

@@ -657,7 +657,9 @@ class Hub:
         await self.store.notify(json.dumps({"id": str(row["id"]), "due": True}))
 
     async def purge(self, *, grace_seconds: float = 0.0) -> int:
-        """Delete finished executions past their retention; live ones are never touched."""
+        """Delete finished executions past their retention (live ones are never touched),
+        expired webhook ids, and outbox rows sent longer ago than ``HUB_OUTBOX_RETENTION_S``
+        (unsent and failed ones stay), each in bounded batches; the executions deleted."""
         total = 0
         while True:
             n = await self.store.purge_finished(grace_seconds)
@@ -665,6 +667,8 @@ class Hub:
             if n < 1000:
                 break
         while await self.store.purge_webhook_ids() == 1000:
+            pass
+        while await self.store.outbox_purge_sent(self.settings.outbox_retention_s) == 1000:
             pass
         return total
 

@@ -20,6 +20,7 @@ from hub.api.cli import add_api_commands, ensure_dev_key, start_api
 from hub.cli.executions import add_execution_commands
 from hub.cli.jobs import add_job_commands
 from hub.cli.kafka import add_kafka_commands
+from hub.cli.outbox import add_outbox_commands
 from hub.cli.sandbox import SANDBOX_PORT, add_sandbox_command, export_env, sandbox_server
 from hub.cli.settings import add_settings_command
 from hub.cli.signals import until_signalled
@@ -39,6 +40,7 @@ add_kafka_commands(app)
 add_api_commands(app)
 add_execution_commands(app)
 add_job_commands(app)
+add_outbox_commands(app)
 add_sandbox_command(app)
 add_settings_command(app)
 

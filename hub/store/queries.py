@@ -220,6 +220,11 @@ OUTBOX_STATE = """CASE WHEN sent_at IS NOT NULL THEN 'sent' WHEN failed_at IS NO
 """A row's state, derived from its columns (never stored twice): pending, retrying (a
 publish failed, another is due at next_attempt_at), failed (waits for an operator), sent."""
 
+OUTBOX_DUE = """CASE WHEN sent_at IS NULL AND failed_at IS NULL
+     THEN GREATEST(next_attempt_at, created_at) END"""
+"""When the relay will next try a row (rows from before 0008 hold -infinity: their creation);
+NULL once it was sent or failed."""
+
 OUTBOX_CLAIM = """-- inside the relay's transaction: rows stay locked while they are published, so two
 -- relays never publish one row at the same time (SKIP LOCKED: they never wait either). The
 -- outbox_pending index holds only rows to publish: one backing off is past now(), a failed one
@@ -293,7 +298,7 @@ OUTBOX_LIST = """-- the outbox page (API, CLI, console): rows not yet sent, newe
 -- values at hand (Store.outbox_list): failed rows walk outbox_failed, the others the small
 -- outbox_pending set
 SELECT id, execution_id, step, topic, key, created_at, sent_at, failed_at, attempts,
-       next_attempt_at, last_error, """ + OUTBOX_STATE + """ AS state
+       """ + OUTBOX_DUE + """ AS next_attempt_at, last_error, """ + OUTBOX_STATE + """ AS state
 FROM {s}.outbox
 WHERE sent_at IS NULL
   AND ($1::text IS NULL
@@ -305,7 +310,7 @@ ORDER BY created_at DESC, id DESC
 LIMIT $4"""
 
 OUTBOX_GET = """SELECT id, execution_id, step, topic, key, created_at, sent_at, failed_at, attempts,
-       next_attempt_at, last_error, """ + OUTBOX_STATE + """ AS state
+       """ + OUTBOX_DUE + """ AS next_attempt_at, last_error, """ + OUTBOX_STATE + """ AS state
 FROM {s}.outbox WHERE id = ANY($1::uuid[])"""
 
 OUTBOX_FOR_EXECUTION = """SELECT id, topic, key, payload, headers, created_at, sent_at
@@ -492,7 +497,7 @@ SELECT workflow, status, count(*) AS n FROM {s}.execution GROUP BY workflow, sta
 API_OUTBOX_FOR_EXECUTION = """-- the events one execution published, with the step that emitted each and the relay's
 -- progress (outbox_execution index)
 SELECT id, step, topic, key, payload, headers, created_at, sent_at, attempts, last_error,
-       failed_at, next_attempt_at, """ + OUTBOX_STATE + """ AS state
+       failed_at, """ + OUTBOX_DUE + """ AS next_attempt_at, """ + OUTBOX_STATE + """ AS state
 FROM {s}.outbox WHERE execution_id = $1 ORDER BY created_at, id"""
 
 # -- console (hub.api.console, through HubService) -----------------------------------------

@@ -30,8 +30,9 @@ from hub.store.store import OutboxFate, RetryPolicy, Row
 log = structlog.get_logger("hub.outbox")
 
 
-class _IllegalTopic(ValueError):
-    """A row's topic is no legal Kafka name: refused before asking the broker."""
+class IllegalTopicName(ValueError):
+    """A row's topic is no legal Kafka name: refused before asking the broker (which would
+    keep the batch waiting for metadata that never comes)."""
 
 
 class OutboxRelay:
@@ -74,7 +75,7 @@ class OutboxRelay:
             if problem is None:
                 legal.append(name)
             else:
-                bad[name] = _IllegalTopic(problem)
+                bad[name] = IllegalTopicName(problem)
         found = await asyncio.gather(*(self.producer.partitions_for(t) for t in legal),
                                      return_exceptions=True)
         for name, result in zip(legal, found, strict=True):

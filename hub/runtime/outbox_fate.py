@@ -18,6 +18,7 @@ is retried with backoff, and fails too once it reached the relay's bound of atte
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from aiokafka import errors as ke
@@ -42,13 +43,18 @@ REFUSED: tuple[type[BaseException], ...] = (
 """Errors that say this record will never be accepted: retrying cannot help."""
 
 
+_ERROR_CODE = re.compile(r"^\[Error -?\d+\] \w+:?\s*")
+
+
 def reason(exc: BaseException) -> str:
     """The stored and logged reason: the error's class and message, bounded and storable."""
-    text = str(exc).strip()
+    name = type(exc).__name__
+    text = _ERROR_CODE.sub("", str(exc).strip())  # aiokafka's "[Error 10] ClassName: "
+    text = text.removeprefix(f"{name}: ")
     description = getattr(type(exc), "description", None)  # a broker error code's meaning
     if isinstance(description, str) and description not in text:
         text = f"{text}: {description}" if text else description
-    return clean_text(f"{type(exc).__name__}: {text}"[:2000])
+    return clean_text(f"{name}: {text}"[:2000])
 
 
 def fate_of(row_id: uuid.UUID, exc: BaseException) -> OutboxFate:

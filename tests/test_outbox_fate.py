@@ -299,3 +299,22 @@ async def test_retention_purges_old_sent_rows_in_batches_never_failed_ones(hub: 
     await hub.purge()
     left = {r["id"] for r in await hub.store.pool.fetch(f"SELECT id FROM {s}.outbox")}
     assert left == {new_sent, old_failed, old_pending}
+
+
+async def test_retry_of_all_failed_makes_only_failed_rows_due(hub: Hub) -> None:
+    from hub.api.service import Actor, HubService
+
+    failed = [await insert(hub, "t.out", {"n": i}) for i in range(2)]
+    waiting = await insert(hub, "t.out", {"n": 3})
+    await hub.store.pool.execute(
+        f"UPDATE {hub.store.schema}.outbox SET failed_at = now(), attempts = 1, "
+        "last_error = 'refused' WHERE id = ANY($1)", failed)
+    service = HubService(hub)
+    assert [i.id for i in (await service.outbox(state="failed")).items] == [
+        str(i) for i in reversed(failed)]
+    done = await service.retry_outbox([], all_failed=True, actor=Actor("ops", "cli"))
+    assert sorted(done.ids) == sorted(str(i) for i in failed)
+    assert (await service.outbox(state="failed")).items == []
+    assert {r["id"]: r["state"] for r in await hub.store.outbox_get([*failed, waiting])} == {
+        failed[0]: "pending", failed[1]: "pending", waiting: "pending"}
+    assert len(await hub.store.audit_for_targets([f"outbox:{i}" for i in failed])) == 2

@@ -129,7 +129,8 @@ def purge(
         help="keep finished executions this many days past their retention")] = 0.0,
     log_level: LogLevel = "warning",
 ) -> None:
-    """Delete finished executions past their retention (never a live one), with progress."""
+    """Delete finished executions past their retention (never a live one), with progress,
+    and published outbox events past theirs (never an unpublished or failed one)."""
     configure_logging(log_level)
 
     async def run() -> int:
@@ -141,9 +142,14 @@ def purge(
                 typer.echo(f"\rpurged {total} execution(s)", nl=False, err=True)
                 if n < 1000:
                     typer.echo("", err=True)
-                    return total
+                    break
+            retention = hub.settings.outbox_retention_s
+            while await hub.store.outbox_purge_sent(retention) == 1000:
+                pass
+            return total
 
-    typer.echo(f"purged {asyncio.run(run())} finished execution(s)")
+    typer.echo(f"purged {asyncio.run(run())} finished execution(s) (and outbox events "
+               "published longer ago than HUB_OUTBOX_RETENTION_S)")
 
 
 @app.command()

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from hub.engine.events import check_event
+from hub.engine.events import DEFAULT_MAX_EVENT_BYTES, check_event
 from hub.engine.payload import to_json
 from hub.errors import HubError
 
@@ -117,7 +117,7 @@ class StepContext:
     """While compensating: the error that made the workflow roll back (``message``, ``step``,
     ``type``), so a compensation can report why, e.g. in an ``order.failed`` event."""
     outbox: list[dict[str, Any]] = field(default_factory=list, repr=False)
-    max_event_bytes: int = 1_048_576
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     """The largest record ``emit`` accepts (``HUB_MAX_EVENT_BYTES``)."""
 
     @property
@@ -162,7 +162,7 @@ class StepContext:
         compensating: bool = False,
         trigger: dict[str, Any] | None = None,
         failure: dict[str, Any] | None = None,
-        max_event_bytes: int = 1_048_576,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> StepContext:
         key = f"{execution_id}:{step}" + (":compensate" if compensating else "")
         return StepContext(

@@ -14,6 +14,9 @@ from typing import Any
 
 from hub.errors import UnpublishableEvent
 
+DEFAULT_MAX_EVENT_BYTES = 1_048_576
+"""``HUB_MAX_EVENT_BYTES``'s default: aiokafka's (and Kafka's) default request size."""
+
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 _EVENT_ID_BYTES = len("event-id") + 36 + 2
@@ -26,7 +29,8 @@ the record's own varint fields, rounded up so the estimate never falls below the
 
 def topic_problem(topic: str) -> str | None:
     """Why Kafka refuses ``topic`` as a name, or None: 1 to 249 of ``[A-Za-z0-9._-]``, and
-    neither ``.`` nor ``..``."""
+    neither ``.`` nor ``..``. Emit checks the name a step gives; the relay checks it again
+    with ``HUB_KAFKA_TOPIC_PREFIX`` in front."""
     if topic in (".", ".."):
         return f"topic {topic!r} is not a legal Kafka topic name ('.' and '..' are reserved)"
     if not _TOPIC.match(topic):

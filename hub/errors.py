@@ -8,9 +8,11 @@ HubError
   UnknownWorkflow        no workflow registered under that name
   ExecutionNotFound      no execution with that id or transaction id
   InvalidTransition      an operation that the execution's state forbids
+  OutboxEventNotFound    no outbox row with that id
   WorkflowFailed         a run ended without success (carries the Run)
   StepError              raised by step code
     PermanentStepError   never retried: the workflow compensates
+      UnpublishableEvent an emitted event Kafka would refuse (topic name, size)
   ConnectorError         raised by connectors
     TransientConnectorError   worth a retry
     PermanentConnectorError   the system said no
@@ -58,6 +60,10 @@ class ExecutionNotFound(HubError):
     """No execution matches the id or transaction id."""
 
 
+class OutboxEventNotFound(HubError):
+    """No outbox row has that id (or it was purged after it was sent)."""
+
+
 class InvalidTransition(HubError):
     """The execution or step is not in a state that allows the operation."""
 
@@ -90,6 +96,12 @@ class PermanentStepError(StepError):
     """A step failure that no retry can fix: the workflow compensates at once."""
 
     retryable = False
+
+
+class UnpublishableEvent(PermanentStepError):
+    """``ctx.emit`` was given an event Kafka would refuse: an illegal topic name, or a record
+    over ``HUB_MAX_EVENT_BYTES``. Refused when the step emits it, so the step fails naming
+    the topic, instead of the relay failing the row later."""
 
 
 class ConnectorError(HubError):

@@ -50,6 +50,13 @@ CONSUMER_LAG = Gauge(
 OUTBOX_PUBLISHED = Counter(
     "hub_outbox_published", "Outbox events published by this worker's relay",
     registry=REGISTRY)
+OUTBOX_FAILED = Counter(
+    "hub_outbox_failed",
+    "Outbox events this worker's relay moved to the failed state (refused by Kafka, or out "
+    "of attempts): each waits for `hub outbox retry`", registry=REGISTRY)
+OUTBOX_RETRIES = Counter(
+    "hub_outbox_retries", "Outbox publish attempts that failed and were scheduled again",
+    registry=REGISTRY)
 CIRCUIT_OPEN = Gauge(
     "hub_connector_circuit_open",
     "1 while a connector's circuit breaker is open (failing fast) or probing, else 0",

@@ -70,6 +70,14 @@ class HubSettings(BaseSettings):
                                 description="executions one worker drives at once")
     max_payload_bytes: int = Field(default=1_000_000, ge=1024,
                                    description="largest workflow input or step output")
+    max_event_bytes: int = Field(
+        default=1_048_576, ge=1024,
+        description="largest event a step may emit (value, key and headers, as Kafka "
+                    "counts them); the relay's producer accepts up to this")
+    outbox_retention_s: float = Field(
+        default=7 * 86400.0, gt=0,
+        description="seconds published outbox rows are kept; unpublished and failed ones "
+                    "stay until sent")
     retention_days: float = Field(
         default=7.0, gt=0,
         description="days executions that ended well are kept; compensation_failed and parked "
@@ -149,14 +157,18 @@ class KafkaSettings(BaseSettings):
         description="how long a starting worker waits for an unreachable broker before it "
                     "exits naming it")
     relay_batch: int = Field(default=500, ge=1, description="outbox events per publish")
-    max_message_bytes: int = Field(
-        default=1_048_576, ge=1024,
-        description="largest record the hub produces (the producer's max_request_size); keep "
-                    "it at most the broker's message.max.bytes")
     batch_max_attempts: int = Field(
         default=10, ge=1,
         description="tries of a partition's batch that keeps failing (backoff up to 30 s) "
                     "before the partition is parked")
+    relay_max_attempts: int = Field(
+        default=20, ge=1,
+        description="publish attempts of an outbox event before it is failed (retryable "
+                    "errors; others fail it at once)")
+    relay_backoff_max_s: float = Field(
+        default=300.0, gt=0,
+        description="longest wait between two publish attempts of an outbox event (the wait "
+                    "doubles from 1 s)")
 
     def password(self) -> str | None:
         """The SASL password, from the file when one is named (never logged)."""

@@ -537,3 +537,44 @@ def test_the_graph_is_drawn_in_layers_with_parallel_steps_side_by_side() -> None
     assert ys["reserve"] < ys["charge"] == ys["invoice"] < ys["ship"]
     assert svg.count('class="edge"') == 4
     assert "✗ invoice" in svg and "failed" in svg, "state told in an icon and a word too"
+
+
+# -- the outbox page, over plain HTTP ----------------------------------------------------
+@pytest.mark.slow
+async def test_the_outbox_page_lists_a_failed_event_with_its_reason_and_retries_it(
+        hub: Hub) -> None:
+    keys = await _keys(hub)
+    event_id = uuid.uuid4()
+    await hub.store.pool.execute(
+        f"INSERT INTO {hub.store.schema}.outbox (id, topic, key, payload, attempts, failed_at,"
+        " last_error) VALUES ($1, 'order.confirmed', 'order-5', '{}'::jsonb, 1, now(), "
+        "'MessageSizeTooLargeError: the record is too large')", event_id)
+    app = create_app(hub, settings=ApiSettings(), kafka=KafkaSettings(bootstrap=None),
+                     subscribers=SubscriberRegistry())
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        login = await client.get("/ui/login")
+        nonce = re.search(r'name="login_nonce" value="([^"]+)"', login.text)
+        assert nonce is not None
+        r = await client.post("/ui/login", data={"api_key": keys["ops"],
+                                                 "login_nonce": nonce.group(1),
+                                                 "next": "/ui/outbox?state=failed"})
+        page = await client.get(r.headers["location"])
+        assert page.status_code == 200
+        assert str(event_id) in page.text and "order-5" in page.text
+        assert "MessageSizeTooLargeError: the record is too large" in page.text
+        assert re.search(r'<tr data-state="failed">', page.text)
+        assert "Retry…" in page.text and "<dialog" in page.text
+        overview = await client.get("/ui/fragments/overview")
+        assert re.search(r">1</strong> failed", overview.text)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf is not None
+        forged = await client.post(f"/ui/outbox/{event_id}/retry", data={"csrf": "forged"})
+        assert forged.status_code == 403
+        done = await client.post(f"/ui/outbox/{event_id}/retry",
+                                 data={"csrf": csrf.group(1)})
+        assert done.status_code == 303
+        after = await client.get(done.headers["location"])
+        assert "Retry requested: 1 event(s)" in after.text
+        assert re.search(r'<tr data-state="pending">', after.text)
+    [audit] = await hub.store.audit_for_targets([f"outbox:{event_id}"])
+    assert audit["via"] == "console" and audit["actor_name"] == "ops-alice"

@@ -151,7 +151,9 @@ async def test_a_record_that_cannot_be_dead_lettered_parks_its_partition_until_r
     await send(kafka_bootstrap, topic, big, b"k", [])
     await produce(kafka_bootstrap, topic, [("k", json.dumps({"id": "3"}).encode(), [])])
     reg = failing_registry(topic, "cannot handle it")
-    small = settings(kafka_bootstrap, prefix, max_message_bytes=64 * 1024)
+    small = settings(kafka_bootstrap, prefix)
+    normal = hub.settings
+    hub.settings = normal.model_copy(update={"max_event_bytes": 64 * 1024})
     tp = TopicPartition(topic, 0)
     with capture_logs() as logs:
         rt = KafkaRuntime(hub, small, relay=False, subscribers=reg, topics=topics)
@@ -167,11 +169,12 @@ async def test_a_record_that_cannot_be_dead_lettered_parks_its_partition_until_r
         finally:
             await rt.stop()
     [event] = [e for e in logs if e["event"] == "partition_parked"]
-    assert event["offset"] == 1 and "HUB_KAFKA_MAX_MESSAGE_BYTES=65536" in event["reason"]
+    assert event["offset"] == 1 and "HUB_MAX_EVENT_BYTES=65536" in event["reason"]
     [lag] = await consumer_lag(small, kafka_bootstrap, [topic])
     assert lag.committed == 1, "committed up to the parked record, not past it"
     assert await started(hub) == {"blob:1"}
     # the limit raised, the next owner of the partition resumes at the parked record
+    hub.settings = normal
     rt = KafkaRuntime(hub, settings(kafka_bootstrap, prefix), relay=False, subscribers=reg,
                       topics=topics)
     await rt.start()

@@ -18,7 +18,7 @@ from hub.api.console import create_console
 from hub.api.limits import BodyLimitMiddleware
 from hub.api.metrics import ApiMetrics, MetricsMiddleware, hub_version
 from hub.api.problems import install_problem_handlers
-from hub.api.routes import executions, system, webhooks, workflows
+from hub.api.routes import executions, outbox, system, webhooks, workflows
 from hub.api.service import HubService
 from hub.engine.hub import Hub
 from hub.errors import HubError
@@ -33,11 +33,11 @@ operate on failures.
 
 **Authentication**: `Authorization: Bearer <API key>` (`hub keys create NAME --scope ...`).
 Scopes: `read` (every GET), `run` (start runs, complete steps), `operate` (retry,
-compensate, cancel). 401: no key, or a malformed, unknown or revoked one; 403: the key lacks
-the scope. `/healthz` and `/readyz` are open; webhooks are signed instead, by the Standard
-Webhooks specification with a per-source secret (`webhook-id`, `webhook-timestamp`,
-`webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{raw body}">`); a stale
-timestamp or a reused id is refused.
+compensate, cancel, retry an outbox event). 401: no key, or a malformed, unknown or revoked
+one; 403: the key lacks the scope. `/healthz` and `/readyz` are open; webhooks are signed
+instead, by the Standard Webhooks specification with a per-source secret (`webhook-id`,
+`webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256 of
+"{id}.{timestamp}.{raw body}">`); a stale timestamp or a reused id is refused.
 
 **Errors** are `{"error": code, "detail": message}`; validation errors (422) list
 `{loc, msg, type}` naming each field. Bodies over the limit get 413.
@@ -46,6 +46,7 @@ timestamp or a reused id is refused.
 TAGS = [
     {"name": "workflows", "description": "definitions, and starting runs"},
     {"name": "executions", "description": "reading and operating on executions"},
+    {"name": "outbox", "description": "events not yet published, and retrying failed ones"},
     {"name": "webhooks", "description": "signed async step outcomes from outside systems"},
     {"name": "system", "description": "probes, metrics, the event contract"},
 ]
@@ -83,7 +84,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     install_problem_handlers(app)
-    for module in (workflows, executions, webhooks, system):
+    for module in (workflows, executions, outbox, webhooks, system):
         app.include_router(module.router)
     for router in custom_routes or ():
         app.include_router(router)

@@ -51,12 +51,16 @@ class _StoreCollector(Collector):
         unsent = GaugeMetricFamily("hub_outbox_unsent", "Outbox events not yet published")
         oldest = GaugeMetricFamily("hub_outbox_oldest_unsent_age_seconds",
                                    "Age of the oldest unpublished outbox event")
+        failed = GaugeMetricFamily(
+            "hub_outbox_failed_events",
+            "Outbox events in the failed state, waiting for `hub outbox retry`")
         if snap is not None:
             for workflow, status, n in snap.executions:
                 executions.add_metric([workflow, status], n)
             unsent.add_metric([], snap.outbox_unsent)
             oldest.add_metric([], snap.outbox_oldest_age_s)
-        return [executions, unsent, oldest]
+            failed.add_metric([], snap.outbox_failed)
+        return [executions, unsent, oldest, failed]
 
 
 class ApiMetrics:

@@ -104,6 +104,12 @@ class RunOut(BaseModel):
     steps: list[StepOut] = Field(default_factory=list, description="in graph order")
 
 
+OutboxState = Literal["pending", "retrying", "failed", "sent"]
+"""An outbox event's state: ``pending`` (never tried), ``retrying`` (a publish failed, another
+is due at ``next_attempt_at``), ``failed`` (refused, or out of attempts: it waits for an
+operator's retry, and is never purged), ``sent``."""
+
+
 class OutboxEventOut(BaseModel):
     """An event a step published through the outbox."""
 
@@ -117,6 +123,42 @@ class OutboxEventOut(BaseModel):
     sent_at: datetime | None = Field(default=None, description="when the relay published it")
     attempts: int = Field(default=0, description="publish attempts so far")
     last_error: str | None = Field(default=None, description="why the last publish failed")
+    state: OutboxState = Field(default="pending", description="where the relay is with it")
+    failed_at: datetime | None = Field(
+        default=None, description="when it was failed (it waits for `hub outbox retry`)")
+
+
+class OutboxRow(BaseModel):
+    """An event in the outbox and the relay's progress with it (no payload: it can be large;
+    the execution's detail has it)."""
+
+    id: str
+    execution_id: str | None = None
+    step: str | None = Field(default=None, description="the step that emitted it")
+    topic: str
+    key: str | None = None
+    state: OutboxState
+    attempts: int = Field(description="publish attempts so far")
+    next_attempt_at: datetime | None = Field(
+        default=None, description="when the relay tries it next (not once sent or failed)")
+    last_error: str | None = Field(default=None, description="why the last publish failed")
+    created_at: datetime
+    sent_at: datetime | None = None
+    failed_at: datetime | None = None
+
+
+class OutboxPage(BaseModel):
+    """A page of unpublished outbox events, newest first."""
+
+    items: list[OutboxRow]
+    next: str | None = Field(default=None,
+                             description="opaque cursor of the next page; absent on the last")
+
+
+class OutboxRetried(BaseModel):
+    """Outbox events made due again: the relay publishes them next."""
+
+    ids: list[str] = Field(description="the events made due (their attempts count afresh)")
 
 
 class ExecutionDetail(RunOut):

@@ -10,7 +10,8 @@ FastAPI, the workflow's input model or the service refused it.
 | bad or missing webhook signature, stale  | 401    | unauthorized        |
 |   timestamp, DuplicateDelivery (replay)  |        |                     |
 | known key without the route's scope      | 403    | forbidden           |
-| ExecutionNotFound, UnknownWorkflow       | 404    | not_found           |
+| ExecutionNotFound, UnknownWorkflow,      | 404    | not_found           |
+|   OutboxEventNotFound                    |        |                     |
 | InvalidTransition                        | 409    | conflict            |
 | PayloadTooLarge, a body over the limit   | 413    | payload_too_large   |
 | InputValidationError, InvalidArgument    | 422    | validation_error    |
@@ -45,6 +46,7 @@ from hub.errors import (
     HubError,
     InputValidationError,
     InvalidTransition,
+    OutboxEventNotFound,
     PayloadTooLarge,
     StoreError,
     UnknownWorkflow,
@@ -60,6 +62,7 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
 
 _BY_TYPE: list[tuple[type[HubError], int]] = [
     (DuplicateDelivery, 401), (ExecutionNotFound, 404), (UnknownWorkflow, 404),
+    (OutboxEventNotFound, 404),
     (InvalidTransition, 409),
     (PayloadTooLarge, 413), (WorkflowFailed, 500), (Misconfigured, 500), (StoreError, 503),
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import json
 import re
 import time
@@ -29,6 +30,10 @@ from hub.api.models import (
     ExecutionPage,
     ExecutionSummary,
     OutboxEventOut,
+    OutboxPage,
+    OutboxRetried,
+    OutboxRow,
+    OutboxState,
     Readiness,
     RunOut,
     SignalAccepted,
@@ -40,7 +45,13 @@ from hub.engine.context import Container, StepContext
 from hub.engine.hub import Hub
 from hub.engine.payload import storable_text
 from hub.engine.run import FINAL_STATUSES, Run, RunStatus
-from hub.errors import DuplicateDelivery, ExecutionNotFound, HubError, InvalidTransition
+from hub.errors import (
+    DuplicateDelivery,
+    ExecutionNotFound,
+    HubError,
+    InvalidTransition,
+    OutboxEventNotFound,
+)
 from hub.redaction import Redaction
 from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
 from hub.settings import KafkaSettings
@@ -153,6 +164,22 @@ def run_out(run: Run) -> RunOut:
     )
 
 
+def _outbox_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except (ValueError, AttributeError, TypeError):
+        raise OutboxEventNotFound(f"no outbox event {text[:100]!r} (ids are uuids)") from None
+
+
+def _outbox_row(row: dict[str, Any]) -> OutboxRow:
+    return OutboxRow(
+        id=str(row["id"]), step=row["step"], topic=row["topic"], key=row["key"],
+        execution_id=str(row["execution_id"]) if row["execution_id"] is not None else None,
+        state=row["state"], attempts=row["attempts"], next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"], created_at=row["created_at"], sent_at=row["sent_at"],
+        failed_at=row["failed_at"])
+
+
 def _summary(row: dict[str, Any]) -> ExecutionSummary:
     trigger = row.get("trigger")
     return ExecutionSummary(
@@ -180,6 +207,7 @@ class MetricsSnapshot:
     executions: list[tuple[str, str, int]]
     outbox_unsent: int
     outbox_oldest_age_s: float
+    outbox_failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -608,7 +636,8 @@ class HubService:
             outbox=[OutboxEventOut(
                 id=str(e["id"]), step=e.get("step"), topic=e["topic"], key=e["key"],
                 payload=e["payload"], headers=e["headers"] or {}, created_at=e["created_at"],
-                sent_at=e["sent_at"], attempts=e["attempts"], last_error=e["last_error"])
+                sent_at=e["sent_at"], attempts=e["attempts"], last_error=e["last_error"],
+                state=e["state"], failed_at=e["failed_at"])
                 for e in events],
         )
         return detail if raw else self._redacted(detail)
@@ -736,6 +765,57 @@ class HubService:
             return Outcome(run_out(await self.hub.get_run(run.id)), settled=False)
         return Outcome(run_out(done), settled=True)
 
+    # -- the outbox ----------------------------------------------------------------------
+    async def outbox(self, *, state: OutboxState | None = None, cursor: str | None = None,
+                     limit: int = 50) -> OutboxPage:
+        """Events not yet published (pending, retrying, failed), newest first; ``state``
+        keeps one of them (``sent`` lists nothing: published events are on their
+        execution)."""
+        before = decode_cursor(cursor) if cursor else None
+        if state == "sent":
+            return OutboxPage(items=[])
+        rows = await self.hub.store.outbox_list(state=state, before=before, limit=limit + 1)
+        page = rows[:limit]
+        nxt = (encode_cursor(page[-1]["created_at"], page[-1]["id"])
+               if len(rows) > limit else None)
+        return OutboxPage(items=[_outbox_row(r) for r in page], next=nxt)
+
+    async def retry_outbox(self, ids: list[str], *, all_failed: bool = False,
+                           actor: Actor | None = None) -> OutboxRetried:
+        """Make unpublished events due again (``ids``, or every failed one): the relay
+        publishes them next, their attempts counted afresh. Each retry is audited with the
+        row's topic, attempts and last error, in the statement that makes it due. An unknown
+        id is refused (OutboxEventNotFound), as is a published one (InvalidTransition)."""
+        wanted = [_outbox_id(i) for i in ids]
+        if not wanted and not all_failed:
+            raise InvalidArgument(("body", "ids"), "choose an event, or every failed one")
+        if wanted:
+            found = {r["id"]: r for r in await self.hub.store.outbox_get(wanted)}
+            missing = [str(i) for i in wanted if i not in found]
+            if missing:
+                raise OutboxEventNotFound(f"no outbox event {', '.join(missing)}")
+            sent = [f"{i} (at {found[i]['sent_at'].isoformat()})" for i in wanted
+                    if found[i]["sent_at"] is not None]
+            if sent:
+                raise InvalidTransition(f"outbox event {', '.join(sent)} was already "
+                                        "published; there is nothing to retry")
+        audit = self._record(actor, "outbox_retry", None, {})
+        done: list[uuid.UUID] = []
+        while True:
+            batch = await self.hub.store.outbox_retry(wanted, all_failed=all_failed,
+                                                      audit=audit)
+            fresh = [i for i in batch if i not in done]
+            done += fresh
+            # a row failed again meanwhile is not retried twice by one request
+            if not all_failed or len(batch) < max(1000, len(wanted)) or not fresh:
+                break
+            wanted = []
+        for i in done:
+            self._audited(dataclasses.replace(audit, target=f"outbox:{i}"), None)
+        if done:
+            await self.hub.store.notify(json.dumps({"ob": True}))  # wake the relays
+        return OutboxRetried(ids=[str(i) for i in done])
+
     # -- health, metrics, contracts ------------------------------------------------------
     async def readiness(self, timeout_s: float = 2.0) -> Readiness:
         """Postgres answers and every migration is applied (bounded: a probe never hangs)."""
@@ -781,6 +861,7 @@ class HubService:
             snap = MetricsSnapshot(
                 executions=[(r["workflow"], r["status"], int(r["n"])) for r in rows],
                 outbox_unsent=int(backlog["unsent"]), outbox_oldest_age_s=max(age, 0.0),
+                outbox_failed=int(backlog["failed"]),
             )
             self._snapshot = (now, snap)
             return snap

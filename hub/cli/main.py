@@ -20,6 +20,7 @@ from hub.api.cli import add_api_commands, ensure_dev_key, start_api
 from hub.cli.executions import add_execution_commands
 from hub.cli.jobs import add_job_commands
 from hub.cli.kafka import add_kafka_commands
+from hub.cli.outbox import add_outbox_commands
 from hub.cli.sandbox import SANDBOX_PORT, add_sandbox_command, export_env, sandbox_server
 from hub.cli.settings import add_settings_command
 from hub.cli.signals import until_signalled
@@ -40,6 +41,7 @@ add_kafka_commands(app)
 add_api_commands(app)
 add_execution_commands(app)
 add_job_commands(app)
+add_outbox_commands(app)
 add_sandbox_command(app)
 add_settings_command(app)
 
@@ -131,7 +133,8 @@ def purge(
         help="keep finished executions this many days past their retention")] = 0.0,
     log_level: LogLevel = "warning",
 ) -> None:
-    """Delete finished executions past their retention (never a live one), with progress."""
+    """Delete finished executions past their retention (never a live one), with progress,
+    and published outbox events past theirs (never an unpublished or failed one)."""
     configure_logging(log_level)
 
     async def run() -> int:
@@ -143,9 +146,14 @@ def purge(
                 typer.echo(f"\rpurged {total} execution(s)", nl=False, err=True)
                 if n < 1000:
                     typer.echo("", err=True)
-                    return total
+                    break
+            retention = hub.settings.outbox_retention_s
+            while await hub.store.outbox_purge_sent(retention) == 1000:
+                pass
+            return total
 
-    typer.echo(f"purged {asyncio.run(run())} finished execution(s)")
+    typer.echo(f"purged {asyncio.run(run())} finished execution(s) (and outbox events "
+               "published longer ago than HUB_OUTBOX_RETENTION_S)")
 
 
 @app.command()

@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 import structlog
 
+from hub.engine.events import DEFAULT_MAX_EVENT_BYTES, check_event
+from hub.engine.payload import to_json
 from hub.errors import HubError
 
 _OUTBOX_NS = uuid.UUID("6f1c1d0e-52a3-4c2e-9a55-3b0f3a1e7c11")
@@ -131,6 +133,8 @@ class StepContext:
         outside system answers with what the lost call made, and undoes that."""
         return dataclasses.replace(self, compensating=False, outbox=[],
                                    idempotency_key=f"{self.execution_id}:{self.step}")
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    """The largest record ``emit`` accepts (``HUB_MAX_EVENT_BYTES``)."""
 
     @property
     def traceparent(self) -> str | None:
@@ -146,15 +150,20 @@ class StepContext:
         The event is stored with this step's checkpoint (so only if the step succeeds) and
         relayed to Kafka afterwards. Its id is derived from the execution, the step and the
         event's position in the step, so a re-run step emits the same ids: returns the id.
+
+        Raises ``UnpublishableEvent`` (the step fails, without retries) for a topic name
+        Kafka refuses or a record over ``max_event_bytes``: nothing is emitted.
         """
+        payload = to_json(event, f"event emitted by step {self.step!r}")
         phase = "/compensate" if self.compensating else ""
         event_id = str(uuid.uuid5(_OUTBOX_NS, f"{self.execution_id}/{self.step}{phase}/"
                                                f"{len(self.outbox)}"))
         hdrs = dict(headers or {})
         if self.traceparent and "traceparent" not in hdrs:
             hdrs["traceparent"] = self.traceparent
+        check_event(topic, payload, key, hdrs, self.max_event_bytes)
         self.outbox.append({"id": event_id, "step": self.step, "topic": topic, "key": key,
-                            "payload": event, "headers": hdrs})
+                            "payload": payload, "headers": hdrs})
         return event_id
 
     @staticmethod
@@ -171,6 +180,7 @@ class StepContext:
         failure: dict[str, Any] | None = None,
         output_recorded: bool = True,
         step_input: Any = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> StepContext:
         key = f"{execution_id}:{step}" + (":compensate" if compensating else "")
         return StepContext(
@@ -190,4 +200,5 @@ class StepContext:
             failure=failure,
             output_recorded=output_recorded,
             step_input=step_input,
+            max_event_bytes=max_event_bytes,
         )

@@ -239,6 +239,7 @@ class Executor:
                     last_purge = time.monotonic()
                     await self.store.purge_finished()
                     await self.store.purge_housekeeping(*self.settings.housekeeping())
+                    await self.store.outbox_purge_sent(self.settings.outbox_retention_s)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -693,6 +694,7 @@ class Executor:
             compensating=compensating, trigger=ex.trigger,
             failure=ex.error if compensating else None,
             output_recorded=not unrecorded, step_input=step_input,
+            max_event_bytes=self.settings.max_event_bytes,
         )
 
     async def _call(self, fn: Any, value: Any, ctx: StepContext, timeout: float | None) -> Any:

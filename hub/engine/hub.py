@@ -687,8 +687,9 @@ class Hub:
     async def purge(self, *, grace_seconds: float = 0.0) -> int:
         """Delete finished executions past their retention (live ones and those that need a
         human are never touched), then what else only grows (used webhook ids, expired
-        locks, old redrive records and audit entries), each in bounded batches. Returns the
-        executions deleted."""
+        locks, old redrive records and audit entries, outbox rows sent longer ago than
+        ``HUB_OUTBOX_RETENTION_S``; unsent and failed ones stay), each in bounded batches.
+        Returns the executions deleted."""
         total = 0
         while True:
             n = await self.store.purge_finished(grace_seconds)
@@ -697,6 +698,8 @@ class Hub:
                 break
         while max((await self.store.purge_housekeeping(
                 *self.settings.housekeeping())).values()) == 1000:
+            pass
+        while await self.store.outbox_purge_sent(self.settings.outbox_retention_s) == 1000:
             pass
         return total
 

@@ -215,7 +215,7 @@ class Handling:
         if not tries:
             raise RecordParked(record, (
                 f"cannot be dead-lettered to {target!r}: its value ({len(record.value or b'')} "
-                f"bytes), key and headers alone exceed HUB_KAFKA_MAX_MESSAGE_BYTES="
+                f"bytes), key and headers alone exceed HUB_MAX_EVENT_BYTES="
                 f"{self.max_message_bytes} (it failed at {stage}: {str(exc)[:200]})"))
         metrics.DEAD_LETTERS.labels(record.topic, stage).inc()
         log.warning("event_dead_lettered", topic=record.topic, partition=record.partition,
@@ -386,7 +386,8 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         async with explained_start(self.settings, self.bootstrap, "checking dead-letter topics"):
             await self._check_dead_letter_topics(names)
         kw = client_kwargs(self.settings, self.bootstrap)
-        self._producer = await start_producer(self.settings, self.bootstrap)
+        self._producer = await start_producer(
+            self.settings, self.bootstrap, max_request_size=self.hub.settings.max_event_bytes)
         self._consumer = AIOKafkaConsumer(
             **kw,
             group_id=self.settings.group,
@@ -410,7 +411,7 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
             raise
         self._handling = Handling(self.hub, self.topics, self.subscribers, self._producer,
                                   self.settings.group,
-                                  max_message_bytes=self.settings.max_message_bytes)
+                                  max_message_bytes=self.hub.settings.max_event_bytes)
         self._fetch_task = asyncio.create_task(self._fetch_loop(), name="hub-fetch")
         log.info("consumer_started", group=self.settings.group, topics=names)
 

@@ -109,7 +109,8 @@ async def redrive(hub: Hub, topics: Topics, subscribers: SubscriberRegistry,
     """Send each letter back to its topic, or straight to its subscriber; record it."""
     who = by or getpass.getuser()
     done: list[dict[str, Any]] = []
-    producer = await start_producer(settings, bootstrap)
+    producer = await start_producer(settings, bootstrap,
+                                    max_request_size=hub.settings.max_event_bytes)
     try:
         for letter in letters:
             original = letter.headers.get(h.DLQ_TOPIC)
@@ -132,7 +133,7 @@ async def redrive(hub: Hub, topics: Topics, subscribers: SubscriberRegistry,
                     serialized_value_size=-1, headers=tuple(headers))
                 out = BatchResult()
                 handling = Handling(hub, topics, subscribers, producer, settings.group,
-                                    max_message_bytes=settings.max_message_bytes)
+                                    max_message_bytes=hub.settings.max_event_bytes)
                 await handling.handle(record, out, only=sub)
                 for fut in out.dead:
                     await fut

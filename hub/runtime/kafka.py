@@ -100,11 +100,15 @@ def client_kwargs(settings: KafkaSettings, bootstrap: str) -> dict[str, Any]:
     return kw
 
 
-async def start_producer(settings: KafkaSettings, bootstrap: str) -> AIOKafkaProducer:
+async def start_producer(settings: KafkaSettings, bootstrap: str, *,
+                         max_request_size: int | None = None) -> AIOKafkaProducer:
     """An idempotent producer (acks=all), or a plain acks=all one where the broker cannot
     hand out producer ids (the embedded Tansu broker): the outbox and dead letters are
-    at-least-once either way, and every event carries its unique id."""
-    kw = {**client_kwargs(settings, bootstrap), "max_request_size": settings.max_message_bytes}
+    at-least-once either way, and every event carries its unique id. ``max_request_size``:
+    the largest record it sends (the outbox relay's is ``HUB_MAX_EVENT_BYTES``)."""
+    kw = client_kwargs(settings, bootstrap)
+    if max_request_size is not None:
+        kw["max_request_size"] = max_request_size
     producer = AIOKafkaProducer(**kw, enable_idempotence=True, acks="all", linger_ms=2)
     try:
         async with explained_start(settings, bootstrap, "starting a producer"):

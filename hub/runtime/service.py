@@ -19,6 +19,7 @@ from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
 from hub.runtime.tansu import TansuBroker
 from hub.runtime.topics import Topics, load_topics
 from hub.settings import KafkaSettings
+from hub.store.store import RetryPolicy
 
 log = structlog.get_logger("hub.runtime")
 
@@ -100,9 +101,12 @@ class KafkaRuntime:
                 log.warning("topic_drift", topic=d.topic, setting=d.setting,
                             declared=d.declared, actual=d.actual)
         if self.relay:
-            self._producer = await start_producer(s, self.bootstrap)
-            self.outbox = OutboxRelay(self.hub, self._producer, batch=s.relay_batch,
-                                      prefix=s.topic_prefix)
+            self._producer = await start_producer(
+                s, self.bootstrap, max_request_size=self.hub.settings.max_event_bytes)
+            self.outbox = OutboxRelay(
+                self.hub, self._producer, batch=s.relay_batch, prefix=s.topic_prefix,
+                policy=RetryPolicy(max_attempts=s.relay_max_attempts,
+                                   backoff_max_s=s.relay_backoff_max_s))
             self.outbox.start()
         if self.consume and self.subscribers.topics():
             self.consumer = ConsumerRuntime(self.hub, self.topics, s, self.bootstrap,

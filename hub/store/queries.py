@@ -240,22 +240,103 @@ RETURNING key"""
 
 LOCK_RELEASE = """DELETE FROM {s}.lock WHERE key = $1 AND owner = $2"""
 
+OUTBOX_STATE = """CASE WHEN sent_at IS NOT NULL THEN 'sent' WHEN failed_at IS NOT NULL THEN 'failed'
+     WHEN attempts > 0 THEN 'retrying' ELSE 'pending' END"""
+"""A row's state, derived from its columns (never stored twice): pending, retrying (a
+publish failed, another is due at next_attempt_at), failed (waits for an operator), sent."""
+
+OUTBOX_DUE = """CASE WHEN sent_at IS NULL AND failed_at IS NULL
+     THEN GREATEST(next_attempt_at, created_at) END"""
+"""When the relay will next try a row (rows from before 0008 hold -infinity: their creation);
+NULL once it was sent or failed."""
+
 OUTBOX_CLAIM = """-- inside the relay's transaction: rows stay locked while they are published, so two
--- relays never publish one row at the same time (SKIP LOCKED: they never wait either)
-SELECT id, topic, key, payload::text AS payload, headers FROM {s}.outbox
-WHERE sent_at IS NULL
-ORDER BY created_at
+-- relays never publish one row at the same time (SKIP LOCKED: they never wait either). The
+-- outbox_pending index holds only rows to publish: one backing off is past now(), a failed one
+-- is not there
+SELECT id, topic, key, payload::text AS payload, headers, attempts FROM {s}.outbox
+WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
+ORDER BY next_attempt_at
 LIMIT $1
 FOR UPDATE SKIP LOCKED"""
 
-OUTBOX_MARK_SENT = """UPDATE {s}.outbox SET sent_at = now(), attempts = attempts + 1
-WHERE id = ANY($1::uuid[])"""
+OUTBOX_SETTLE = """-- 1 round trip, in the claim's transaction: every claimed row's fate at once. Sent rows are
+-- marked sent; a retryable failure backs off exponentially ($4 * 2^attempts, capped at $5 s)
+-- unless it reaches $3 attempts, and then fails like a non-retryable one (failed_at, the
+-- reason in last_error). Returns each row as it now is, for the relay's log
+UPDATE {s}.outbox o SET
+    attempts        = o.attempts + 1,
+    sent_at         = CASE WHEN c.fate = 'sent' THEN now() END,
+    failed_at       = CASE WHEN c.fate = 'failed' OR (c.fate = 'retry' AND o.attempts + 1 >= $3)
+                           THEN now() END,
+    last_error      = CASE WHEN c.fate = 'sent' THEN o.last_error
+                           WHEN c.fate = 'retry' AND o.attempts + 1 >= $3
+                           THEN 'gave up after ' || (o.attempts + 1) || ' attempts: ' || c.error
+                           ELSE c.error END,
+    next_attempt_at = CASE WHEN c.fate = 'retry' THEN now() + make_interval(
+                               secs => LEAST($5::float8, $4::float8 * power(2, LEAST(o.attempts, 30))))
+                           ELSE o.next_attempt_at END
+FROM unnest($1::uuid[], $2::text[], $6::text[]) AS c(id, fate, error)
+WHERE o.id = c.id
+RETURNING o.id, o.topic, o.attempts, o.sent_at IS NOT NULL AS sent,
+          o.failed_at IS NOT NULL AS failed, o.next_attempt_at, o.last_error"""
 
-OUTBOX_MARK_FAILED = """-- a separate short transaction: the attempt is recorded even though the claim rolled back
-UPDATE {s}.outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::uuid[])"""
+OUTBOX_BACKLOG = """-- rows still to publish (failed ones wait for an operator and are counted apart);
+-- the outbox_pending and outbox_failed partial indexes bound the rows read
+SELECT (SELECT count(*) FROM {s}.outbox WHERE sent_at IS NULL AND failed_at IS NULL) AS unsent,
+       (SELECT min(created_at) FROM {s}.outbox
+        WHERE sent_at IS NULL AND failed_at IS NULL) AS oldest,
+       (SELECT count(*) FROM {s}.outbox WHERE failed_at IS NOT NULL) AS failed"""
 
-OUTBOX_BACKLOG = """SELECT count(*) AS unsent, min(created_at) AS oldest
-FROM {s}.outbox WHERE sent_at IS NULL"""
+OUTBOX_RETRY = """-- 1 round trip, 1 commit: make unsent rows due now (chosen by id, or every failed one with
+-- $6), their attempts counted afresh, and record each as an operator action ($3 not null) in
+-- the same statement. A sent row is left alone (it is not returned). FOR UPDATE: a relay
+-- publishing one of them right now finishes first
+WITH o AS (
+    SELECT id, execution_id, topic, attempts, last_error FROM {s}.outbox
+    WHERE sent_at IS NULL AND (id = ANY($1::uuid[]) OR ($6 AND failed_at IS NOT NULL))
+    ORDER BY id
+    LIMIT $7
+    FOR UPDATE
+), r AS (
+    UPDATE {s}.outbox x SET failed_at = NULL, attempts = 0, next_attempt_at = now()
+    FROM o WHERE x.id = o.id
+    RETURNING x.id
+), a AS (
+    INSERT INTO {s}.audit (actor_id, actor_name, via, action, execution_id, target, detail)
+    SELECT $2, $3, $4, $5, o.execution_id, 'outbox:' || o.id,
+           jsonb_build_object('topic', o.topic, 'attempts', o.attempts, 'error', o.last_error)
+    FROM o WHERE $3::text IS NOT NULL
+)
+SELECT o.id FROM o"""
+
+OUTBOX_PURGE_SENT = """-- bounded: rows sent longer ago than the retention, a batch at a time (outbox_sent
+-- index). Unsent rows (pending, retrying, failed) are never purged
+DELETE FROM {s}.outbox WHERE id IN (
+    SELECT id FROM {s}.outbox
+    WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)
+    ORDER BY sent_at
+    LIMIT $2)"""
+
+OUTBOX_LIST = """-- the outbox page (API, CLI, console): rows not yet sent, newest first from the cursor
+-- ($2, $3), optionally of one state ($1). No payload (it can be large). Planned for the
+-- values at hand (Store.outbox_list): failed rows walk outbox_failed, the others the small
+-- outbox_pending set
+SELECT id, execution_id, step, topic, key, created_at, sent_at, failed_at, attempts,
+       """ + OUTBOX_DUE + """ AS next_attempt_at, last_error, """ + OUTBOX_STATE + """ AS state
+FROM {s}.outbox
+WHERE sent_at IS NULL
+  AND ($1::text IS NULL
+       OR ($1 = 'failed' AND failed_at IS NOT NULL)
+       OR ($1 = 'retrying' AND failed_at IS NULL AND attempts > 0)
+       OR ($1 = 'pending' AND failed_at IS NULL AND attempts = 0))
+  AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $4"""
+
+OUTBOX_GET = """SELECT id, execution_id, step, topic, key, created_at, sent_at, failed_at, attempts,
+       """ + OUTBOX_DUE + """ AS next_attempt_at, last_error, """ + OUTBOX_STATE + """ AS state
+FROM {s}.outbox WHERE id = ANY($1::uuid[])"""
 
 OUTBOX_FOR_EXECUTION = """SELECT id, topic, key, payload, headers, created_at, sent_at
 FROM {s}.outbox WHERE execution_id = $1 ORDER BY created_at"""
@@ -440,7 +521,8 @@ SELECT workflow, status, count(*) AS n FROM {s}.execution GROUP BY workflow, sta
 
 API_OUTBOX_FOR_EXECUTION = """-- the events one execution published, with the step that emitted each and the relay's
 -- progress (outbox_execution index)
-SELECT id, step, topic, key, payload, headers, created_at, sent_at, attempts, last_error
+SELECT id, step, topic, key, payload, headers, created_at, sent_at, attempts, last_error,
+       failed_at, """ + OUTBOX_DUE + """ AS next_attempt_at, """ + OUTBOX_STATE + """ AS state
 FROM {s}.outbox WHERE execution_id = $1 ORDER BY created_at, id"""
 
 # -- console (hub.api.console, through HubService) -----------------------------------------

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 import structlog
@@ -125,6 +125,27 @@ class CheckpointRow:
     events: str | None
     outbox: str | None = None
     seen: int = 0  # the highest signal id this execution's worker has applied
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxFate:
+    """What publishing one claimed row came to: ``sent``; ``retry`` (worth another attempt
+    later); ``failed`` (no attempt can succeed: it waits for an operator). ``error`` says
+    why, for the row's ``last_error``."""
+
+    id: uuid.UUID
+    fate: Literal["sent", "retry", "failed"]
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How the outbox retries a row: ``backoff_s * 2**attempts`` capped at
+    ``backoff_max_s``, and failed after ``max_attempts``."""
+
+    max_attempts: int = 20
+    backoff_s: float = 1.0
+    backoff_max_s: float = 300.0
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:
@@ -396,34 +417,63 @@ class Store:
 
     # -- outbox --------------------------------------------------------------------------
     async def outbox_relay_batch(
-        self, limit: int, publish: Callable[[list[Row]], Awaitable[None]]
-    ) -> int:
-        """Claim unsent rows, ``publish`` them, mark them sent: one transaction.
+        self, limit: int, publish: Callable[[list[Row]], Awaitable[Sequence[OutboxFate]]],
+        policy: RetryPolicy | None = None,
+    ) -> list[Row]:
+        """Claim due rows, ``publish`` them, record each row's fate: one transaction.
 
-        A crash after publishing and before the commit publishes them again (each carries its
-        unique id); a failed publish rolls back and records the attempt.
+        ``publish`` answers a fate per row (it does not raise for a row's failure), so the
+        healthy rows of a batch are marked sent even when a neighbour cannot be published,
+        and one bad row never holds back later ones. A crash after publishing and before the
+        commit publishes the batch again (each row carries its unique id). Returns the
+        settled rows (id, topic, attempts, sent, failed, next_attempt_at, last_error).
         """
-        ids: list[uuid.UUID] = []
+        rules = policy or RetryPolicy()
 
-        async def op() -> int:
-            nonlocal ids
+        async def op() -> list[Row]:
             async with self.pool.acquire() as conn, conn.transaction():
                 self.statements += 1
                 rows = [dict(r.items()) for r in await conn.fetch(self._q(q.OUTBOX_CLAIM), limit)]
                 if not rows:
-                    return 0
-                ids = [r["id"] for r in rows]
-                await publish(rows)
+                    return []
+                fates = list(await publish(rows))
                 self.statements += 1
-                await conn.execute(self._q(q.OUTBOX_MARK_SENT), ids)
-                return len(rows)
+                settled = await conn.fetch(
+                    self._q(q.OUTBOX_SETTLE), [f.id for f in fates], [f.fate for f in fates],
+                    rules.max_attempts, rules.backoff_s, rules.backoff_max_s,
+                    [f.error for f in fates])
+                return [_decode_row(r) for r in settled]
 
-        try:
-            return await self.retry(op, what="outbox relay")
-        except Exception as exc:
-            if ids and not is_disconnect(exc):
-                await self._execute(q.OUTBOX_MARK_FAILED, ids, repr(exc)[:2000])
-            raise
+        return await self.retry(op, what="outbox relay")
+
+    async def outbox_retry(self, ids: Sequence[uuid.UUID], *, all_failed: bool = False,
+                           audit: AuditRecord | None = None,
+                           limit: int = 1000) -> list[uuid.UUID]:
+        """Make unsent rows due again (``ids``, or up to ``limit`` failed ones), each retry
+        audited in the same statement; the ids made due (a sent or unknown id is not)."""
+        who = (None,) * 4 if audit is None else (
+            audit.actor_id, audit.actor_name, audit.via, audit.action)
+        recs = await self._fetch(q.OUTBOX_RETRY, list(ids), *who, all_failed,
+                                 max(limit, len(ids)))
+        return [r["id"] for r in recs]
+
+    async def outbox_purge_sent(self, retention_s: float, limit: int = 1000) -> int:
+        """Delete up to ``limit`` rows sent more than ``retention_s`` ago."""
+        status = await self._execute(q.OUTBOX_PURGE_SENT, retention_s, limit)
+        return int(status.split()[-1])
+
+    async def outbox_list(self, *, state: str | None = None,
+                          before: tuple[Any, uuid.UUID] | None = None,
+                          limit: int = 50) -> list[Row]:
+        """Unsent rows, newest first, optionally of one state; planned for the state at hand
+        (a generic plan could not use the failed rows' partial index)."""
+        recs = await self._fetch_custom_plan(
+            q.OUTBOX_LIST, state, before[0] if before else None,
+            before[1] if before else None, limit)
+        return [_decode_row(r) for r in recs]
+
+    async def outbox_get(self, ids: Sequence[uuid.UUID]) -> list[Row]:
+        return [_decode_row(r) for r in await self._fetch(q.OUTBOX_GET, list(ids))]
 
     async def outbox_backlog(self) -> Row:
         return _decode_row((await self._fetch(q.OUTBOX_BACKLOG))[0])

@@ -50,6 +50,7 @@ from hub.errors import (
     ExecutionNotFound,
     HubError,
     InvalidTransition,
+    OutboxEventNotFound,
     PayloadTooLarge,
     StoreError,
     UnknownWorkflow,
@@ -66,7 +67,8 @@ WINDOWS: dict[str, tuple[timedelta, int]] = {
 TRIGGER_KINDS = ("event", "schedule", "api")
 
 _STATUS_OF: list[tuple[type[HubError], int]] = [
-    (ExecutionNotFound, 404), (UnknownWorkflow, 404), (InvalidTransition, 409),
+    (ExecutionNotFound, 404), (UnknownWorkflow, 404), (OutboxEventNotFound, 404),
+    (InvalidTransition, 409),
     (PayloadTooLarge, 413), (InvalidArgument, 422), (StoreError, 503),
 ]
 
@@ -304,6 +306,7 @@ def create_console(service: HubService, settings: ApiSettings) -> FastAPI:
         snapshot = await service.metrics_snapshot()
         return {"window": window if window in WINDOWS else "1h", "chart": chart,
                 "outbox_unsent": snapshot.outbox_unsent,
+                "outbox_failed": snapshot.outbox_failed,
                 "outbox_age": snapshot.outbox_oldest_age_s, "jobs": await service.jobs(),
                 "breakers": service.breakers(), "now": datetime.now(UTC)}
 
@@ -457,6 +460,27 @@ def create_console(service: HubService, settings: ApiSettings) -> FastAPI:
         done = await service.redrive(refs, to_subscriber=_one(form, "to") == "subscriber",
                                      actor=actor(session))
         return back(request, "/dead-letters", done=str(len(done)))
+
+    # -- outbox ------------------------------------------------------------------------------
+    @app.get("/outbox", response_class=HTMLResponse)
+    async def outbox(request: Request, state: str | None = None, cursor: str | None = None,
+                     done: str | None = None) -> Response:
+        session = await need(request, Scope.READ)
+        if state not in (None, "", "pending", "retrying", "failed"):
+            raise InvalidArgument(("query", "state"), f"unknown state {state!r}")
+        chosen: Any = state or None
+        page = await service.outbox(state=chosen, cursor=cursor or None, limit=50)
+        query = {"state": state} if state else {}
+        next_url = (f"{base_of(request)}/outbox?{urlencode({**query, 'cursor': page.next})}"
+                    if page.next else None)
+        return render(request, "outbox.html", session=session, page=page, state=state,
+                      next_url=next_url, done=done)
+
+    @app.post("/outbox/{event_id}/retry")
+    async def outbox_retry(request: Request, event_id: str) -> Response:
+        session, _ = await acting(request, Scope.OPERATE)
+        done = await service.retry_outbox([event_id], actor=actor(session))
+        return back(request, "/outbox", done=str(len(done.ids)))
 
     return app
 

@@ -82,6 +82,7 @@ class Execution:
         return st
 
     def complete(self, step_id: str, output: JSON, compensate_input: JSON) -> None:
+        self.step(step_id).pop("unrecorded", None)  # an outcome after all (a late success)
         self.set_step(
             step_id, "step_success", state=StepState.DONE, output=output,
             compensate_input=compensate_input, finished_at=time.time(), seq=self.seq, due=None,

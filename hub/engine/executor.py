@@ -814,6 +814,15 @@ class Executor:
             return
         node = ex.graph.steps[step_id]
         state = ex.state(step_id)
+        expected = {"success": StepState.WAITING, "failure": StepState.WAITING,
+                    "compensation_success": StepState.WAITING_TO_COMPENSATE,
+                    "compensation_failure": StepState.WAITING_TO_COMPENSATE}.get(kind)
+        if expected is not None and state != expected:
+            # accepted while the step waited, applied after it moved on (a cancel landed
+            # first): it changes nothing, and says so
+            log.warning("signal_ignored", execution_id=ex.sid, step=step_id, kind=kind,
+                        state=state)
+            return
         if kind == "success" and state == StepState.WAITING:
             ex.complete(step_id, payload, payload)
         elif kind == "compensation_success" and state == StepState.WAITING_TO_COMPENSATE:

@@ -465,6 +465,7 @@ async def test_the_login_page_guards_every_page(console: Console, shots: Shots) 
     assert page.url.endswith("/ui/executions?status=waiting"), "back where it was going"
     cookie = next(c for c in await context.cookies() if c["name"] == "hub_console")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
+    assert console.keys["viewer"] not in cookie["value"], "a session token, not the key"
     await page.get_by_role("button", name="Log out").click()
     await expect(page.get_by_role("heading", name="Log in to the console")).to_be_visible()
     await page.goto(f"{console.url}/ui/")

@@ -213,7 +213,8 @@ class ApiSettings(BaseSettings):
     )
     key_touch_seconds: float = Field(
         default=60.0, ge=0, alias="HUB_API_KEY_TOUCH_SECONDS",
-        description="last_used_at of a key is written at most this often",
+        description="last_used_at of a key (and a console session's last_seen_at) is "
+                    "written at most this often",
     )
     console_session_hours: float = Field(
         default=12.0, gt=0, le=24 * 90,

@@ -291,7 +291,7 @@ def create_console(service: HubService, settings: ApiSettings) -> FastAPI:
                             secure=secure(request), path=base + "/login")
             return page
         old = request.cookies.get(COOKIE)
-        if old:  # a new login ends the browser's previous session (no fixation)
+        if old:  # the browser's previous session ends here, not at its expiry
             await close_session(service, old)
         session_token = await open_session(service, settings, key,
                                            request.headers.get("user-agent"),

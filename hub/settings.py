@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import ipaddress
 import json
 import os
 import re
@@ -212,8 +213,35 @@ class ApiSettings(BaseSettings):
     )
     key_touch_seconds: float = Field(
         default=60.0, ge=0, alias="HUB_API_KEY_TOUCH_SECONDS",
-        description="last_used_at of a key is written at most this often",
+        description="last_used_at of a key (and a console session's last_seen_at) is "
+                    "written at most this often",
     )
+    console_session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 90,
+        description="a console login lasts at most this many hours, however busy",
+    )
+    console_idle_minutes: float = Field(
+        default=60.0, gt=0,
+        description="a console session unused for this many minutes ends",
+    )
+    trusted_proxies: CommaList = Field(
+        default=[],
+        description="comma-separated IPs or CIDRs of the TLS-terminating proxies whose "
+                    "X-Forwarded-Proto (or Forwarded: proto=) is believed, making console "
+                    "cookies Secure; anyone else's forwarded headers are ignored",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        out = []
+        for entry in value:
+            try:
+                out.append(str(ipaddress.ip_network(entry, strict=False)))
+            except ValueError:
+                raise ValueError(f"{entry!r} is neither an IP address nor a CIDR range "
+                                 "(like 10.0.0.0/8)") from None
+        return out
 
     @field_validator("webhook_secrets", mode="before")
     @classmethod

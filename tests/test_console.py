@@ -9,6 +9,8 @@ they replace the pictures of docs/console.md in docs/console/.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import re
 import uuid
@@ -33,7 +35,7 @@ from hub import (
     create_workflow,
     subscriber,
 )
-from hub.api import ApiSettings, create_app, create_key
+from hub.api import ApiSettings, create_app, create_key, revoke_key
 from hub.runtime.service import KafkaRuntime
 from hub.runtime.subscriber import SubscriberRegistry
 from hub.runtime.topics import load_topics
@@ -463,6 +465,7 @@ async def test_the_login_page_guards_every_page(console: Console, shots: Shots) 
     assert page.url.endswith("/ui/executions?status=waiting"), "back where it was going"
     cookie = next(c for c in await context.cookies() if c["name"] == "hub_console")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
+    assert console.keys["viewer"] not in cookie["value"], "a session token, not the key"
     await page.get_by_role("button", name="Log out").click()
     await expect(page.get_by_role("heading", name="Log in to the console")).to_be_visible()
     await page.goto(f"{console.url}/ui/")
@@ -578,3 +581,212 @@ async def test_the_outbox_page_lists_a_failed_event_with_its_reason_and_retries_
         assert re.search(r'<tr data-state="pending">', after.text)
     [audit] = await hub.store.audit_for_targets([f"outbox:{event_id}"])
     assert audit["via"] == "console" and audit["actor_name"] == "ops-alice"
+
+
+# -- sessions, over plain HTTP -----------------------------------------------------------
+@contextlib.asynccontextmanager
+async def _plain(hub: Hub, settings: ApiSettings | None = None,
+                 ) -> AsyncIterator[Callable[[], httpx.AsyncClient]]:
+    """The console served on loopback; yields a factory of clients (each its own browser:
+    its own cookie jar), closed at the end."""
+    app = create_app(hub, settings=settings or ApiSettings(),
+                     kafka=KafkaSettings(bootstrap=None), subscribers=SubscriberRegistry())
+    clients: list[httpx.AsyncClient] = []
+
+    def client() -> httpx.AsyncClient:
+        clients.append(httpx.AsyncClient(base_url=url, timeout=30))
+        return clients[-1]
+
+    async with serve(app) as url:
+        try:
+            yield client
+        finally:
+            for c in clients:
+                await c.aclose()
+
+
+async def _log_in(client: httpx.AsyncClient, key: str, **headers: str) -> httpx.Response:
+    login = await client.get("/ui/login", headers=headers)
+    nonce = re.search(r'name="login_nonce" value="([^"]+)"', login.text)
+    assert nonce is not None
+    if "; secure" in _set_cookie(login, "hub_console_login").lower():
+        # a browser sends a Secure cookie only over https, which the proxy would speak
+        headers = {**headers, "Cookie": f"hub_console_login={nonce.group(1)}"}
+    r = await client.post("/ui/login", headers=headers, data={
+        "api_key": key, "login_nonce": nonce.group(1), "next": "/ui/"})
+    assert r.status_code == 303, r.text
+    return r
+
+
+def _set_cookie(response: httpx.Response, name: str = "hub_console") -> str:
+    return next(h for h in response.headers.get_list("set-cookie")
+                if h.startswith(f"{name}="))
+
+
+async def _csrf(client: httpx.AsyncClient) -> str:
+    page = await client.get("/ui/")
+    assert page.status_code == 200, "logged in"
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found is not None
+    return found.group(1)
+
+
+def _logged_out(r: httpx.Response) -> bool:
+    return r.status_code == 303 and r.headers["location"].startswith("/ui/login")
+
+
+async def _session_rows(hub: Hub) -> list[dict[str, Any]]:
+    return [dict(r) for r in await hub.store.pool.fetch(
+        f"SELECT * FROM {hub.store.schema}.console_session ORDER BY created_at")]
+
+
+@pytest.mark.slow
+async def test_the_console_cookie_holds_a_session_token_never_the_api_key(hub: Hub) -> None:
+    keys = await _keys(hub)
+    key = keys["ops"]
+    async with _plain(hub) as browser:
+        client = browser()
+        await _log_in(client, key)
+        cookie = client.cookies["hub_console"]
+        assert key not in cookie and not cookie.startswith("hub_")
+        assert key.split("_")[1] not in cookie, "not even the key's public prefix"
+        assert not any(key[i:i + 8] in cookie for i in range(len(key) - 7)), \
+            "no piece of the key"
+        assert (await client.get("/ui/")).status_code == 200, "the session works"
+    [row] = await _session_rows(hub)
+    assert row["token_hash"] == hashlib.sha256(cookie.encode()).hexdigest()
+    assert cookie not in json.dumps(row, default=str), "the token itself is not stored"
+
+
+@pytest.mark.slow
+async def test_logout_revokes_the_session_so_a_copied_cookie_no_longer_works(
+        hub: Hub) -> None:
+    keys = await _keys(hub)
+    async with _plain(hub) as browser:
+        client = browser()
+        await _log_in(client, keys["viewer"])
+        stolen = client.cookies["hub_console"]
+        out = await client.post("/ui/logout", data={"csrf": await _csrf(client)})
+        assert _logged_out(out) and "hub_console=" in out.headers["set-cookie"]
+        thief = browser()
+        thief.cookies.set("hub_console", stolen, path="/ui")
+        assert _logged_out(await thief.get("/ui/executions"))
+        refused = await thief.get("/ui/fragments/overview", headers={"HX-Request": "true"})
+        assert refused.status_code == 401 and refused.headers["hx-redirect"].startswith(
+            "/ui/login")
+    [row] = await _session_rows(hub)
+    assert row["revoked_at"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("deadline", ["expires_at", "idle_expires_at"])
+async def test_a_session_past_its_deadline_is_refused(hub: Hub, deadline: str) -> None:
+    keys = await _keys(hub)
+    async with _plain(hub) as browser:
+        client = browser()
+        await _log_in(client, keys["viewer"])
+        assert (await client.get("/ui/")).status_code == 200
+        await hub.store.pool.execute(
+            f"UPDATE {hub.store.schema}.console_session "
+            f"SET {deadline} = now() - interval '1 second'")
+        assert _logged_out(await client.get("/ui/"))
+
+
+@pytest.mark.slow
+async def test_a_session_is_touched_at_most_once_per_interval_and_that_moves_its_idle_deadline(
+        hub: Hub) -> None:
+    keys = await _keys(hub)
+    settings = ApiSettings(key_touch_seconds=60, console_idle_minutes=60)
+    async with _plain(hub, settings) as browser:
+        client = browser()
+        await _log_in(client, keys["viewer"])
+        [opened] = await _session_rows(hub)
+        for _ in range(3):
+            assert (await client.get("/ui/")).status_code == 200
+        [after] = await _session_rows(hub)
+        assert after["last_seen_at"] == opened["last_seen_at"], "no write per request"
+        await hub.store.pool.execute(
+            f"UPDATE {hub.store.schema}.console_session SET last_seen_at = now() - "
+            "interval '2 minutes', idle_expires_at = now() + interval '1 minute'")
+        assert (await client.get("/ui/")).status_code == 200
+        moved = await hub.store.pool.fetchval(
+            f"SELECT idle_expires_at - now() FROM {hub.store.schema}.console_session")
+        assert moved.total_seconds() > 59 * 60, "seen: an hour of idle time again"
+
+
+@pytest.mark.slow
+async def test_revoking_the_api_key_ends_its_console_sessions(hub: Hub) -> None:
+    keys = await _keys(hub)
+    async with _plain(hub) as browser:
+        client = browser()
+        await _log_in(client, keys["ops"])
+        assert (await client.get("/ui/")).status_code == 200
+        assert await revoke_key(hub.store, keys["ops"][:len("hub_") + 12]) is not None
+        assert _logged_out(await client.get("/ui/"))
+
+
+@pytest.mark.slow
+async def test_a_form_with_another_session_s_csrf_token_or_none_is_refused(hub: Hub) -> None:
+    keys = await _keys(hub)
+    async with _plain(hub) as browser:
+        alice, mallory = browser(), browser()
+        await _log_in(alice, keys["ops"])
+        await _log_in(mallory, keys["ops"])
+        theirs = await _csrf(mallory)
+        assert theirs != await _csrf(alice), "one CSRF token per session, not per key"
+        for forged in ("", "forged", theirs):
+            r = await alice.post("/ui/outbox/00000000-0000-0000-0000-000000000000/retry",
+                                 data={"csrf": forged})
+            assert r.status_code == 403, forged
+            out = await alice.post("/ui/logout", data={"csrf": forged})
+            assert out.status_code == 403, "a forged logout is refused too"
+        assert (await alice.get("/ui/")).status_code == 200, "still logged in"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("header", [{"X-Forwarded-Proto": "https"},
+                                    {"Forwarded": 'for=198.51.100.7;proto="https"'}])
+async def test_a_trusted_proxy_s_word_that_the_browser_came_over_https_makes_cookies_secure(
+        hub: Hub, header: dict[str, str]) -> None:
+    keys = await _keys(hub)
+    async with _plain(hub, ApiSettings(trusted_proxies=["10.0.0.0/8", "127.0.0.1"])) as browser:
+        plain = await _log_in(browser(), keys["viewer"])
+        assert "secure" not in _set_cookie(plain).lower(), "http without a proxy's word"
+        behind = await _log_in(browser(), keys["viewer"], **header)
+        assert "; secure" in _set_cookie(behind).lower()
+        login = await browser().get("/ui/login", headers=header)
+        assert "; secure" in _set_cookie(login, "hub_console_login").lower()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trusted", [[], ["10.0.0.0/8"]])
+async def test_forwarded_headers_from_an_untrusted_peer_are_ignored(
+        hub: Hub, trusted: list[str]) -> None:
+    keys = await _keys(hub)
+    async with _plain(hub, ApiSettings(trusted_proxies=trusted)) as browser:
+        r = await _log_in(browser(), keys["viewer"], **{
+            "X-Forwarded-Proto": "https", "Forwarded": "proto=https",
+            "X-Forwarded-For": "10.1.2.3"})
+        assert "secure" not in _set_cookie(r).lower()
+    [row] = await _session_rows(hub)
+    assert row["remote_addr"] == "127.0.0.1", "the peer, not what it says it forwards"
+
+
+@pytest.mark.slow
+async def test_the_housekeeping_purge_removes_ended_console_sessions(hub: Hub) -> None:
+    keys = await _keys(hub)
+    async with _plain(hub) as browser:
+        live, expired, left = browser(), browser(), browser()
+        for client in (live, expired, left):
+            await _log_in(client, keys["viewer"])
+        await left.post("/ui/logout", data={"csrf": await _csrf(left)})
+        await hub.store.pool.execute(
+            f"UPDATE {hub.store.schema}.console_session SET expires_at = now() - "
+            "interval '1 second' WHERE token_hash = $1",
+            hashlib.sha256(expired.cookies["hub_console"].encode()).hexdigest())
+        purged = await hub.store.purge_housekeeping(*hub.settings.housekeeping())
+        assert purged["console_sessions"] == 2
+        [kept] = await _session_rows(hub)
+        assert kept["token_hash"] == hashlib.sha256(
+            live.cookies["hub_console"].encode()).hexdigest()
+        assert (await live.get("/ui/")).status_code == 200

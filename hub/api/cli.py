@@ -157,8 +157,10 @@ async def _serve(host: str, port: int, execute: bool, modules: str | None,
     custom = load_routes([s.strip() for s in specs if s.strip()], explicit=explicit)
     async with Hub(settings=settings, execute=execute) as hub:
         app = create_app(hub, custom_routes=custom, settings=api_settings, kafka=kafka)
+        # proxy_headers off: HUB_TRUSTED_PROXIES alone decides whose X-Forwarded-* to
+        # believe (hub.api.proxies); uvicorn's own handling would trust 127.0.0.1 besides
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(),
-                                lifespan="off", server_header=False)
+                                lifespan="off", server_header=False, proxy_headers=False)
         server = _Server(config)
 
         def stop() -> None:  # a second signal skips the wait for open connections

@@ -687,8 +687,9 @@ class Hub:
     async def purge(self, *, grace_seconds: float = 0.0) -> int:
         """Delete finished executions past their retention (live ones and those that need a
         human are never touched), then what else only grows (used webhook ids, expired
-        locks, old redrive records and audit entries, outbox rows sent longer ago than
-        ``HUB_OUTBOX_RETENTION_S``; unsent and failed ones stay), each in bounded batches.
+        locks, old redrive records and audit entries, ended console sessions, outbox rows
+        sent longer ago than ``HUB_OUTBOX_RETENTION_S``; unsent and failed ones stay), each
+        in bounded batches.
         Returns the executions deleted."""
         total = 0
         while True:

@@ -496,6 +496,53 @@ API_KEY_LIST = """-- a handful of rows; the hash never leaves the database here
 SELECT id, name, prefix, scopes, created_at, revoked_at, last_used_at
 FROM {s}.api_key ORDER BY created_at, id"""
 
+# -- console sessions --------------------------------------------------------------------
+# Used by hub.api.console only. A row holds the sha256 of the browser's token, never the
+# token, and speaks for the API key it was opened with (joined on every lookup).
+
+CONSOLE_SESSION_OPEN = """-- 1 round trip per login; the unique hash index refuses a (vanishingly unlikely) twin
+INSERT INTO {s}.console_session (id, token_hash, api_key_id, csrf, expires_at, idle_expires_at,
+                                 user_agent, remote_addr)
+VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), now() + make_interval(secs => $6),
+        $7, $8)"""
+
+CONSOLE_SESSION_FIND = """-- 1 round trip per console request: the hash index finds the session, the primary key its
+-- API key (whose revocation and scopes are the session's). Live sessions are touched at most
+-- once per $3 seconds: last_seen_at, the idle deadline ($2 seconds on) and the key's
+-- last_used_at; the data-modifying CTEs run whether or not their rows are read
+WITH c AS (
+    SELECT s.id, s.csrf, s.last_seen_at, s.api_key_id, k.name, k.prefix, k.scopes,
+           s.revoked_at, k.revoked_at AS key_revoked_at,
+           s.expires_at <= now() AS expired, s.idle_expires_at <= now() AS idle
+    FROM {s}.console_session s JOIN {s}.api_key k ON k.id = s.api_key_id
+    WHERE s.token_hash = $1
+), touched AS (
+    UPDATE {s}.console_session s
+    SET last_seen_at = now(), idle_expires_at = LEAST(s.expires_at, now() + make_interval(secs => $2))
+    FROM c
+    WHERE s.id = c.id AND c.revoked_at IS NULL AND c.key_revoked_at IS NULL
+      AND NOT c.expired AND NOT c.idle
+      AND c.last_seen_at < now() - make_interval(secs => $3)
+    RETURNING s.api_key_id
+), key_touched AS (
+    UPDATE {s}.api_key k SET last_used_at = now()
+    FROM touched WHERE k.id = touched.api_key_id
+)
+SELECT id, csrf, api_key_id, name, prefix, scopes, revoked_at, key_revoked_at, expired, idle
+FROM c"""
+
+CONSOLE_SESSION_REVOKE = """-- logout: idempotent, a session revoked earlier keeps its first revocation time
+UPDATE {s}.console_session SET revoked_at = COALESCE(revoked_at, now()) WHERE token_hash = $1"""
+
+PURGE_CONSOLE_SESSIONS = """-- bounded: sessions that can no longer be used (revoked, past either deadline, or opened
+-- with a revoked key), a batch at a time; the table holds only recent logins, so the scan
+-- is short
+DELETE FROM {s}.console_session WHERE id IN (
+    SELECT s.id FROM {s}.console_session s JOIN {s}.api_key k ON k.id = s.api_key_id
+    WHERE s.revoked_at IS NOT NULL OR s.expires_at <= now() OR s.idle_expires_at <= now()
+       OR k.revoked_at IS NOT NULL
+    LIMIT $1)"""
+
 API_LIST_EXECUTIONS = """-- 1 round trip per page: walks (created_at DESC, id) from the cursor ($6, $7) and
 -- stops at LIMIT; summary columns only (no input, steps or result: they can be large).
 -- Each filter has an index walkable newest first (workflow, status, trigger kind, time) or

@@ -384,8 +384,10 @@ class Store:
     async def purge_housekeeping(self, audit_s: float, redrive_s: float,
                                  limit: int = 1000) -> dict[str, int]:
         """One bounded batch from each table that only grows: used webhook ids, expired
-        locks, old redrive records, old audit entries. Rows per table purged."""
-        done: dict[str, int] = {"webhook_ids": await self.purge_webhook_ids(limit)}
+        locks, old redrive records, old audit entries, ended console sessions. Rows per table
+        purged."""
+        done: dict[str, int] = {"webhook_ids": await self.purge_webhook_ids(limit),
+                                "console_sessions": await self.purge_console_sessions(limit)}
         for name, sql, args in (("locks", q.PURGE_EXPIRED_LOCKS, (limit,)),
                                 ("redrives", q.PURGE_REDRIVES, (redrive_s, limit)),
                                 ("audit", q.PURGE_AUDIT, (audit_s, limit))):
@@ -585,6 +587,31 @@ class Store:
 
     async def api_key_list(self) -> list[Row]:
         return [_decode_row(r) for r in await self._fetch(q.API_KEY_LIST)]
+
+    # -- console sessions ----------------------------------------------------------------
+    # Used by hub.api.console only.
+    async def console_session_open(self, session_id: uuid.UUID, token_hash: str,
+                                   api_key_id: uuid.UUID, csrf: str, lifetime_s: float,
+                                   idle_s: float, user_agent: str | None,
+                                   remote_addr: str | None) -> None:
+        await self._execute(q.CONSOLE_SESSION_OPEN, session_id, token_hash, api_key_id, csrf,
+                            lifetime_s, min(idle_s, lifetime_s), user_agent, remote_addr)
+
+    async def console_session_find(self, token_hash: str, idle_s: float,
+                                   touch_every_s: float) -> Row | None:
+        """The session of ``token_hash`` with its key's name, prefix, scopes and revocation,
+        and whether either deadline passed (by the database's clock); None if unknown."""
+        recs = await self._fetch(q.CONSOLE_SESSION_FIND, token_hash, idle_s, touch_every_s)
+        return _decode_row(recs[0]) if recs else None
+
+    async def console_session_revoke(self, token_hash: str) -> bool:
+        """Revoke the session of ``token_hash``; False if there is none."""
+        status = await self._execute(q.CONSOLE_SESSION_REVOKE, token_hash)
+        return int(status.split()[-1]) > 0
+
+    async def purge_console_sessions(self, limit: int = 1000) -> int:
+        status = await self._execute(q.PURGE_CONSOLE_SESSIONS, limit)
+        return int(status.split()[-1])
 
     async def api_list_executions(
         self,

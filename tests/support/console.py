@@ -48,9 +48,10 @@ def ensure_chromium() -> str:
 
 @contextlib.asynccontextmanager
 async def serve(app: FastAPI) -> AsyncIterator[str]:
-    """``app`` on a free loopback port, in this event loop; yields its base URL."""
+    """``app`` on a free loopback port, in this event loop; yields its base URL. Like
+    ``hub api``, uvicorn's forwarded-header handling is off (HUB_TRUSTED_PROXIES decides)."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off",
-                                           log_level="warning"))
+                                           log_level="warning", proxy_headers=False))
     task = asyncio.create_task(server.serve())
     for _ in range(500):
         if server.started or task.done():

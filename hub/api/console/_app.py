@@ -35,15 +35,17 @@ from hub.api.console._session import (
     Forbidden,
     LoginRequired,
     Session,
-    csrf_token,
+    close_session,
+    current_session,
     login_url,
     new_login_nonce,
+    open_session,
     safe_next,
     same,
-    secure,
     session_of,
 )
 from hub.api.keys import InvalidApiKey, Scope, authenticate
+from hub.api.proxies import TrustedProxies
 from hub.api.service import Actor, HubService, InvalidArgument
 from hub.engine.run import RunStatus
 from hub.errors import (
@@ -167,6 +169,11 @@ def create_console(service: HubService, settings: ApiSettings) -> FastAPI:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(packages=[("hub.api.console", "static")]), name="static")
     env = _environment()
+    proxies = TrustedProxies.of(settings.trusted_proxies)
+
+    def secure(request: Request) -> bool:
+        """Cookies are ``Secure`` when the browser came over https (see hub.api.proxies)."""
+        return proxies.is_https(request)
 
     def base_of(request: Request) -> str:
         return str(request.scope.get("root_path", "")).rstrip("/")
@@ -283,20 +290,34 @@ def create_console(service: HubService, settings: ApiSettings) -> FastAPI:
             page.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="strict",
                             secure=secure(request), path=base + "/login")
             return page
+        old = request.cookies.get(COOKIE)
+        if old:  # the browser's previous session ends here, not at its expiry
+            await close_session(service, old)
+        session_token = await open_session(service, settings, key,
+                                           request.headers.get("user-agent"),
+                                           proxies.client_address(request))
         redirect = RedirectResponse(target, status_code=303)
-        redirect.set_cookie(COOKIE, token, httponly=True, samesite="strict",
+        redirect.set_cookie(COOKIE, session_token, httponly=True, samesite="strict",
                             secure=secure(request), path=base or "/")
         redirect.delete_cookie(LOGIN_COOKIE, path=base + "/login")
         return redirect
 
     @app.post("/logout")
     async def logout(request: Request) -> Response:
+        """Revokes the session row, so a copy of the cookie opens nothing afterwards. A
+        session that has ended already just loses its cookie."""
         form = _form(await request.body())
         token = request.cookies.get(COOKIE) or ""
-        if token and not same(_one(form, "csrf"), csrf_token(token)):
-            raise Forbidden("this form expired or did not come from the console")
+        session = None
+        with contextlib.suppress(LoginRequired):
+            session = await current_session(request, service, settings)
+        if session is not None:
+            if not same(_one(form, "csrf"), session.csrf):
+                raise Forbidden("this form expired or did not come from the console")
+            await close_session(service, token)
         response = RedirectResponse(f"{base_of(request)}/login", status_code=303)
-        response.delete_cookie(COOKIE, path=base_of(request) or "/")
+        response.delete_cookie(COOKIE, path=base_of(request) or "/", httponly=True,
+                               samesite="strict", secure=secure(request))
         return response
 
     # -- overview --------------------------------------------------------------------------

@@ -52,6 +52,18 @@ class HubSettings(BaseSettings):
         default=None, description="Postgres DSN; unset: an embedded server under data_dir"
     )
     data_dir: Path = Field(default=Path(".hub"), description="where the embedded server lives")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_dsn(cls, value: str | None) -> str | None:
+        """A URL that is not Postgres's stops at once, not after 30 s of failed connects."""
+        if value is None or not value.strip():
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in ("postgres", "postgresql"):
+            raise ValueError("must be a Postgres URL, like postgresql://user:password@host:5432/"
+                             "db (unset it to use the embedded server)")
+        return value
     db_schema: str = Field(default="hub", alias="HUB_SCHEMA", pattern=SCHEMA_PATTERN,
                            description="Postgres schema of the hub's tables")
     modules: CommaList = Field(

@@ -110,3 +110,14 @@ def test_hub_settings_masks_the_password_of_every_dsn(tmp_path: object) -> None:
     assert "w0rd" not in out.stdout
     assert mask_dsn("postgresql://db/orders?user=hub&password=s3cret&sslmode=require") == (
         "postgresql://db/orders?user=hub&password=***&sslmode=require")
+
+
+@pytest.mark.parametrize("url", ["mysql://root:hunter2@db/shop", "not a url", "localhost:5432"])
+def test_a_database_url_that_is_not_postgres_stops_at_once(
+        clean_env: pytest.MonkeyPatch, url: str) -> None:
+    clean_env.setenv("HUB_DATABASE_URL", url)
+    done = subprocess.run([sys.executable, "-m", "hub", "worker"], capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ), cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    assert "HUB_DATABASE_URL: Value error, must be a Postgres URL" in done.stderr
+    assert "hunter2" not in done.stderr and "Traceback" not in done.stderr

@@ -72,6 +72,10 @@ def add_execution_commands(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(data, indent=2))
             return
+        if not data["items"]:
+            typer.echo("no executions match")
+        else:
+            typer.echo(f"{'ID':36}  {'WORKFLOW':20} {'STATUS':20} TRANSACTION ID")
         for item in data["items"]:
             typer.echo(f"{item['id']}  {item['workflow']:20} {item['status']:20} "
                        f"{item['transaction_id']}")

@@ -121,3 +121,15 @@ def test_a_database_url_that_is_not_postgres_stops_at_once(
     assert done.returncode == 2, done.stderr
     assert "HUB_DATABASE_URL: Value error, must be a Postgres URL" in done.stderr
     assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_wrong_database_is_one_clear_line(dsn: str) -> None:
+    from hub.store.embedded import dsn_for_database
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env["HUB_DATABASE_URL"] = dsn_for_database(dsn, "no_such_database")
+    done = subprocess.run([sys.executable, "-m", "hub", "db", "migrate"], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=ROOT)
+    assert done.returncode == 1, done.stderr
+    assert "refused the connection" in done.stderr and "no_such_database" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

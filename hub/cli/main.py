@@ -246,12 +246,17 @@ def _dev_secret(data_dir: Path) -> str:
 
 
 def main() -> None:
-    """Run the CLI; bad settings stop it naming each variable at fault (exit 2)."""
+    """Run the CLI; bad settings stop it naming each variable at fault (exit 2), and any
+    other error the hub explains (a refused connection, an unknown execution) is one line
+    (exit 1), never a traceback."""
     try:
         app()
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
+    except HubError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import asyncio
 import json
 import random
 import re
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -153,6 +154,16 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     locks, no SET), so asyncpg's reset query on every release would be a wasted round trip."""
 
 
+_REFUSALS = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError,
+             asyncpg.InvalidCatalogNameError)
+"""What a reachable server answers when the DSN is wrong: retrying cannot help."""
+
+
+def _budget(attempts: int) -> float:
+    """About how long ``retry`` waits over ``attempts`` (its backoff doubles to 2 s)."""
+    return float(sum(min(0.05 * 2.0 ** i, 2.0) for i in range(attempts - 1)))
+
+
 def _decode_row(rec: asyncpg.Record) -> Row:
     return dict(rec.items())
 
@@ -175,14 +186,36 @@ class Store:
 
     # -- lifecycle -----------------------------------------------------------------------
     async def connect(self) -> None:
-        self._pool = await self.retry(
-            lambda: asyncpg.create_pool(
-                self.dsn, min_size=self._min, max_size=self._max, init=self._init_conn,
-                command_timeout=60, reset=_no_reset,
-            ),
-            what="connect",
-            attempts=20,
-        )
+        """Open the pool. An unreachable server is waited for (about 30 s, said once); a
+        server that refuses (wrong role, password or database) is one clear StoreError."""
+        try:
+            self._pool = await self.retry(
+                lambda: asyncpg.create_pool(
+                    self.dsn, min_size=self._min, max_size=self._max, init=self._init_conn,
+                    command_timeout=60, reset=_no_reset,
+                ),
+                what="connect",
+                attempts=20,
+            )
+        except _REFUSALS as exc:
+            raise StoreError(
+                f"Postgres at {self.where} refused the connection: {exc} (check the user, "
+                "password and database of HUB_DATABASE_URL)") from None
+        except StoreError as exc:
+            raise StoreError(f"Postgres at {self.where} is unreachable: "
+                             f"{str(exc).split(': ', 1)[-1]}") from None
+
+    @property
+    def where(self) -> str:
+        """host:port/database of the DSN, never its user or password (errors and logs)."""
+        try:
+            parts = urllib.parse.urlsplit(self.dsn)
+            query = urllib.parse.parse_qs(parts.query)
+            host = parts.hostname or (query.get("host") or ["localhost"])[0]
+            port = parts.port or (query.get("port") or ["5432"])[0]
+        except ValueError:
+            return "the configured server"
+        return f"{host}:{port}{parts.path or '/'}"
 
     @staticmethod
     async def _init_conn(conn: asyncpg.Connection) -> None:
@@ -232,7 +265,11 @@ class Store:
                 n += 1
                 if attempts is not None and n >= attempts:
                     raise StoreError(f"Postgres unreachable during {what}: {exc}") from exc
-                log.warning("store_retry", op=what, attempt=n, error=repr(exc)[:200])
+                if what == "connect" and n == 1 and attempts is not None:
+                    log.warning("postgres_unreachable", where=self.where,
+                                waiting_s=round(_budget(attempts)), error=repr(exc)[:200])
+                elif what != "connect":
+                    log.warning("store_retry", op=what, attempt=n, error=repr(exc)[:200])
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
 

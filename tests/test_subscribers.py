@@ -236,11 +236,14 @@ async def test_a_start_without_a_transaction_id_is_keyed_by_its_record(
     settings = KafkaSettings(bootstrap=kafka_bootstrap, group=f"{prefix}-unkeyed")
     topic = f"{prefix}.order.placed"
     same = json.dumps(order(5)).encode()
-    await produce(kafka_bootstrap, topic, [("o5", same, [(h.EVENT_ID, b"evt-5")])] * 3)
-    await produce(kafka_bootstrap, topic, [("o6", json.dumps(order(6)).encode(), [])])
     rt = KafkaRuntime(hub, settings, subscribers=reg, topics=topics_for(tmp_path, prefix))
-    await rt.start()
+    await rt.start()  # creates the topics
     try:
+        assert rt.consumer is not None
+        await asyncio.wait_for(rt.consumer.ready.wait(), 30)
+        await produce(kafka_bootstrap, topic, [("o5", same, [(h.EVENT_ID, b"evt-5")])] * 3)
+        await produce(kafka_bootstrap, topic, [("o6", json.dumps(order(6)).encode(), [])])
+
         async def consumed() -> bool:
             return rt.consumer is not None and rt.consumer.stats["handled"] >= 4
 

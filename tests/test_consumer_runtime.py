@@ -228,7 +228,8 @@ async def test_dead_letter_redriven_to_its_topic_then_its_workflow_completes(
     await produce(kafka_bootstrap, topic, [("o1", json.dumps(order(1)).encode(), [])])
     async with runtime(hub, kafka_bootstrap, prefix, topics, reg):
         async def dead() -> bool:
-            return bool((await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")).letters)
+            page = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+            return bool(page.letters)
 
         await until(dead, timeout=30)
         letters = (await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")).letters
@@ -360,7 +361,8 @@ async def test_dead_letter_redriven_straight_to_its_subscriber(
     await produce(kafka_bootstrap, topic, [("o9", json.dumps(order(9)).encode(), [])])
     async with runtime(hub, kafka_bootstrap, prefix, topics, reg):
         async def dead() -> bool:
-            return bool((await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")).letters)
+            page = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+            return bool(page.letters)
 
         await until(dead, timeout=30)
     letters = (await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")).letters
@@ -433,7 +435,8 @@ async def test_redrive_sends_key_and_header_bytes_unchanged(
         await producer.stop()
     async with runtime(hub, kafka_bootstrap, prefix, topics, reg):
         async def dead() -> bool:
-            return bool((await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")).letters)
+            page = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+            return bool(page.letters)
 
         await until(dead, timeout=30)
     letters = (await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")).letters

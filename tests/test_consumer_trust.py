@@ -127,7 +127,8 @@ async def test_a_dead_letter_too_large_with_its_context_keeps_value_and_key_byte
     await rt.start()
     try:
         async def dead() -> bool:
-            return bool((await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.in.dlq")).letters)
+            page = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.in.dlq")
+            return bool(page.letters)
 
         await until(dead, timeout=60)
     finally:

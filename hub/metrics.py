@@ -35,6 +35,19 @@ EVENTS_HANDLED = Counter(
 DEAD_LETTERS = Counter(
     "hub_dead_letters", "Kafka records sent to a dead-letter topic", ["topic", "stage"],
     registry=REGISTRY)
+PARTITIONS_PAUSED = Gauge(
+    "hub_consumer_partitions_paused",
+    "1 while a partition is paused for backpressure: its fetched records not yet handled "
+    "passed HUB_KAFKA_MAX_BACKLOG_PER_PARTITION or HUB_KAFKA_MAX_BACKLOG_BYTES_PER_PARTITION",
+    ["topic", "partition"], registry=REGISTRY)
+BACKLOG_BYTES = Gauge(
+    "hub_consumer_backlog_bytes",
+    "Key, value and header bytes of a partition's fetched records not yet handled",
+    ["topic", "partition"], registry=REGISTRY)
+DEAD_LETTERS_READ = Counter(
+    "hub_dead_letter_records_read",
+    "Records fetched from a dead-letter topic to show, count or redrive them (pages are "
+    "bounded: this grows by at most a page per request)", ["topic"], registry=REGISTRY)
 PARTITIONS_PARKED = Gauge(
     "hub_consumer_partitions_parked",
     "1 while a partition is parked: a record could not be settled (not even dead-lettered); "

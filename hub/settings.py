@@ -159,6 +159,10 @@ class KafkaSettings(BaseSettings):
         default=64, ge=1, description="keys of one partition handled side by side")
     max_backlog_per_partition: int = Field(
         default=2000, ge=1, description="fetched records waiting; more pauses the partition")
+    max_backlog_bytes_per_partition: int = Field(
+        default=16 * 1024 * 1024, ge=1024,
+        description="bytes of fetched records not yet handled; more pauses the partition "
+                    "(until half drained), so a few large records cannot exhaust memory")
     session_timeout_ms: int = Field(
         default=10_000, description="a worker silent this long loses its partitions")
     rebalance_timeout_ms: int = Field(

@@ -228,10 +228,11 @@ async def test_dead_letter_redriven_to_its_topic_then_its_workflow_completes(
     await produce(kafka_bootstrap, topic, [("o1", json.dumps(order(1)).encode(), [])])
     async with runtime(hub, kafka_bootstrap, prefix, topics, reg):
         async def dead() -> bool:
-            return bool(await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq"))
+            page = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+            return bool(page.letters)
 
         await until(dead, timeout=30)
-        letters = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+        letters = (await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")).letters
         assert letters[0].summary()["stage"] == "handler"
         fixed["yes"] = True  # the CRM is back
         done = await redrive(hub, topics, reg, s, kafka_bootstrap, letters, by="sre@test")
@@ -240,7 +241,7 @@ async def test_dead_letter_redriven_to_its_topic_then_its_workflow_completes(
         run = await hub.wait("order.placed:o1", timeout=30)
         assert run.status == "succeeded"
         assert run.trigger and run.trigger["offset"] == 1, "the redriven copy started it"
-    again = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+    again = (await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")).letters
     assert again[0].redriven and again[0].redriven[0]["redriven_by"] == "sre@test"
 
 
@@ -276,8 +277,13 @@ async def test_lag_and_dlq_commands(hub: Hub, dsn: str, schema: str, kafka_boots
 
     lag = await asyncio.to_thread(hub_cli, "lag")
     assert lag == [{"topic": topic, "partition": 0, "committed": 3, "end": 3, "lag": 0}]
-    letters = await asyncio.to_thread(hub_cli, "dlq", "list")
-    assert [(d["topic"], d["offset"], d["stage"]) for d in letters] == [(topic, "1", "deserialize")]
+    listed = await asyncio.to_thread(hub_cli, "dlq", "list")
+    assert [(d["topic"], d["offset"], d["stage"]) for d in listed["items"]] == [
+        (topic, "1", "deserialize")]
+    assert listed["next"] == {f"{prefix}.orders.dlq": None}
+    page = await asyncio.to_thread(hub_cli, "dlq", "list", "--topic", f"{prefix}.orders.dlq",
+                                   "--cursor", "0:0", "--limit", "1")
+    assert len(page["items"]) == 1 and page["next"] == {f"{prefix}.orders.dlq": None}
 
 
 async def test_sigterm_drains_commits_and_leaves_within_bounds(
@@ -355,10 +361,11 @@ async def test_dead_letter_redriven_straight_to_its_subscriber(
     await produce(kafka_bootstrap, topic, [("o9", json.dumps(order(9)).encode(), [])])
     async with runtime(hub, kafka_bootstrap, prefix, topics, reg):
         async def dead() -> bool:
-            return bool(await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq"))
+            page = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+            return bool(page.letters)
 
         await until(dead, timeout=30)
-    letters = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+    letters = (await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")).letters
     fixed["yes"] = True
     done = await redrive(hub, topics, reg, s, kafka_bootstrap, letters, to_subscriber=True,
                          by="sre@test")
@@ -428,10 +435,11 @@ async def test_redrive_sends_key_and_header_bytes_unchanged(
         await producer.stop()
     async with runtime(hub, kafka_bootstrap, prefix, topics, reg):
         async def dead() -> bool:
-            return bool(await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq"))
+            page = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+            return bool(page.letters)
 
         await until(dead, timeout=30)
-    letters = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+    letters = (await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")).letters
     await redrive(hub, topics, reg, s, kafka_bootstrap, letters, by="sre@test")
     records = await read_all(kafka_bootstrap, topic, 2)
     again = records[-1]
@@ -472,7 +480,7 @@ async def test_a_validator_raising_any_error_dead_letters_and_the_partition_move
             return "good" in seen
 
         await until(good, timeout=30)
-    letters = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")
+    letters = (await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.orders.dlq")).letters
     assert len(letters) == 1 and json.loads(letters[0].value or b"") == {"id": "bad"}
     summary = letters[0].summary()
     assert summary["stage"] == "validate" and summary["error"] == "RuntimeError"

@@ -127,12 +127,13 @@ async def test_a_dead_letter_too_large_with_its_context_keeps_value_and_key_byte
     await rt.start()
     try:
         async def dead() -> bool:
-            return bool(await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.in.dlq"))
+            page = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.in.dlq")
+            return bool(page.letters)
 
         await until(dead, timeout=60)
     finally:
         await rt.stop()
-    [letter] = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.in.dlq")
+    [letter] = (await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.in.dlq")).letters
     assert letter.value == value, "the value byte for byte"
     assert letter.raw_key == key, "the key byte for byte"
     assert ("x-blob", b"\x80\x00raw") in letter.raw_headers
@@ -185,7 +186,7 @@ async def test_a_record_that_cannot_be_dead_lettered_parks_its_partition_until_r
         await until(resumed, timeout=60)
     finally:
         await rt.stop()
-    [letter] = await read_dead_letters(hub, small, kafka_bootstrap, f"{prefix}.in.dlq")
+    [letter] = (await read_dead_letters(hub, small, kafka_bootstrap, f"{prefix}.in.dlq")).letters
     assert letter.value == big
 
 
@@ -219,7 +220,7 @@ async def test_a_start_postgres_refuses_dead_letters_its_record_and_the_partitio
     finally:
         await rt.stop()
     assert await started(hub) == {"order.placed:o2"}
-    [letter] = await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.in.dlq")
+    [letter] = (await read_dead_letters(hub, s, kafka_bootstrap, f"{prefix}.in.dlq")).letters
     assert letter.headers[h.DLQ_STAGE] == "start"
     assert letter.headers[h.DLQ_OFFSET] == "0"
     assert letter.headers[h.DLQ_SUBSCRIBER] == "on_order"

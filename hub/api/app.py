@@ -18,7 +18,7 @@ from hub.api.console import create_console
 from hub.api.limits import BodyLimitMiddleware
 from hub.api.metrics import ApiMetrics, MetricsMiddleware, hub_version
 from hub.api.problems import install_problem_handlers
-from hub.api.routes import executions, outbox, system, webhooks, workflows
+from hub.api.routes import deadletters, executions, outbox, system, webhooks, workflows
 from hub.api.service import HubService
 from hub.engine.hub import Hub
 from hub.errors import HubError
@@ -47,6 +47,8 @@ TAGS = [
     {"name": "workflows", "description": "definitions, and starting runs"},
     {"name": "executions", "description": "reading and operating on executions"},
     {"name": "outbox", "description": "events not yet published, and retrying failed ones"},
+    {"name": "dead letters", "description": "records the subscribers could not handle, "
+                                            "a bounded page at a time"},
     {"name": "webhooks", "description": "signed async step outcomes from outside systems"},
     {"name": "system", "description": "probes, metrics, the event contract"},
 ]
@@ -84,7 +86,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     install_problem_handlers(app)
-    for module in (workflows, executions, outbox, webhooks, system):
+    for module in (workflows, executions, outbox, deadletters, webhooks, system):
         app.include_router(module.router)
     for router in custom_routes or ():
         app.include_router(router)

@@ -255,3 +255,54 @@ class CreatedApiKey(ApiKeyOut):
     """A new key: ``token`` is shown this once and never stored."""
 
     token: str
+
+
+class DeadLetterRedrive(BaseModel):
+    """One redrive of a dead letter: when, where to, by whom."""
+
+    at: datetime | None = None
+    target: str | None = None
+    by: str | None = None
+
+
+class DeadLetterOut(BaseModel):
+    """A dead-lettered record: where it came from, why it failed, what it carried
+    (payload and headers redacted)."""
+
+    ref: str = Field(description="dlq-topic/partition/offset")
+    dlq_topic: str
+    partition: int
+    offset: int
+    timestamp: datetime | None
+    key: str | None
+    topic: str | None = Field(description="the topic it was consumed from")
+    original_partition: str | None
+    original_offset: str | None
+    stage: str | None = Field(description="deserialize, validate, handler or start")
+    subscriber: str | None
+    error: str
+    message: str
+    payload: str | None
+    headers: dict[str, str]
+    redrives: list[DeadLetterRedrive]
+
+
+class DeadLetterPage(BaseModel):
+    """A bounded page of one dead-letter topic, oldest first (partition, then offset)."""
+
+    topic: str | None = Field(description="the dead-letter topic read")
+    topics: list[str] = Field(description="every dead-letter topic of topics.yaml")
+    items: list[DeadLetterOut]
+    next: str | None = Field(
+        default=None, description="cursor of the next page (an offset per partition); absent "
+                                  "on the last. A page is cut short at 4 MiB of letters too")
+
+
+class DeadLetterCount(BaseModel):
+    """A dead-letter topic's size, from its offsets (no record is read)."""
+
+    held: int = Field(description="records held: end minus beginning offset, per partition")
+    redriven: int = Field(description="of those, redriven at least once")
+    waiting: int = Field(description="held and not redriven")
+    approximate: bool = Field(description="a compacted topic holds fewer than its offsets "
+                                          "span: `held` is about, an upper bound")

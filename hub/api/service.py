@@ -324,6 +324,19 @@ class DeadLetterView:
 
 
 @dataclass(frozen=True)
+class DeadLetterViewPage:
+    """A bounded page of one dead-letter topic (``topic``), and the cursor of the next."""
+
+    topic: str | None
+    topics: list[str]
+    """Every dead-letter topic of topics.yaml, so a front end can offer the others."""
+    items: list[DeadLetterView]
+    next: str | None
+    fetched: int
+    """Records fetched from the broker for this page: bounded by the page, not the topic."""
+
+
+@dataclass(frozen=True)
 class StepView:
     """A step of one execution with what the console shows beside ``StepOut``: its node,
     the idempotency keys its connector calls carry, and its compensation."""
@@ -1042,13 +1055,20 @@ class HubService:
         return await self._broker.get("lag", read, timeout_s=15.0)
 
     async def dead_letter_count(self) -> Observed:
-        """Dead letters not redriven yet, per dead-letter topic (cached)."""
+        """Dead letters held per dead-letter topic (``DeadLetterCount``: held, redriven,
+        approximate), from the topics' offsets, never from reading records (cached)."""
 
-        async def read() -> dict[str, int]:
-            letters = await self.dead_letters()
-            counts: dict[str, int] = {}
-            for d in letters:
-                counts[d.dlq_topic] = counts.get(d.dlq_topic, 0) + (0 if d.redrives else 1)
+        async def read() -> dict[str, Any]:
+            from hub.runtime.deadletters import count_dead_letters, dead_letter_topics
+
+            settings, bootstrap = self._kafka()
+            topics = self._topics()
+            counts: dict[str, Any] = {}
+            for name in dead_letter_topics(topics):
+                spec = topics.topics.get(name)
+                compacted = spec is not None and "compact" in spec.cleanup_policy
+                counts[name] = await count_dead_letters(self.hub, settings, bootstrap, name,
+                                                        compacted=compacted)
             return counts
 
         return await self._broker.get("dead_letters", read, timeout_s=30.0)
@@ -1063,22 +1083,62 @@ class HubService:
         except HubError as exc:
             raise Misconfigured(f"{self.topics_file}: {exc}") from exc
 
-    async def dead_letters(self, dlq_topic: str | None = None) -> list[DeadLetterView]:
-        """Every record of the dead-letter topics of topics.yaml (or of one), oldest first,
-        with each one's redrives (who, when, where to)."""
-        from hub.runtime import constants as h
-        from hub.runtime.deadletters import dead_letter_topics, read_dead_letters
+    async def dead_letters(self, dlq_topic: str | None = None, *, cursor: str | None = None,
+                           limit: int = 50) -> DeadLetterViewPage:
+        """A page of one dead-letter topic of topics.yaml (default: the first), oldest
+        first, with each letter's redrives (who, when, where to). A page holds at most
+        ``limit`` letters (capped at ``PAGE_LIMIT``) and ``PAGE_BYTES`` of them; ``next``
+        continues it."""
+        from hub.runtime.deadletters import PAGE_LIMIT, dead_letter_topics, read_dead_letters
+        from hub.runtime.dlq_cursor import BadCursor
 
+        if not 1 <= limit <= PAGE_LIMIT:
+            raise InvalidArgument(("query", "limit"), f"between 1 and {PAGE_LIMIT}")
         settings, bootstrap = self._kafka()
         names = dead_letter_topics(self._topics())
-        if dlq_topic is not None:
-            if dlq_topic not in names:
-                raise InvalidArgument(("query", "topic"),
-                                      f"{dlq_topic!r} is no dead-letter topic of topics.yaml")
-            names = [dlq_topic]
-        letters = []
-        for name in names:
-            letters.extend(await read_dead_letters(self.hub, settings, bootstrap, name))
+        if dlq_topic is not None and dlq_topic not in names:
+            raise InvalidArgument(("query", "topic"),
+                                  f"{dlq_topic!r} is no dead-letter topic of topics.yaml")
+        topic = dlq_topic or (names[0] if names else None)
+        if topic is None:
+            return DeadLetterViewPage(None, names, [], None, 0)
+        try:
+            page = await read_dead_letters(self.hub, settings, bootstrap, topic,
+                                           cursor=cursor, limit=limit)
+        except BadCursor as exc:
+            raise InvalidArgument(("query", "cursor"), str(exc)) from None
+        return DeadLetterViewPage(topic, names, await self._letter_views(page.letters),
+                                  page.next, page.fetched)
+
+    async def dead_letter(self, ref: str) -> DeadLetterView:
+        """One dead letter by its position (``dlq-topic/partition/offset``), read alone."""
+        from hub.runtime.deadletters import dead_letter_topics, read_letters
+
+        check_text(ref, ("path", "ref"))
+        settings, bootstrap = self._kafka()
+        self._dead_letter_topic_of(ref, dead_letter_topics(self._topics()))
+        found = await read_letters(self.hub, settings, bootstrap, [ref])
+        if ref not in found:
+            raise ExecutionNotFound(f"no dead letter {ref}")
+        [view] = await self._letter_views([found[ref]])
+        return view
+
+    @staticmethod
+    def _dead_letter_topic_of(ref: str, names: list[str]) -> str:
+        from hub.runtime.deadletters import parse_ref
+
+        try:
+            topic, _, _ = parse_ref(ref)
+        except HubError as exc:
+            raise InvalidArgument(("body", "ref"), str(exc)) from None
+        if topic not in names:
+            raise InvalidArgument(("body", "ref"),
+                                  f"{topic!r} is no dead-letter topic of topics.yaml")
+        return topic
+
+    async def _letter_views(self, letters: list[Any]) -> list[DeadLetterView]:
+        from hub.runtime import constants as h
+
         actions: dict[str, list[AuditEntry]] = {}
         for r in await self.hub.store.audit_for_targets([d.ref for d in letters]):
             entry = _audit_entry(r)
@@ -1108,25 +1168,30 @@ class HubService:
                       actor: Actor | None = None) -> list[dict[str, Any]]:
         """Send dead letters (``dlq-topic/partition/offset``) back to their topic, or straight
         to their subscriber; each redrive is recorded (``dlq_redrive`` and the audit)."""
-        from hub.runtime.deadletters import read_dead_letters
+        from hub.runtime.deadletters import (
+            PAGE_LIMIT,
+            dead_letter_topics,
+            read_letters,
+        )
         from hub.runtime.deadletters import redrive as send_back
 
         if not refs:
             raise InvalidArgument(("body", "ref"), "choose at least one dead letter")
+        if len(refs) > PAGE_LIMIT:
+            raise InvalidArgument(("body", "ref"),
+                                  f"{len(refs)} dead letters chosen; at most {PAGE_LIMIT} at once")
         settings, bootstrap = self._kafka()
         topics = self._topics()
-        by_topic: dict[str, list[str]] = {}
+        names = dead_letter_topics(topics)
         for ref in refs:
             check_text(ref, ("body", "ref"))
-            by_topic.setdefault(ref.rsplit("/", 2)[0], []).append(ref)
-        chosen: list[Any] = []
-        for name, wanted in by_topic.items():
-            found = {d.ref: d for d in await read_dead_letters(self.hub, settings, bootstrap,
-                                                               name)}
-            missing = [r for r in wanted if r not in found]
-            if missing:
-                raise ExecutionNotFound(f"no dead letter {', '.join(missing)}")
-            chosen.extend(found[r] for r in wanted)
+            self._dead_letter_topic_of(ref, names)
+        # each chosen letter is fetched alone, by its position: never its whole topic
+        found = await read_letters(self.hub, settings, bootstrap, list(dict.fromkeys(refs)))
+        missing = [r for r in refs if r not in found]
+        if missing:
+            raise ExecutionNotFound(f"no dead letter {', '.join(missing)}")
+        chosen = [found[r] for r in dict.fromkeys(refs)]
         who = actor or UNATTRIBUTED
         done = await send_back(self.hub, topics, self.subscribers, settings, bootstrap, chosen,
                                to_subscriber=to_subscriber, by=who.label)

@@ -303,88 +303,144 @@ def add_kafka_commands(app: typer.Typer) -> None:
 
         _print(report.to_dict(), as_json, human)
 
-    def _letters(topic: str | None) -> tuple[Any, ...]:
+    @dlq_app.command("list")
+    def dlq_list(topic: Annotated[str | None, typer.Option(
+            "--topic", help="a dead-letter topic (default: all of topics.yaml)")] = None,
+                 cursor: Annotated[str | None, typer.Option(
+                     "--cursor", help="where to go on: the `next` a previous page printed "
+                                      "(needs --topic)")] = None,
+                 limit: Annotated[int, typer.Option(
+                     "--limit", min=1, max=200, help="dead letters per topic at most")] = 50,
+                 as_json: JsonOut = False) -> None:
+        """Dead letters with their reason and original position, a bounded page per topic
+        (oldest first); `next` continues a topic's page."""
         from hub.runtime.deadletters import dead_letter_topics, read_dead_letters
         from hub.runtime.topics import load_topics
+
+        if cursor and not topic:
+            typer.echo("error: --cursor continues one topic: give its --topic too", err=True)
+            raise typer.Exit(2)
 
         async def go() -> Any:
             settings, bootstrap = _kafka()
             topics = load_topics(settings.topics_file, settings.topic_prefix)
             names = [topic] if topic else dead_letter_topics(topics)
-            out = []
             async with Hub(settings=process_settings().engine, execute=False) as hub:
-                for name in names:
-                    out.extend(await read_dead_letters(hub, settings, bootstrap, name))
-            return out
+                return [await read_dead_letters(hub, settings, bootstrap, name, cursor=cursor,
+                                                limit=limit) for name in names]
 
-        return tuple(_run(go))
-
-    @dlq_app.command("list")
-    def dlq_list(topic: Annotated[str | None, typer.Option(
-            "--topic", help="a dead-letter topic (default: all of topics.yaml)")] = None,
-                 as_json: JsonOut = False) -> None:
-        """Dead letters with their reason and original position."""
-        letters = _letters(topic)
-        data = [d.summary() for d in letters]
+        pages = _run(go)
+        items = [d.summary() for p in pages for d in p.letters]
+        following: dict[str, str | None] = {p.topic: p.next for p in pages}
 
         def human() -> None:
-            for d in data:
+            for d in items:
                 flag = " (redriven)" if d["redriven"] else ""
                 typer.echo(f"{d['ref']:32} {d['topic']}/{d['partition']}@{d['offset']} "
                            f"{d['stage']:14} {d['error']}: {d['message']}{flag}")
-            typer.echo(f"{len(data)} dead letters")
+            typer.echo(f"{len(items)} dead letters")
+            for name, nxt in following.items():
+                if nxt:
+                    typer.echo(f"more: hub dlq list --topic {name} --cursor {nxt}")
 
-        _print(data, as_json, human)
+        _print({"items": items, "next": following}, as_json, human)
 
     @dlq_app.command("show")
     def dlq_show(ref: Annotated[str, typer.Argument(help="dlq-topic/partition/offset")]) -> None:
-        """One dead letter, whole: headers and payload."""
-        topic = ref.rsplit("/", 2)[0]
-        found = [d for d in _letters(topic) if d.ref == ref]
-        if not found:
+        """One dead letter, whole: headers and payload (read alone, by its position)."""
+        from hub.runtime.deadletters import parse_ref, read_letters
+
+        try:
+            parse_ref(ref)
+        except HubError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+        async def go() -> Any:
+            settings, bootstrap = _kafka()
+            async with Hub(settings=process_settings().engine, execute=False) as hub:
+                return await read_letters(hub, settings, bootstrap, [ref])
+
+        found = _run(go)
+        if ref not in found:
             typer.echo(f"error: no dead letter {ref}", err=True)
             raise typer.Exit(1)
-        typer.echo(json.dumps(found[0].detail(), indent=2, default=str))
+        typer.echo(json.dumps(found[ref].detail(), indent=2, default=str))
 
     @dlq_app.command("redrive")
     def dlq_redrive(
         refs: Annotated[list[str] | None, typer.Argument(help="dlq-topic/partition/offset")]
         = None,
         all_of: Annotated[str | None, typer.Option(
-            "--all", help="every not yet redriven letter of this dead-letter topic")] = None,
+            "--all", help="every not yet redriven letter of this dead-letter topic (walked "
+                          "a page at a time, up to its end when the command started)")] = None,
         to_subscriber: Annotated[bool, typer.Option(
             "--to-subscriber", help="hand it to its subscriber instead of its topic")] = False,
         as_json: JsonOut = False,
     ) -> None:
         """Send dead letters back to their topic (or subscriber); each redrive is recorded."""
-        from hub.runtime.deadletters import redrive
+        from hub.runtime.deadletters import (
+            PAGE_LIMIT,
+            end_offsets,
+            parse_ref,
+            read_dead_letters,
+            read_letters,
+            redrive,
+        )
         from hub.runtime.subscriber import SUBSCRIBERS
         from hub.runtime.topics import load_topics
 
         if not refs and not all_of:
             typer.echo("error: name dead letters, or --all DLQ_TOPIC", err=True)
             raise typer.Exit(2)
-        topic = all_of or (refs or [""])[0].rsplit("/", 2)[0]
-        letters = list(_letters(topic))
-        chosen = ([d for d in letters if not d.redriven] if all_of
-                  else [d for d in letters if d.ref in set(refs or [])])
-        missing = set(refs or []) - {d.ref for d in chosen}
-        if missing:
-            typer.echo(f"error: no dead letter {', '.join(sorted(missing))}", err=True)
-            raise typer.Exit(1)
+        try:
+            for ref in refs or []:
+                parse_ref(ref)
+        except HubError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        if len(refs or []) > PAGE_LIMIT:
+            typer.echo(f"error: at most {PAGE_LIMIT} dead letters at once (or --all)", err=True)
+            raise typer.Exit(2)
 
         async def go() -> Any:
             settings, bootstrap = _kafka()
             hs = process_settings().engine
             load_modules(hs.modules)
             load_modules(settings.subscribers)
+            topics = load_topics(settings.topics_file, settings.topic_prefix)
+            subs = SUBSCRIBERS.with_prefix(settings.topic_prefix)
+            bar = None if as_json else _bar("redrive")
             async with Hub(settings=hs, execute=False) as hub:
-                return await redrive(hub, load_topics(settings.topics_file, settings.topic_prefix),
-                                     SUBSCRIBERS.with_prefix(settings.topic_prefix),
-                                     settings, bootstrap, chosen, to_subscriber=to_subscriber,
-                                     progress=None if as_json else _bar("redrive"))
+                if refs:
+                    found = await read_letters(hub, settings, bootstrap, list(refs))
+                    missing = sorted(set(refs) - set(found))
+                    if missing:
+                        return missing
+                    return await redrive(hub, topics, subs, settings, bootstrap,
+                                         [found[r] for r in dict.fromkeys(refs)],
+                                         to_subscriber=to_subscriber, progress=bar)
+                assert all_of is not None
+                # a page at a time, up to where the topic ended at the start: a letter that
+                # fails again lands past that end and is not redriven twice by one command
+                upto = await end_offsets(settings, bootstrap, all_of)
+                done: list[dict[str, Any]] = []
+                cursor: str | None = None
+                while True:
+                    page = await read_dead_letters(hub, settings, bootstrap, all_of,
+                                                   cursor=cursor, upto=upto)
+                    chosen = [d for d in page.letters if not d.redriven]
+                    if chosen:
+                        done += await redrive(hub, topics, subs, settings, bootstrap, chosen,
+                                              to_subscriber=to_subscriber, progress=bar)
+                    if page.next is None:
+                        return done
+                    cursor = page.next
 
         done = _run(go)
+        if done and isinstance(done[0], str):
+            typer.echo(f"error: no dead letter {', '.join(done)}", err=True)
+            raise typer.Exit(1)
 
         def human() -> None:
             for d in done:

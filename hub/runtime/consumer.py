@@ -2,7 +2,8 @@
 
 Built on aiokafka directly (docs/decisions/consumer-runtime.md says why). The fetch loop only
 fetches and hands records to one worker per partition, so slow handlers never starve
-heartbeats; a partition with too big a backlog is paused (backpressure). A worker takes a
+heartbeats; a partition with too big a backlog, in records or in bytes, is paused
+(backpressure) until half of it is drained. A worker takes a
 batch of its partition's records, runs handlers (events of one key in order, different keys
 side by side up to a bound), makes every start the batch requested durable in one statement,
 waits for its dead letters to be acknowledged, and only then commits the batch's offsets.
@@ -41,6 +42,7 @@ from hub.runtime import constants as h
 from hub.runtime.admin import existing_topics
 from hub.runtime.kafka import client_kwargs, explained_start, start_producer
 from hub.runtime.oversize import Headers, fitted_headers, is_truncated
+from hub.runtime.sizes import held_bytes
 from hub.runtime.subscriber import (
     SUBSCRIBERS,
     SubscriberContext,
@@ -344,14 +346,51 @@ async def _lane(handling: Handling, records: Sequence[ConsumerRecord[bytes, byte
 
 
 class _Partition:
+    """One assigned partition: its fetched records, and what they weigh until handled.
+
+    The bytes of the batch in hand count until it is settled: a handler that is slow on
+    large records holds them in memory as surely as the queue does."""
+
     def __init__(self, tp: TopicPartition) -> None:
         self.tp = tp
         self.queue: deque[ConsumerRecord[bytes, bytes]] = deque()
+        self.queued_bytes = 0
+        self.batch_bytes = 0
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.stopping = False
         self.parked = False
         self.committed: int | None = None
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes fetched and not yet handled: queued, plus the batch being handled."""
+        return self.queued_bytes + self.batch_bytes
+
+    def push(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        self.queue.extend(records)
+        self.queued_bytes += sum(held_bytes(r) for r in records)
+        self._report()
+
+    def take(self, n: int) -> list[ConsumerRecord[bytes, bytes]]:
+        batch = [self.queue.popleft() for _ in range(n)]
+        moved = sum(held_bytes(r) for r in batch)
+        self.queued_bytes -= moved
+        self.batch_bytes = moved
+        return batch
+
+    def settled(self) -> None:
+        self.batch_bytes = 0
+        self._report()
+
+    def clear(self) -> None:
+        self.queue.clear()
+        self.queued_bytes = 0
+        self._report()
+
+    def _report(self) -> None:
+        metrics.BACKLOG_BYTES.labels(self.tp.topic, str(self.tp.partition)).set(
+            self.backlog_bytes)
 
 
 class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -373,6 +412,8 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         self.stats = {"handled": 0, "dead_lettered": 0, "batches": 0, "starts": 0}
         self.parked: dict[TopicPartition, int] = {}
         """Parked partitions and the offset each stopped at."""
+        self.paused: set[TopicPartition] = set()
+        """Partitions paused for backpressure (not the parked ones), until they drain."""
         # offsets of partitions whose batches land together go in one OffsetCommit
         # (aiokafka sends one commit at a time anyway)
         self._commits: Batcher[tuple[TopicPartition, int], TopicPartition] = Batcher(
@@ -448,8 +489,9 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
             if self.parked.pop(p.tp, None) is not None:
                 metrics.PARTITIONS_PARKED.labels(p.tp.topic, str(p.tp.partition)).set(0)
             p.stopping = True
-            p.queue.clear()
+            p.clear()
             p.ready.set()
+            self._unpause(p.tp)
         tasks = [p.task for p in parts if p.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks,
@@ -473,11 +515,26 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         self.ready.set()
 
     # -- loops ---------------------------------------------------------------------------
+    def _full(self, part: _Partition) -> bool:
+        """Over either bound: more records, or more bytes, fetched than handled."""
+        return (len(part.queue) >= self.settings.max_backlog_per_partition
+                or part.backlog_bytes >= self.settings.max_backlog_bytes_per_partition)
+
+    def _drained(self, part: _Partition) -> bool:
+        """Below half of both bounds: resuming at half (not just under the bound) keeps a
+        partition near its limit from pausing and resuming on every fetch."""
+        return (len(part.queue) <= self.settings.max_backlog_per_partition // 2
+                and part.backlog_bytes <= self.settings.max_backlog_bytes_per_partition // 2)
+
+    def _unpause(self, tp: TopicPartition) -> None:
+        if tp in self.paused:
+            self.paused.discard(tp)
+            metrics.PARTITIONS_PAUSED.labels(tp.topic, str(tp.partition)).set(0)
+
     async def _fetch_loop(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        limit = self.settings.max_backlog_per_partition
-        paused: set[TopicPartition] = set()
+        paused = self.paused
         while not self._stopping:
             try:
                 data = await consumer.getmany(timeout_ms=200,
@@ -492,19 +549,22 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
                 part = self._parts.get(tp)
                 if part is None or part.stopping or part.parked:
                     continue
-                part.queue.extend(records)
+                part.push(records)
                 part.ready.set()
-                if len(part.queue) >= limit and tp not in paused:
+                if tp not in paused and self._full(part):
                     consumer.pause(tp)
                     paused.add(tp)
+                    metrics.PARTITIONS_PAUSED.labels(tp.topic, str(tp.partition)).set(1)
+                    log.info("partition_paused", topic=tp.topic, partition=tp.partition,
+                             records=len(part.queue), bytes=part.backlog_bytes)
             for tp in list(paused):
                 part = self._parts.get(tp)
                 if part is not None and part.parked:
-                    paused.discard(tp)  # it stays paused: only a reassignment resumes it
-                elif part is None or len(part.queue) < limit // 2:
+                    self._unpause(tp)  # it stays paused: only a reassignment resumes it
+                elif part is None or self._drained(part):
                     if tp in consumer.assignment():
                         consumer.resume(tp)
-                    paused.discard(tp)
+                    self._unpause(tp)
 
     async def _work(self, part: _Partition) -> None:
         assert self._handling is not None and self._consumer is not None
@@ -513,8 +573,11 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
             part.ready.clear()
             while part.queue and not part.parked:
                 n = min(len(part.queue), self.settings.max_poll_records)
-                batch = [part.queue.popleft() for _ in range(n)]
-                await self._settle(part, batch)
+                batch = part.take(n)
+                try:
+                    await self._settle(part, batch)
+                finally:
+                    part.settled()
                 if part.stopping:
                     return
             if part.stopping:
@@ -553,7 +616,7 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         """Stop the partition at ``offset``, uncommitted and visible: the record is neither
         lost nor retried for ever; a reassignment (a restart, a rebalance) tries it again."""
         part.parked = True
-        part.queue.clear()
+        part.clear()
         assert self._consumer is not None
         if part.tp in self._consumer.assignment():
             self._consumer.pause(part.tp)
@@ -652,7 +715,11 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
             _, pending = await asyncio.wait(tasks, timeout=max(0.1, deadline - time.monotonic()))
             for t in pending:
                 t.cancel()
+        for part in self._parts.values():
+            part.clear()
         self._parts.clear()
+        for tp in list(self.paused):
+            self._unpause(tp)
         for tp in self.parked:  # the partitions are no longer ours to report
             metrics.PARTITIONS_PARKED.labels(tp.topic, str(tp.partition)).set(0)
         if self._consumer is not None:

@@ -344,8 +344,20 @@ FROM {s}.outbox WHERE execution_id = $1 ORDER BY created_at"""
 RECORD_REDRIVE = """INSERT INTO {s}.dlq_redrive (dlq_topic, partition, "offset", target, redriven_by)
 VALUES ($1, $2, $3, $4, $5)"""
 
-REDRIVES = """SELECT dlq_topic, partition, "offset", target, redriven_by, redriven_at
-FROM {s}.dlq_redrive WHERE dlq_topic = $1"""
+REDRIVES_AT = """-- 1 round trip for a page of dead letters; the primary key (dlq_topic, partition,
+-- offset, ...) finds each position, so the cost follows the page, never the topic
+SELECT dlq_topic, partition, "offset", target, redriven_by, redriven_at
+FROM {s}.dlq_redrive
+WHERE dlq_topic = $1 AND (partition, "offset") IN (SELECT * FROM unnest($2::int[], $3::bigint[]))
+ORDER BY redriven_at"""
+
+REDRIVEN_COUNT = """-- 1 round trip; one primary-key range per partition: dead letters still on the topic
+-- (from its beginning to its end offset) redriven at least once
+SELECT count(DISTINCT (r.partition, r."offset")) AS n
+FROM {s}.dlq_redrive r
+JOIN unnest($2::int[], $3::bigint[], $4::bigint[]) AS b(p, lo, hi)
+  ON r.partition = b.p AND r."offset" >= b.lo AND r."offset" < b.hi
+WHERE r.dlq_topic = $1"""
 
 # -- scheduled jobs (hub.runtime.scheduler) -----------------------------------------------
 # Tick instants are computed in Python (cron and timezone math); every comparison with "now"

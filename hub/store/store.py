@@ -524,8 +524,23 @@ class Store:
                              by: str) -> None:
         await self._execute(q.RECORD_REDRIVE, dlq_topic, partition, offset, target, by)
 
-    async def redrives(self, dlq_topic: str) -> list[Row]:
-        return [_decode_row(r) for r in await self._fetch(q.REDRIVES, dlq_topic)]
+    async def redrives_at(self, dlq_topic: str, positions: Sequence[tuple[int, int]]
+                          ) -> list[Row]:
+        """The redrives of these dead letters (partition, offset), oldest first."""
+        if not positions:
+            return []
+        rows = await self._fetch(q.REDRIVES_AT, dlq_topic, [p for p, _ in positions],
+                                 [o for _, o in positions])
+        return [_decode_row(r) for r in rows]
+
+    async def redriven_count(self, dlq_topic: str,
+                             ranges: Sequence[tuple[int, int, int]]) -> int:
+        """Dead letters redriven at least once among (partition, from, to) offset ranges."""
+        if not ranges:
+            return 0
+        rows = await self._fetch(q.REDRIVEN_COUNT, dlq_topic, [p for p, _, _ in ranges],
+                                 [lo for _, lo, _ in ranges], [hi for _, _, hi in ranges])
+        return int(rows[0]["n"]) if rows else 0
 
     # -- scheduled jobs ------------------------------------------------------------------
     # Used by hub.runtime.scheduler only. Timestamps (``Any`` below) are aware datetimes;

@@ -462,17 +462,20 @@ def create_console(service: HubService, settings: ApiSettings) -> FastAPI:
 
     # -- dead letters ------------------------------------------------------------------------
     @app.get("/dead-letters", response_class=HTMLResponse)
-    async def dead_letters(request: Request, done: str | None = None) -> Response:
+    async def dead_letters(request: Request, topic: str | None = None,
+                           cursor: str | None = None, done: str | None = None) -> Response:
+        """A page of one dead-letter topic (50 letters, bounded in bytes too), with a link to
+        the next: a topic of any size costs one page."""
         session = await need(request, Scope.READ)
-        letters, error = [], None
+        page, error = None, None
         try:
-            letters = await service.dead_letters()
+            page = await service.dead_letters(topic or None, cursor=cursor or None, limit=50)
         except HubError as exc:
             if isinstance(exc, StoreError):
                 raise
             error = str(exc)
-        return render(request, "dead_letters.html", session=session, letters=letters,
-                      error=error, done=done)
+        return render(request, "dead_letters.html", session=session, page=page,
+                      letters=page.items if page else [], error=error, done=done)
 
     @app.post("/dead-letters/redrive")
     async def redrive(request: Request) -> Response:

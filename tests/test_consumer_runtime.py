@@ -284,6 +284,12 @@ async def test_lag_and_dlq_commands(hub: Hub, dsn: str, schema: str, kafka_boots
     page = await asyncio.to_thread(hub_cli, "dlq", "list", "--topic", f"{prefix}.orders.dlq",
                                    "--cursor", "0:0", "--limit", "1")
     assert len(page["items"]) == 1 and page["next"] == {f"{prefix}.orders.dlq": None}
+    human = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "hub", "dlq", "list"], env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=120)
+    header, row, total = human.stdout.splitlines()  # one row per dead letter
+    assert header.split()[:4] == ["REF", "FROM", "STAGE", "REASON"]
+    assert f"{topic}/0@1" in row and "deserialize" in row and total.startswith("1 dead letters")
 
 
 async def test_sigterm_drains_commits_and_leaves_within_bounds(

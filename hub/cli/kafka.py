@@ -59,6 +59,15 @@ def _print(data: Any, as_json: bool, human: Callable[[], None]) -> None:
         human()
 
 
+def one_line(text: str, width: int) -> str:
+    """``text`` on one line (a pydantic message spans several), cut at a word boundary."""
+    flat = " ".join(text.split())
+    if len(flat) <= width:
+        return flat
+    cut = flat[:width - 1].rsplit(" ", 1)[0] if " " in flat[:width - 1] else flat[:width - 1]
+    return cut + "…"
+
+
 def _bar(label: str) -> Callable[[int, int], None]:
     """A one-line progress bar on stderr (stdout stays for results)."""
 
@@ -293,13 +302,25 @@ def add_kafka_commands(app: typer.Typer) -> None:
             typer.echo(f"{report.events} events: {verb} {count}, skipped {len(report.skipped)}"
                        f" (already ran), rejected {len(report.rejected)}"
                        + (f"; replay id {report.replay_id}" if report.replay_id else ""))
-            for key in (report.would_start if dry_run else report.started)[:50]:
+            shown = 50  # per kind; --json lists them all
+
+            def more(items: list[Any], what: str) -> None:
+                if len(items) > shown:
+                    typer.echo(f"  ... and {len(items) - shown} more {what} not listed "
+                               "(--json lists every one)")
+
+            starts = report.would_start if dry_run else report.started
+            for key in starts[:shown]:
                 typer.echo(f"  {verb}: {key}")
-            for key in report.skipped[:50]:
+            more(starts, "to start" if dry_run else "started")
+            for key in report.skipped[:shown]:
                 typer.echo(f"  skip: {key}")
-            for r in report.rejected[:50]:
+            more(report.skipped, "skipped")
+            for r in report.rejected[:shown]:
+                reason = one_line(str(r["error"]), 200)
                 typer.echo(f"  rejected: partition {r['partition']} offset {r['offset']} "
-                           f"({r['stage']}): {r['error']}")
+                           f"({r['stage']}): {reason}")
+            more(report.rejected, "rejected")
 
         _print(report.to_dict(), as_json, human)
 
@@ -334,11 +355,14 @@ def add_kafka_commands(app: typer.Typer) -> None:
         following: dict[str, str | None] = {p.topic: p.next for p in pages}
 
         def human() -> None:
+            if items:
+                typer.echo(f"{'REF':32} {'FROM':30} {'STAGE':14} REASON")
             for d in items:
                 flag = " (redriven)" if d["redriven"] else ""
-                typer.echo(f"{d['ref']:32} {d['topic']}/{d['partition']}@{d['offset']} "
-                           f"{d['stage']:14} {d['error']}: {d['message']}{flag}")
-            typer.echo(f"{len(items)} dead letters")
+                where = f"{d['topic']}/{d['partition']}@{d['offset']}"
+                reason = one_line(f"{d['error']}: {d['message']}", 160)
+                typer.echo(f"{d['ref']:32} {where:30} {d['stage']:14} {reason}{flag}")
+            typer.echo(f"{len(items)} dead letters (hub dlq show REF for the whole reason)")
             for name, nxt in following.items():
                 if nxt:
                     typer.echo(f"more: hub dlq list --topic {name} --cursor {nxt}")

@@ -728,21 +728,22 @@ class HubService:
     async def _signal_outcome(self, execution_id: str, workflow: str, step: str, kind: str,
                               output: Any, error: str | None, audit: AuditRecord,
                               delivery: WebhookDelivery | None) -> None:
-        run = execution_id  # resolved already: the id, never an ambiguous transaction id
+        """Record one outcome by the execution's id (resolved already, never an ambiguous
+        transaction id), with its audit row and its delivery's id, in one transaction."""
+        hub, ref = self.hub, execution_id
         if kind == "success":
-            await self.hub.set_step_success(run, step, output, workflow=workflow,
-                                            audit=audit, once=delivery)
+            await hub.set_step_success(ref, step, output, workflow=workflow, audit=audit,
+                                       once=delivery)
         elif kind == "failure":
-            await self.hub.set_step_failure(run, step, error or "failed", workflow=workflow,
-                                            audit=audit, once=delivery)
+            await hub.set_step_failure(ref, step, error or "failed", workflow=workflow,
+                                       audit=audit, once=delivery)
         elif kind == "compensation_success":
-            await self.hub.set_compensation_success(run, step, workflow=workflow, audit=audit,
-                                                    once=delivery)
+            await hub.set_compensation_success(ref, step, workflow=workflow, audit=audit,
+                                               once=delivery)
         else:
-            await self.hub.set_compensation_failure(run, step, error or "failed",
-                                                    workflow=workflow, audit=audit,
-                                                    once=delivery)
-        self._audited(audit, run)
+            await hub.set_compensation_failure(ref, step, error or "failed", workflow=workflow,
+                                               audit=audit, once=delivery)
+        self._audited(audit, ref)
 
     async def retry(self, ref: str, *, workflow: str | None = None,
                     actor: Actor | None = None) -> SignalAccepted:

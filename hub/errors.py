@@ -124,5 +124,10 @@ class StoreError(HubError):
     """Postgres refused an operation for a reason other than a passing disconnect."""
 
 
+class BrokerUnavailable(HubError):
+    """A read needs the broker and there is none (not configured, or not answering): the
+    API answers 503, as for Postgres."""
+
+
 class LeaseLost(HubError):
     """Another worker took over the execution; this one must stop advancing it."""

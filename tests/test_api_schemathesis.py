@@ -33,6 +33,8 @@ import tests.workflows.async_flows  # noqa: F401  (registers tw-approval: a step
 from hub import Hub
 from hub.api import ApiSettings, create_app, create_key, load_routes
 from hub.sandbox import SandboxServer
+from hub.settings import KafkaSettings
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -40,9 +42,10 @@ pytestmark = pytest.mark.slow
 class LiveApi:
     """The API of a hub on schema ``schema``, served from a thread until ``stop()``."""
 
-    def __init__(self, dsn: str, schema: str) -> None:
+    def __init__(self, dsn: str, schema: str, bootstrap: str) -> None:
         self.dsn = dsn
         self.schema = schema
+        self.bootstrap = bootstrap
         self.url = ""
         self.token = ""
         self._ready = threading.Event()
@@ -83,7 +86,9 @@ class LiveApi:
                 self.token = key.token
                 app = create_app(hub, custom_routes=load_routes(["api.routes"]),
                                  settings=ApiSettings(webhook_secrets={"warehouse": "s3cret"},
-                                                      max_wait_seconds=2))
+                                                      max_wait_seconds=2),
+                                 kafka=KafkaSettings(bootstrap=self.bootstrap,
+                                                     topics_file=ROOT / "topics.yaml"))
                 server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
                                                        lifespan="off", log_level="warning"))
                 serving = asyncio.create_task(server.serve())
@@ -105,9 +110,10 @@ class LiveApi:
 
 
 @pytest.fixture(scope="module")
-def live_api(dsn: str, sandboxes: SandboxServer) -> Iterator[LiveApi]:
-    """The live API, its custom routes' ERP played by the sandbox."""
-    live = LiveApi(dsn, f"t_{uuid.uuid4().hex[:12]}")
+def live_api(dsn: str, sandboxes: SandboxServer, kafka_bootstrap: str) -> Iterator[LiveApi]:
+    """The live API, its custom routes' ERP played by the sandbox, its dead letters read
+    from the session's broker."""
+    live = LiveApi(dsn, f"t_{uuid.uuid4().hex[:12]}", kafka_bootstrap)
     live.start()
     try:
         yield live

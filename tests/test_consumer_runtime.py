@@ -149,21 +149,28 @@ async def test_consumer_sigkilled_mid_batch_then_everything_started_once(
                      HUB_KAFKA_SESSION_TIMEOUT_MS=str(session_ms()),
                      HUB_KAFKA_MAX_POLL_RECORDS="50")
 
-    def spawn() -> subprocess.Popen[bytes]:
+    def spawn(**extra: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "hub", "worker", "--consume",
-                                 "--no-execute", "--log-level", "warning"], env=env, cwd=ROOT,
-                                stdout=subprocess.PIPE)
+                                 "--no-execute", "--log-level", "warning"],
+                                env={**env, **extra}, cwd=ROOT, stdout=subprocess.PIPE)
 
     n = 3000
     await produce(kafka_bootstrap, topic, [(f"o{i}", json.dumps(order(i)).encode(), [])
                                            for i in range(n)])
-    first = spawn()
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    # the first worker is held mid-stream (its handlers wait after 300 events, a batch in
+    # flight): the kill lands there however fast or slow the machine is
+    first = spawn(TEST_GATE_DIR=str(gate), TEST_GATE_AFTER="300")
     try:
-        await until(lambda: _at_least(hub, 300), timeout=60)
+        async def held() -> bool:
+            return (gate / "blocked").exists() and await _at_least(hub, 1)
+
+        await until(held, timeout=60)
         first.send_signal(signal.SIGKILL)
         first.wait()
         killed_at = await count_started(hub)
-        assert killed_at < n, "the kill must land before the end"
+        assert 0 < killed_at < n, "the kill landed mid-stream"
         second = spawn()
         try:
             await until(lambda: _at_least(hub, n), timeout=120)

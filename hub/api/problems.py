@@ -20,7 +20,7 @@ FastAPI, the workflow's input model or the service refused it.
 | WorkflowFailed (custom routes that let   | 500    | workflow_failed     |
 |   ``run()`` raise)                       |        |                     |
 | Misconfigured (a broken topics.yaml)     | 500    | misconfigured       |
-| StoreError                               | 503    | unavailable         |
+| StoreError, BrokerUnavailable            | 503    | unavailable         |
 
 A run that ends without success is not an error of the API: ``?wait=true`` answers 200 with
 the run, whose ``status`` tells.
@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hub.api.models import ErrorBody
 from hub.api.service import InvalidArgument, Misconfigured
 from hub.errors import (
+    BrokerUnavailable,
     DuplicateDelivery,
     ExecutionNotFound,
     HubError,
@@ -65,7 +66,12 @@ _BY_TYPE: list[tuple[type[HubError], int]] = [
     (OutboxEventNotFound, 404),
     (InvalidTransition, 409),
     (PayloadTooLarge, 413), (WorkflowFailed, 500), (Misconfigured, 500), (StoreError, 503),
+    (BrokerUnavailable, 503),
 ]
+
+BROKER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "no broker configured, or it does not answer"},
+}
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": desc} for code, desc in [

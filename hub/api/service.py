@@ -46,6 +46,7 @@ from hub.engine.hub import Hub
 from hub.engine.payload import storable_text
 from hub.engine.run import FINAL_STATUSES, Run, RunStatus
 from hub.errors import (
+    BrokerUnavailable,
     DuplicateDelivery,
     ExecutionNotFound,
     HubError,
@@ -1036,7 +1037,7 @@ class HubService:
         settings = self.kafka or KafkaSettings(bootstrap=self.kafka_bootstrap or None)
         bootstrap = self.kafka_bootstrap or settings.bootstrap or ""
         if not bootstrap:
-            raise HubError("no broker configured (HUB_KAFKA_BOOTSTRAP)")
+            raise BrokerUnavailable("no broker configured (HUB_KAFKA_BOOTSTRAP)")
         return settings, bootstrap
 
     async def consumer_lag(self) -> Observed:

@@ -14,12 +14,14 @@ from fastapi import APIRouter, Query
 
 from hub.api.auth import ReadKey, ServiceDep
 from hub.api.models import DeadLetterCount, DeadLetterOut, DeadLetterPage
-from hub.api.problems import ERROR_RESPONSES
+from hub.api.problems import BROKER_RESPONSES, ERROR_RESPONSES
+from hub.errors import BrokerUnavailable
 
 router = APIRouter(tags=["dead letters"])
 
 
-@router.get("/dead-letters", response_model=DeadLetterPage, responses=ERROR_RESPONSES,
+@router.get("/dead-letters", response_model=DeadLetterPage,
+            responses={**ERROR_RESPONSES, **BROKER_RESPONSES},
             summary="List a page of dead letters of one dead-letter topic, oldest first")
 async def list_dead_letters(
     service: ServiceDep,
@@ -39,15 +41,14 @@ async def list_dead_letters(
 
 
 @router.get("/dead-letters/counts", response_model=dict[str, DeadLetterCount],
-            responses=ERROR_RESPONSES, summary="Dead letters held per dead-letter topic")
+            responses={**ERROR_RESPONSES, **BROKER_RESPONSES},
+            summary="Dead letters held per dead-letter topic")
 async def count_dead_letters(service: ServiceDep, key: ReadKey) -> dict[str, DeadLetterCount]:
     """From each topic's offsets (cached for a few seconds); ``approximate`` on compacted
     topics."""
     observed = await service.dead_letter_count()
     if observed.error is not None:
-        from hub.errors import HubError
-
-        raise HubError(observed.error)
+        raise BrokerUnavailable(observed.error)
     return {name: DeadLetterCount(held=c.held, redriven=c.redriven, waiting=c.waiting,
                                   approximate=c.approximate)
             for name, c in (observed.value or {}).items()}

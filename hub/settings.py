@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from hub import devruntime
 from hub.errors import HubError
 from hub.redaction import DEFAULT_FIELDS
 
@@ -342,6 +343,8 @@ class Settings(BaseModel):
     engine: HubSettings = Field(default_factory=HubSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    origins: dict[str, str] = Field(default_factory=dict)
+    """Variables whose value came from elsewhere than the environment (a running dev mode)."""
 
     def variables(self) -> list[Variable]:
         """Every variable with its effective value (secrets masked), section by section."""
@@ -349,9 +352,11 @@ class Settings(BaseModel):
         for section in (self.engine, self.kafka, self.api):
             model = type(section)
             for field, info in model.model_fields.items():
-                out.append(Variable(name=variable_name(model, field),
+                name = variable_name(model, field)
+                out.append(Variable(name=name,
                                     value=_shown(model, field, getattr(section, field)),
-                                    description=info.description or ""))
+                                    description=info.description or "",
+                                    origin=self.origins.get(name)))
         return out
 
 
@@ -361,6 +366,7 @@ class Variable(BaseModel):
     name: str
     value: Any
     description: str
+    origin: str | None = None  # None: the environment, a .env file or the default
 
 
 class SettingsError(ValueError):
@@ -387,7 +393,14 @@ def load_settings(**overrides: Any) -> Settings:
             problems += [_problem(model, err) for err in exc.errors()]
     if problems:
         raise SettingsError(problems)
-    return Settings.model_validate(sections)
+    settings = Settings.model_validate(sections)
+    if settings.kafka.bootstrap is None:
+        dev = devruntime.running(settings.engine.data_dir)
+        if dev is not None:  # a `hub dev` in this folder: its broker, and say so
+            settings = settings.model_copy(update={
+                "kafka": settings.kafka.model_copy(update={"bootstrap": dev.kafka_bootstrap}),
+                "origins": {"HUB_KAFKA_BOOTSTRAP": dev.origin}})
+    return settings
 
 
 @functools.cache

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -78,8 +80,23 @@ def test_dev_processes_demo_events_and_stops_cleanly_on_sigint() -> None:
         # the warehouse ships every confirmed order through the signed webhook
         assert any(DONE in ln for ln in lines), "".join(lines)
         assert (data / "dev-api-key").read_text().startswith("hub_")
+        # beside the running dev mode, with no variable set, the CLI finds its broker and
+        # its database on its own, and `hub settings` says where the broker came from
+        def beside(*args: str) -> Any:
+            out = subprocess.run([sys.executable, "-m", "hub", *args], env=env, cwd=ROOT,
+                                 capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, (args, out.stderr[-2000:])
+            return json.loads(out.stdout)
+
+        shown = {v["name"]: v for v in beside("settings", "--json")}
+        assert shown["HUB_KAFKA_BOOTSTRAP"]["value"]
+        assert "running dev mode" in shown["HUB_KAFKA_BOOTSTRAP"]["origin"]
+        assert beside("lag", "--json"), "the dev mode's consumer group, seen from outside"
+        assert "items" in beside("dlq", "list", "--json")
+        assert beside("executions", "list", "--json")["items"]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
+        assert not (data / "dev-runtime.json").exists(), "removed at stop"
         leftovers = [p for p in psutil.process_iter(["cmdline"])
                      if str(data) in " ".join(p.info["cmdline"] or [])]
         assert not leftovers

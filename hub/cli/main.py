@@ -10,12 +10,14 @@ import base64
 import contextlib
 import json
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import SecretStr
 
+from hub import devruntime
 from hub.api.cli import add_api_commands, ensure_dev_key, start_api
 from hub.cli.executions import add_execution_commands
 from hub.cli.jobs import add_job_commands
@@ -76,6 +78,11 @@ def worker(
     if modules:
         settings = settings.model_copy(update={"modules": modules.split(",")})
     with_kafka = consume if consume is not None else bool(kafka.bootstrap)
+    joined = every.origins.get("HUB_KAFKA_BOOTSTRAP")
+    if joined and with_kafka:  # not silently: the dev mode's broker, group and database
+        typer.echo(f"note: joining {joined}: its broker at {kafka.bootstrap}, consumer group "
+                   f"{kafka.group!r}, and the database under {settings.data_dir}; set "
+                   "HUB_KAFKA_BOOTSTRAP to choose another broker", err=True)
 
     async def run() -> None:
         load_modules(settings.modules)
@@ -195,7 +202,8 @@ def dev(
                     update={"webhook_secrets": {"warehouse": SecretStr(secret)}})
             load_modules(settings.modules)
             async with Hub(settings=settings) as hub, KafkaRuntime(hub) as runtime, \
-                    Scheduler(hub):
+                    Scheduler(hub), _dev_runtime(Path(settings.data_dir), runtime.bootstrap,
+                                                 f"http://127.0.0.1:{port}"):
                 hub.container.build_all()
                 typer.echo(f"sandboxes at {sandboxes.control_url} (state: "
                            f"{sandboxes.control_url}/systems/odoo/state)")
@@ -231,6 +239,16 @@ def dev(
     except HubError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+@contextlib.asynccontextmanager
+async def _dev_runtime(data_dir: Path, bootstrap: str, api: str) -> AsyncIterator[None]:
+    """While dev mode runs, the other commands of this folder find its broker."""
+    devruntime.publish(data_dir, kafka_bootstrap=bootstrap, api=api)
+    try:
+        yield
+    finally:
+        devruntime.withdraw(data_dir)
 
 
 def _dev_secret(data_dir: Path) -> str:

@@ -25,4 +25,6 @@ def add_settings_command(app: typer.Typer) -> None:
         for v in variables:
             shown = "(unset)" if v.value is None else json.dumps(v.value, default=str)
             note = f"  # {v.description}" if v.description else ""
+            if v.origin:
+                note = f"  # from {v.origin}"
             typer.echo(f"{v.name.ljust(width)} = {shown}{note}")

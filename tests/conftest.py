@@ -106,6 +106,9 @@ def worker_env(dsn: str, schema: str, modules: str, **extra: str) -> dict[str, s
         "HUB_SCHEMA": schema,
         "HUB_MODULES": modules,
         "PYTHONPATH": str(ROOT),
+        # never the checkout's own .hub: a `make dev` running there must not lend its
+        # broker (dev-runtime.json) to a test's worker
+        "HUB_DATA_DIR": str(ROOT / ".hub" / "test-workers"),
         **extra,
     })
     return env

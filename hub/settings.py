@@ -17,7 +17,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -42,6 +42,14 @@ CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Retention(NamedTuple):
+    """How long the tables that only grow keep their rows, in seconds."""
+
+    audit_s: float
+    redrive_s: float
+    outbox_s: float  # published outbox rows (unsent and failed ones are never purged)
 
 
 class HubSettings(BaseSettings):
@@ -115,9 +123,11 @@ class HubSettings(BaseSettings):
         default=30.0, description="timers shorter than this keep the lease; longer ones release"
     )
 
-    def housekeeping(self) -> tuple[float, float]:
-        """The retentions ``Store.purge_housekeeping`` applies: audit, redrives (seconds)."""
-        return self.audit_retention_days * 86400.0, self.redrive_retention_days * 86400.0
+    def housekeeping(self) -> Retention:
+        """The retentions ``Store.purge_housekeeping`` applies."""
+        return Retention(audit_s=self.audit_retention_days * 86400.0,
+                         redrive_s=self.redrive_retention_days * 86400.0,
+                         outbox_s=self.outbox_retention_s)
 
 
 class KafkaSettings(BaseSettings):

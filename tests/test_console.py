@@ -784,7 +784,7 @@ async def test_the_housekeeping_purge_removes_ended_console_sessions(hub: Hub) -
             f"UPDATE {hub.store.schema}.console_session SET expires_at = now() - "
             "interval '1 second' WHERE token_hash = $1",
             hashlib.sha256(expired.cookies["hub_console"].encode()).hexdigest())
-        purged = await hub.store.purge_housekeeping(*hub.settings.housekeeping())
+        purged = await hub.store.purge_housekeeping(hub.settings.housekeeping())
         assert purged["console_sessions"] == 2
         [kept] = await _session_rows(hub)
         assert kept["token_hash"] == hashlib.sha256(

@@ -148,22 +148,9 @@ def purge(
 
     async def run() -> int:
         async with Hub(settings=process_settings().engine, execute=False) as hub:
-            total = 0
-            while True:
-                n = await hub.store.purge_finished(grace_days * 86400.0)
-                total += n
-                typer.echo(f"\rpurged {total} execution(s)", nl=False, err=True)
-                if n < 1000:
-                    typer.echo("", err=True)
-                    break
-            retention = hub.settings.outbox_retention_s
-            while await hub.store.outbox_purge_sent(retention) == 1000:
-                pass
-            # what else only grows (webhook ids, locks, redrives, audit, console sessions),
-            # as the README promises and workers do every five minutes
-            while max((await hub.store.purge_housekeeping(
-                    *hub.settings.housekeeping())).values()) == 1000:
-                pass
+            total = await hub.purge(grace_seconds=grace_days * 86400.0, progress=lambda n: (
+                typer.echo(f"\rpurged {n} execution(s)", nl=False, err=True)))
+            typer.echo("", err=True)
             return total
 
     typer.echo(f"purged {asyncio.run(run())} finished execution(s) (and outbox events "

@@ -238,8 +238,7 @@ class Executor:
                 if time.monotonic() - last_purge > 300:
                     last_purge = time.monotonic()
                     await self.store.purge_finished()
-                    await self.store.purge_housekeeping(*self.settings.housekeeping())
-                    await self.store.outbox_purge_sent(self.settings.outbox_retention_s)
+                    await self.store.purge_housekeeping(self.settings.housekeeping())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -684,7 +684,8 @@ class Hub:
         await self.store.add_signal(row["id"], None, "resume", None, audit)
         await self.store.notify(json.dumps({"id": str(row["id"]), "due": True}))
 
-    async def purge(self, *, grace_seconds: float = 0.0) -> int:
+    async def purge(self, *, grace_seconds: float = 0.0,
+                    progress: Callable[[int], None] | None = None) -> int:
         """Delete finished executions past their retention (live ones and those that need a
         human are never touched), then what else only grows (used webhook ids, expired
         locks, old redrive records and audit entries, ended console sessions, outbox rows
@@ -695,12 +696,12 @@ class Hub:
         while True:
             n = await self.store.purge_finished(grace_seconds)
             total += n
+            if progress is not None:
+                progress(total)
             if n < 1000:
                 break
-        while max((await self.store.purge_housekeeping(
-                *self.settings.housekeeping())).values()) == 1000:
-            pass
-        while await self.store.outbox_purge_sent(self.settings.outbox_retention_s) == 1000:
+        retention = self.settings.housekeeping()
+        while max((await self.store.purge_housekeeping(retention)).values()) == 1000:
             pass
         return total
 

@@ -22,7 +22,7 @@ import asyncpg
 import structlog
 
 from hub.errors import StoreError
-from hub.settings import SCHEMA_PATTERN
+from hub.settings import SCHEMA_PATTERN, Retention
 from hub.store import queries as q
 
 log = structlog.get_logger(__name__)
@@ -418,16 +418,18 @@ class Store:
         status = await self._execute(q.PURGE_WEBHOOK_IDS, limit)
         return int(status.split()[-1])
 
-    async def purge_housekeeping(self, audit_s: float, redrive_s: float,
+    async def purge_housekeeping(self, retention: Retention,
                                  limit: int = 1000) -> dict[str, int]:
         """One bounded batch from each table that only grows: used webhook ids, expired
-        locks, old redrive records, old audit entries, ended console sessions. Rows per table
-        purged."""
-        done: dict[str, int] = {"webhook_ids": await self.purge_webhook_ids(limit),
-                                "console_sessions": await self.purge_console_sessions(limit)}
+        locks, old redrive records, old audit entries, ended console sessions, published
+        outbox rows. Rows per table purged."""
+        done: dict[str, int] = {
+            "webhook_ids": await self.purge_webhook_ids(limit),
+            "console_sessions": await self.purge_console_sessions(limit),
+            "outbox": await self.outbox_purge_sent(retention.outbox_s, limit)}
         for name, sql, args in (("locks", q.PURGE_EXPIRED_LOCKS, (limit,)),
-                                ("redrives", q.PURGE_REDRIVES, (redrive_s, limit)),
-                                ("audit", q.PURGE_AUDIT, (audit_s, limit))):
+                                ("redrives", q.PURGE_REDRIVES, (retention.redrive_s, limit)),
+                                ("audit", q.PURGE_AUDIT, (retention.audit_s, limit))):
             done[name] = int((await self._execute(sql, *args)).split()[-1])
         return done
 

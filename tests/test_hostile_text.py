@@ -79,3 +79,23 @@ async def test_a_shared_statement_failing_on_one_row_fails_only_that_row(
         assert [r["id"] for r in stored] == [i for i in range(10) if i != 4]
     finally:
         await conn.close()
+
+
+def test_a_hostile_event_id_still_keys_a_start_storably() -> None:
+    """The derived transaction id of a start without one comes from the record's event id,
+    a header any publisher sets: a huge one, a NUL, a lone surrogate or a line break must
+    still give a stable id Postgres can store, never the raw header."""
+    from hub.engine.payload import storable_text
+    from hub.runtime.subscriber import SubscriberContext
+
+    def key(event_id: str | None, offset: int = 7) -> str:
+        return SubscriberContext(hub=None, subscriber="s", topic="t", partition=0,  # type: ignore[arg-type]
+                                 offset=offset, key=None, timestamp=0,
+                                 event_id=event_id).start_key
+
+    assert key("evt-1") == "s:event:evt-1"
+    for hostile in ("x" * 100_000, "a\x00b", "a\ud800b", "line\nbreak"):
+        derived = key(hostile)
+        assert derived.startswith("s:event-sha256:") and len(derived) < 100
+        assert storable_text(derived) and derived == key(hostile, offset=99), "stable"
+    assert key(None) == "s:t:0:7", "no event id: the record's position"

@@ -114,6 +114,8 @@ class OrderEvent(BaseModel):
 
 BROKEN: set[str] = set()
 """Event ids the subscriber refuses (until a test repairs it)."""
+REASONS: dict[str, str] = {}
+"""The message the subscriber refuses an event of ``BROKEN`` with, by event id."""
 
 
 # -- fixtures --------------------------------------------------------------------------
@@ -198,7 +200,8 @@ async def kafka_console(hub: Hub, browser: Browser, kafka_bootstrap: str, prefix
     @subscriber(f"{prefix}.orders", registry=registry, max_retries=0, retry_backoff=0.01)
     async def on_order(event: OrderEvent, ctx: SubscriberContext) -> None:
         if event.id in BROKEN:
-            raise RuntimeError(f"inventory service rejected order {event.id}")
+            raise RuntimeError(REASONS.get(event.id)
+                               or f"inventory service rejected order {event.id}")
         await console_order(ctx.hub).run(input={"id": event.id, "amount": event.amount},
                                          transaction_id=f"order:{event.id}", wait=False)
 
@@ -446,6 +449,104 @@ async def test_a_dead_letter_is_redriven_from_the_page_and_its_workflow_complete
     await expect(page.locator("figure.chart-card")).to_contain_text(
         "console-order", timeout=15_000)  # the chart is cached 2.5 s; the page polls every 5 s
     await shots.take(page, "overview")
+
+
+async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def _no_sideways_scroll(page: Page) -> None:
+    overflow = await page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow} px"
+
+
+LONG_FIRST_LINE = "carrier refused the shipment: " + " ".join(f"reason{i}" for i in range(60))
+HOSTILE_REASON = (f"{LONG_FIRST_LINE}\naddress.line1\n"
+                  "  <script>document.body.dataset.pwned = '1'</script>\n"
+                  "  Input should be a valid string [type=string_type, input_value=42]")
+LONG_KEY = "customer-" + "k" * 120
+"""A key with no place to break: it must wrap anyway."""
+
+
+async def _dead_letters(console: Console, bootstrap: str, prefix: str, page: Page) -> Any:
+    """Two dead letters (one with a long multi-line reason carrying ``<script>`` and a long
+    key, one plain), and ``page`` on the dead-letters page once both are listed."""
+    hostile, plain = f"H-{uuid.uuid4().hex[:6]}", f"P-{uuid.uuid4().hex[:6]}"
+    BROKEN.update({hostile, plain})
+    REASONS[hostile] = HOSTILE_REASON
+    await _produce(bootstrap, f"{prefix}.orders", [
+        (LONG_KEY.encode(), json.dumps({"id": hostile, "amount": 1}).encode()),
+        (plain.encode(), json.dumps({"id": plain, "amount": 2}).encode())])
+    rows = page.locator("table.list > tbody > tr")
+
+    async def listed() -> bool:
+        await page.goto(f"{console.url}/ui/dead-letters")
+        return await rows.count() == 2
+
+    await until(listed, timeout=30)
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+async def test_a_dead_letter_s_reason_is_one_line_in_the_list_and_whole_on_demand_as_text(
+        kafka_console: Console, shots: Shots, kafka_bootstrap: str, prefix: str) -> None:
+    page = await kafka_console.page(width=390, height=844)
+    rows = await _dead_letters(kafka_console, kafka_bootstrap, prefix, page)
+    row = rows.filter(has_text="carrier refused the shipment")
+    shown = await row.locator(".reason-line").inner_text()
+    assert shown.endswith("…") and "\n" not in shown and len(shown) <= 160, shown
+    assert LONG_FIRST_LINE.startswith(shown[:-1].rstrip()), "the first line, cut at a word"
+    whole = row.locator("details.whole-reason pre")
+    await expect(whole).to_be_hidden()
+    await row.get_by_text("whole reason").click()
+    await expect(whole).to_be_visible()
+    assert await whole.inner_text() == HOSTILE_REASON, "all of it, as text"
+    assert await row.locator("script").count() == 0, "escaped, never HTML"
+    assert await page.evaluate("document.body.dataset.pwned") is None
+    plain = rows.filter(has_text="inventory service rejected order P-")
+    await expect(plain.locator(".reason-line")).to_have_text(re.compile(r"order P-\w+$"))
+    await expect(plain.locator("details.whole-reason")).to_have_count(0)
+    await page.evaluate("window.scrollTo(0, 0)")
+    await shots.take(page, "dead-letters-narrow", full_page=False)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+async def test_the_dead_letters_page_fits_a_phone_with_every_redrive_button_in_view(
+        kafka_console: Console, kafka_bootstrap: str, prefix: str) -> None:
+    page = await kafka_console.page(width=390, height=844)
+    rows = await _dead_letters(kafka_console, kafka_bootstrap, prefix, page)
+    await _no_sideways_scroll(page)
+    for row in await rows.all():  # opened, the details must fit too
+        for summary in await row.locator("summary").all():
+            await summary.click()
+    await _no_sideways_scroll(page)
+    buttons = page.get_by_role("button", name="Redrive…", exact=True)
+    await expect(buttons).to_have_count(2)
+    for button in await buttons.all():
+        await button.scroll_into_view_if_needed()
+        box = await button.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+        await button.click(trial=True)  # visible, enabled, not covered: clickable
+    await buttons.last.click()
+    dialog = page.get_by_role("dialog")
+    await expect(dialog).to_be_visible()
+    box = await dialog.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+    await dialog.get_by_role("button", name="Not now").click()
+    await expect(dialog).to_be_hidden()
+
+    await page.goto(f"{kafka_console.url}/ui/")
+    await expect(page.locator("#kafka")).to_contain_text(f"{prefix}.orders", timeout=20_000)
+    await _no_sideways_scroll(page)
 
 
 @pytest.mark.slow

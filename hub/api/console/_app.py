@@ -106,6 +106,25 @@ def _duration(ms: float | None) -> str:
     return f"{ms / 1000:.2f} s" if ms < 60_000 else f"{ms / 60_000:.1f} min"
 
 
+REASON_CHARS = 160
+"""How much of a dead letter's reason its row shows; the whole of it is a click away."""
+
+
+def _first_line(text: str | None, width: int = REASON_CHARS) -> str:
+    """The first line of ``text``, cut at a word, ``…`` when anything was left out: a
+    pydantic message spans many lines and a stack of them would hide the list's rows."""
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = " ".join(lines[0].split())
+    if len(first) > width:
+        cut = first[:width - 1]
+        first = cut.rsplit(" ", 1)[0] if " " in cut else cut
+    elif len(lines) == 1:
+        return first
+    return first + "…"
+
+
 def _status_badge(status: str) -> Markup:
     style = RUN_STATUSES.get(status)
     if style is None:
@@ -128,7 +147,8 @@ def _environment() -> Environment:
                       autoescape=select_autoescape(["html"]), trim_blocks=True,
                       lstrip_blocks=True)
     env.filters.update(time=_time, pretty=_pretty, duration=_duration,
-                       status_badge=_status_badge, state_badge=_state_badge)
+                       status_badge=_status_badge, state_badge=_state_badge,
+                       first_line=_first_line)
     env.globals.update(RUN_STATUSES=RUN_STATUSES, STEP_STATES=STEP_STATES,
                        TRIGGER_KINDS=TRIGGER_KINDS, WINDOWS=WINDOWS, render_graph=render_graph,
                        render_series=render_series)

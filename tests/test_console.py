@@ -684,6 +684,79 @@ async def test_the_outbox_page_lists_a_failed_event_with_its_reason_and_retries_
     assert audit["via"] == "console" and audit["actor_name"] == "ops-alice"
 
 
+# -- the overview's consumer lag -------------------------------------------------------
+def test_consumer_lag_is_summarised_per_topic_with_its_worst_partition() -> None:
+    from hub.api.console._lag import by_topic
+
+    def row(topic: str, partition: int, committed: int | None, end: int) -> dict[str, Any]:
+        return {"topic": topic, "partition": partition, "committed": committed, "end": end,
+                "lag": end - (committed or 0)}
+
+    topics = by_topic([row("quiet", 0, 5, 5), row("busy", 2, 10, 17), row("busy", 0, None, 3),
+                       row("busy", 1, 4, 11), row("also-quiet", 0, 1, 1)])
+    assert [t.topic for t in topics] == ["busy", "also-quiet", "quiet"], "furthest behind first"
+    busy = topics[0]
+    assert busy.total == 17 and [p.partition for p in busy.partitions] == [0, 1, 2]
+    assert busy.worst is not None and busy.worst.partition == 1, "7 behind, the lower of a tie"
+    assert topics[1].total == 0 and topics[1].worst is None
+
+
+@pytest.mark.slow
+async def test_the_overview_shows_lag_per_topic_with_its_partitions_on_demand(
+        hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    from hub.runtime.admin import reconcile
+
+    topic = f"{prefix}.orders"
+    topics_file = tmp_path / "topics.yaml"
+    topics_file.write_text(f"""
+topics:
+  {topic}:
+    partitions: 3
+    event: tests.test_console:OrderEvent
+    dead_letter: {topic}.dlq
+  {topic}.dlq:
+    partitions: 1
+""")
+    settings = KafkaSettings(bootstrap=kafka_bootstrap, group=f"{prefix}-hub",
+                             topics_file=topics_file)
+    await reconcile(load_topics(topics_file), settings, kafka_bootstrap, create=True)
+    registry = SubscriberRegistry()
+
+    @subscriber(topic, registry=registry)
+    async def on_order(event: OrderEvent, ctx: SubscriberContext) -> None:
+        """Never runs: no consumer is started, so every record produced lags."""
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for partition, count in [(0, 1), (2, 3)]:
+            for i in range(count):
+                await producer.send_and_wait(topic, b'{"id": "L", "amount": 1}',
+                                             key=f"<k{i}>".encode(), partition=partition)
+    finally:
+        await producer.stop()
+    keys = await _keys(hub)
+    app = create_app(hub, settings=ApiSettings(), kafka=settings, subscribers=registry)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        await _log_in(client, keys["viewer"])
+
+        async def read() -> str | None:
+            html = (await client.get("/ui/fragments/kafka")).text
+            found = re.search(rf'<tr data-topic="{re.escape(topic)}">(.*?)</details></td></tr>',
+                              html, re.S)
+            return found.group(1) if found and "<strong>4</strong>" in found.group(1) else None
+
+        line = await until(read, timeout=40)  # readings are cached 10 s
+    summary, partitions = line.split("<details>", 1)
+    assert re.search(r'class="num total"><strong>4</strong>', summary), "the total lag"
+    assert re.search(r'class="worst">2 <span class="muted">\(lag 3\)', summary)
+    assert "<summary>3 partitions</summary>" in partitions
+    lags = re.findall(r'<tr><td class="num">(\d)</td>\s*<td class="num">([^<]*)</td>'
+                      r'<td class="num">(\d+)</td>\s*<td class="num">(?:<strong>)?(\d+)',
+                      partitions)
+    assert lags == [("0", "—", "1", "1"), ("1", "—", "0", "0"), ("2", "—", "3", "3")], lags
+
+
 # -- sessions, over plain HTTP -----------------------------------------------------------
 @contextlib.asynccontextmanager
 async def _plain(hub: Hub, settings: ApiSettings | None = None,

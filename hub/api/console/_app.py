@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.api.console._chart import RUN_STATUSES, render_series
 from hub.api.console._graph import STEP_STATES, render_graph
+from hub.api.console._lag import by_topic
 from hub.api.console._session import (
     COOKIE,
     LOGIN_COOKIE,
@@ -365,8 +366,9 @@ def create_console(service: HubService, settings: ApiSettings) -> FastAPI:
     @app.get("/fragments/kafka", response_class=HTMLResponse)
     async def kafka_live(request: Request) -> Response:
         session = await need(request, Scope.READ)
-        return render(request, "_kafka.html", session=session,
-                      lag=await service.consumer_lag(),
+        lag = await service.consumer_lag()
+        return render(request, "_kafka.html", session=session, lag=lag,
+                      lag_topics=by_topic(lag.value or []),
                       dead=await service.dead_letter_count())
 
     # -- executions ------------------------------------------------------------------------

@@ -356,6 +356,53 @@ async def test_an_async_step_is_completed_from_the_page(console: Console, shots:
 
 @pytest.mark.slow
 @pytest.mark.browser
+async def test_after_an_action_the_page_follows_the_execution_until_it_settles_without_a_reload(
+        dsn: str, schema: str, browser: Browser) -> None:
+    def worker() -> Hub:
+        return Hub(dsn, schema=schema, lease_seconds=2.0, poll_interval=0.5)
+
+    async with worker() as h:
+        run = await h.start("console-approval", {"id": "R-1"}, transaction_id="approval:R-1",
+                            wait=True)
+    assert run.status == "waiting"
+    # the console's process runs no executions: the cancel waits until a worker comes
+    async with Hub(dsn, schema=schema, execute=False) as api, serve(create_app(
+            api, settings=ApiSettings(), kafka=KafkaSettings(bootstrap=None),
+            subscribers=SubscriberRegistry())) as url:
+        console = Console(api, url, await _keys(api), browser)
+        page = await console.page()
+        await page.goto(f"{url}/ui/executions/{run.id}")
+        await _status(page, "waiting")
+        live = page.locator("#execution-live")
+        await expect(live).to_have_attribute("data-settled", "yes")
+        assert await live.get_attribute("hx-trigger") is None, "a settled page is not polled"
+
+        await page.get_by_role("button", name="Cancel…").click()
+        dialog = page.get_by_role("dialog", name="Cancel this execution?")
+        await dialog.get_by_label("Reason (recorded)").fill("customer asked")
+        await dialog.get_by_role("button", name="Cancel", exact=True).click()
+        await expect(page.get_by_role("status")).to_contain_text("Cancellation requested")
+        await _status(page, "waiting")
+        await expect(page.locator("#follow-note")).to_contain_text("waiting for a worker")
+        await expect(live).to_have_attribute("hx-trigger", "every 1s")
+        polls: list[str] = []
+        page.on("request", lambda r: polls.append(r.url) if "/fragments/" in r.url else None)
+        await page.evaluate("window.sameDocument = true")
+        await until(lambda: asyncio.sleep(0, result=len(polls) >= 2))  # it polls meanwhile
+
+        async with worker():  # a worker applies the cancel; the test does not reload
+            await _status(page, "cancelled")
+        assert await page.evaluate("window.sameDocument") is True, "updated in place"
+        await expect(live).to_have_attribute("data-settled", "yes")
+        assert await live.get_attribute("hx-trigger") is None, "polling stopped"
+        await expect(page.get_by_role("button", name="Cancel…")).to_have_count(0)
+        await expect(page.locator("#follow-note")).to_have_count(0)
+        await expect(page.locator("ol.timeline")).to_contain_text("by ops-alice (console)")
+        await expect(page.locator("#audit-h ~ table")).to_contain_text("customer asked")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
 async def test_a_read_key_sees_no_action_buttons_and_gets_403_if_it_tries(
         console: Console, shots: Shots) -> None:
     run = await console.hub.start("console-approval", {"id": "D-4"},

@@ -412,9 +412,12 @@ def create_console(service: HubService, settings: ApiSettings) -> FastAPI:
                       **await execution_ctx(ref, workflow))
 
     @app.get("/fragments/executions/{ref}", response_class=HTMLResponse)
-    async def execution_live(request: Request, ref: str, workflow: str | None = None) -> Response:
+    async def execution_live(request: Request, ref: str, workflow: str | None = None,
+                             done: str | None = None) -> Response:
+        """The live part of an execution's page; ``done``: it follows an action taken from
+        the page, so it polls every second until the execution settles."""
         session = await need(request, Scope.READ)
-        return render(request, "_execution_live.html", session=session,
+        return render(request, "_execution_live.html", session=session, done=done,
                       **await execution_ctx(ref, workflow))
 
     @app.get("/fragments/executions/{ref}/event", response_class=HTMLResponse)

@@ -388,7 +388,11 @@ async def test_after_an_action_the_page_follows_the_execution_until_it_settles_w
         polls: list[str] = []
         page.on("request", lambda r: polls.append(r.url) if "/fragments/" in r.url else None)
         await page.evaluate("window.sameDocument = true")
-        await until(lambda: asyncio.sleep(0, result=len(polls) >= 2))  # it polls meanwhile
+
+        async def polled_twice() -> bool:
+            return len(polls) >= 2
+
+        await until(polled_twice)  # it keeps asking while the cancel waits for a worker
 
         async with worker():  # a worker applies the cancel; the test does not reload
             await _status(page, "cancelled")
@@ -688,6 +692,31 @@ def test_the_graph_is_drawn_in_layers_with_parallel_steps_side_by_side() -> None
     assert ys["reserve"] < ys["charge"] == ys["invoice"] < ys["ship"]
     assert svg.count('class="edge"') == 4
     assert "✗ invoice" in svg and "failed" in svg, "state told in an icon and a word too"
+
+
+@pytest.mark.parametrize(("status", "step", "parked", "unapplied", "settled"), [
+    ("running", "invoking", None, False, False),
+    ("pending", "not_started", None, False, False),
+    ("waiting", "waiting", None, False, True),
+    ("waiting", "waiting", None, True, False),  # a cancel or an outcome not applied yet
+    ("pending", "not_started", "version abc is not registered here", False, True),
+    ("succeeded", "done", None, False, True),
+    ("succeeded", "done", None, True, True),  # ended for good: no signal changes it
+    ("compensation_failed", "failed", None, False, True),
+    ("compensation_failed", "failed", None, True, False),  # a retry not applied yet
+])
+def test_an_execution_settles_when_it_ended_or_waits_with_every_action_applied(
+        status: str, step: str, parked: str | None, unapplied: bool, settled: bool) -> None:
+    from hub.api.models import ExecutionDetail, StepOut
+    from hub.api.service import ExecutionView
+
+    detail = ExecutionDetail.model_validate({
+        "id": str(uuid.uuid4()), "workflow": "w", "version": "v", "transaction_id": "t",
+        "status": status, "state": status, "phase": "forward", "parked": parked,
+        "steps": [StepOut.model_validate({"id": "s", "state": step, "attempts": 1})]})
+    view = ExecutionView(detail=detail, steps=[], graph=None, graph_note=None, timeline=[],
+                         audit=[], unapplied_signal=unapplied)
+    assert view.settled is settled
 
 
 # -- the outbox page, over plain HTTP ----------------------------------------------------

@@ -14,6 +14,7 @@ step attempt, on whichever worker and after whichever crash, is a child of the s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import os
@@ -168,11 +169,16 @@ def consuming(topic: str, partition: int, offset: int, key: str | None, subscrib
 def starting(trigger: dict[str, Any] | None, workflow: str, execution_id: str,
              transaction_id: str) -> dict[str, Any] | None:
     """The durable start's span (a child of what is current: the record being handled, the
-    API request); returns the trigger with that span's context recorded in it, which the
-    execution's steps continue. Off: the trigger unchanged."""
+    API request; else of the trigger's ``traceparent``); returns the trigger with that
+    span's context recorded in it, which the execution's steps continue. Off: the trigger
+    unchanged."""
     if _tracer is None:
         return trigger
-    with _tracer.start_as_current_span(f"start {workflow}", attributes={
+    parent = None  # what is current; else the trigger's own traceparent (a direct start)
+    upstream = (trigger or {}).get("traceparent")
+    if isinstance(upstream, str) and not trace.get_current_span().get_span_context().is_valid:
+        parent = _W3C.extract({"traceparent": upstream})
+    with _tracer.start_as_current_span(f"start {workflow}", context=parent, attributes={
             "hub.workflow": workflow, "hub.execution_id": execution_id,
             "hub.transaction_id": transaction_id}):
         carrier: dict[str, str] = {}
@@ -202,7 +208,12 @@ def _step(tracer: trace.Tracer, ctx: StepContext) -> Iterator[trace.Span]:
                     "hub.attempt": ctx.attempt, "hub.execution_id": ctx.execution_id,
                     "hub.compensating": ctx.compensating,
                     "hub.idempotency_key": ctx.idempotency_key}) as span:
-            yield span
+            try:
+                yield span
+            except asyncio.CancelledError:  # not an Exception, so the SDK would not say
+                span.set_status(Status(StatusCode.ERROR, "cut: the attempt was cancelled "
+                                       "(its worker stopped, or its lease was lost)"))
+                raise
     finally:
         _idempotency_key.reset(token)
 

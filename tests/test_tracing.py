@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -224,3 +226,30 @@ def test_a_trace_ui_address_without_its_placeholder_is_refused() -> None:
         ApiSettings(trace_ui_url="http://jaeger:16686/search")
     with pytest.raises(ValueError, match="http"):
         ApiSettings(trace_ui_url="javascript:alert(1)//{trace_id}")
+
+
+async def test_the_execution_page_links_to_the_trace_ui(hub: Hub) -> None:
+    from hub.api.app import create_app
+    from hub.api.keys import create_key
+    from hub.runtime.subscriber import SubscriberRegistry
+    from hub.settings import KafkaSettings
+    from tests.support.console import serve
+
+    key = (await create_key(hub.store, "trace-reader", ["read"])).token
+    run = await hub.start("otel-rollback", {"id": "o-4"}, raise_on_error=False,
+                          trigger={"kind": "test", "traceparent": TRACEPARENT})
+    ui = "http://127.0.0.1:16686/trace/{trace_id}"
+    for settings, link in [(ApiSettings(trace_ui_url=ui), True), (ApiSettings(), False)]:
+        app = create_app(hub, settings=settings, kafka=KafkaSettings(bootstrap=None),
+                         subscribers=SubscriberRegistry())
+        async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+            login = await client.get("/ui/login")
+            nonce = re.search(r'name="login_nonce" value="([^"]+)"', login.text)
+            assert nonce is not None
+            r = await client.post("/ui/login", data={"api_key": key,
+                                                     "login_nonce": nonce.group(1),
+                                                     "next": f"/ui/executions/{run.id}"})
+            page = await client.get(r.headers["location"])
+        assert page.status_code == 200
+        href = f'href="http://127.0.0.1:16686/trace/{TRACE_ID}"'
+        assert (href in page.text) is link, page.text[-2000:]

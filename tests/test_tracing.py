@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel
 
 from hub import (
@@ -253,3 +254,37 @@ async def test_the_execution_page_links_to_the_trace_ui(hub: Hub) -> None:
         assert page.status_code == 200
         href = f'href="http://127.0.0.1:16686/trace/{TRACE_ID}"'
         assert (href in page.text) is link, page.text[-2000:]
+
+
+async def test_a_run_started_through_the_api_continues_the_callers_trace(
+        hub: Hub, spans: InMemorySpanExporter) -> None:
+    from hub.api.app import create_app
+    from hub.api.keys import create_key
+    from hub.runtime.subscriber import SubscriberRegistry
+    from hub.settings import KafkaSettings
+    from tests.support.console import serve
+
+    key = (await create_key(hub.store, "trace-runner", ["run"])).token
+    app = create_app(hub, settings=ApiSettings(), kafka=KafkaSettings(bootstrap=None),
+                     subscribers=SubscriberRegistry())
+    async with serve(app) as url:
+        # urllib: httpx is instrumented here, and would send its own span as the parent
+        request = urllib.request.Request(
+            f"{url}/workflows/otel-rollback/runs?wait=true", method="POST",
+            data=json.dumps({"input": {"id": "o-5"}}).encode(),
+            headers={"Authorization": f"Bearer {key}", "traceparent": TRACEPARENT,
+                     "Content-Type": "application/json"})
+        with await asyncio.to_thread(urllib.request.urlopen, request, timeout=30) as reply:
+            assert reply.status == 200
+    finished = spans.get_finished_spans()
+    (start,) = _named(finished, "start otel-rollback")
+    (server,) = [s for s in finished if s.kind == SpanKind.SERVER]
+    assert server.name.startswith("POST /workflows/"), server.name
+    assert _hex(server, parent=True) == UPSTREAM_SPAN, "the server span continues the caller's"
+    by_id = {_hex(s): s for s in finished}
+    chain, span = [], start
+    while span.parent is not None and _hex(span, parent=True) in by_id:
+        span = by_id[_hex(span, parent=True)]
+        chain.append(span.name)
+    assert span is server, chain  # the start happened inside the request
+    assert format(start.context.trace_id, "032x") == TRACE_ID

@@ -23,7 +23,8 @@ from hub.sandbox import SandboxServer
 from tests.conftest import ROOT, broker_session_ms, worker_env
 from tests.support.jaeger import Jaeger, start_jaeger
 
-pytestmark = [pytest.mark.slow, pytest.mark.broker]
+# the first run on a machine builds Jaeger (minutes, more on a loaded one): past the default
+pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(3600)]
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 UPSTREAM_SPAN = "b7ad6b7169203331"

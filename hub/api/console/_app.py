@@ -45,6 +45,7 @@ from hub.api.console._session import (
     same,
     session_of,
 )
+from hub.api.console._trace import trace_url
 from hub.api.keys import InvalidApiKey, Scope, authenticate
 from hub.api.proxies import TrustedProxies
 from hub.api.service import Actor, HubService, InvalidArgument
@@ -408,8 +409,9 @@ def create_console(service: HubService, settings: ApiSettings) -> FastAPI:
     async def execution(request: Request, ref: str, workflow: str | None = None,
                         done: str | None = None) -> Response:
         session = await need(request, Scope.READ)
+        ctx = await execution_ctx(ref, workflow)
         return render(request, "execution.html", session=session, done=done,
-                      **await execution_ctx(ref, workflow))
+                      trace_url=trace_url(settings.trace_ui_url, ctx["d"].trigger), **ctx)
 
     @app.get("/fragments/executions/{ref}", response_class=HTMLResponse)
     async def execution_live(request: Request, ref: str, workflow: str | None = None,

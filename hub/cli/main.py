@@ -28,7 +28,7 @@ from hub.cli.settings import add_settings_command
 from hub.cli.signals import until_signalled
 from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
-from hub.errors import HubError
+from hub.errors import HubError, ServiceConfigError
 from hub.logging import configure_logging
 from hub.runtime.scheduler import Scheduler
 from hub.runtime.service import KafkaRuntime
@@ -84,15 +84,23 @@ def worker(
                    f"{kafka.group!r}, and the database under {settings.data_dir}; set "
                    "HUB_KAFKA_BOOTSTRAP to choose another broker", err=True)
 
-    async def run() -> None:
+    try:
         load_modules(settings.modules)
+    except HubError as exc:  # a workflow defined wrongly: named by the composer's error
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    hub = Hub(settings=settings, execute=execute)
+    if execute:
+        _build_services_or_exit(hub)
+
+    async def run() -> None:
         if settings.metrics_port is not None:
             from prometheus_client import start_http_server
 
             from hub.metrics import REGISTRY
 
             start_http_server(settings.metrics_port, registry=REGISTRY)
-        async with Hub(settings=settings, execute=execute) as hub:
+        async with hub:
             runtime = KafkaRuntime(hub, kafka) if with_kafka else None
             if runtime is not None:
                 await runtime.start()
@@ -119,6 +127,22 @@ def worker(
     except HubError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _build_services_or_exit(hub: Hub) -> None:
+    """Build every connector the loaded workflows resolve (the services their modules
+    register with ``@provides``) before the worker opens its store: a worker without, say,
+    ``HUB_ODOO_BASE_URL`` would claim executions only to compensate every one of them."""
+    try:
+        hub.container.build_all()
+    except ServiceConfigError as exc:
+        asyncio.run(hub.container.aclose())
+        lines = "\n".join(f"  {p}" for p in exc.problems)
+        typer.echo(f"error: this worker cannot run its workflows (HUB_MODULES) without the "
+                   f"settings of the connectors they use:\n{lines}\nset them (the dev mode's "
+                   "sandboxes: `hub sandbox --env-file sandbox.env`), or start it with "
+                   "--no-execute", err=True)
+        raise typer.Exit(2) from None
 
 
 @db_app.command("migrate")

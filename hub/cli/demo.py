@@ -4,7 +4,8 @@
 workflow, an order that is fulfilled and then shipped, a declined payment that rolls back.
 ``trickle`` then publishes a steady stream of orders, some failing on purpose (a declined
 card, a wrong total, an SKU out of stock, a malformed event for the dead-letter topic), plays
-the warehouse (signed shipment webhooks for confirmed orders) and prints a live summary.
+the warehouse (signed shipment webhooks for confirmed orders, but every fourth order left
+waiting for a delivery sent by hand) and keeps its stock (``Stockroom``).
 """
 
 from __future__ import annotations

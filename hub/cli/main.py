@@ -201,7 +201,7 @@ def dev(
     scheduler in one process, with demo orders flowing through them. It prints where each
     runs and a line of counts; the details go to <data dir>/dev.log. Ctrl-C or SIGTERM
     stops it all, at any moment of its start too."""
-    from hub.cli.demo import SKUS, Stockroom, Warehouse, run_demo, trickle
+    from hub.cli.demo import HOLD_EVERY, SKUS, Stockroom, Warehouse, run_demo, trickle
     from hub.cli.devlog import configure_dev_logging
     from hub.cli.devsummary import DevAddresses, report_counts, start_lines
 
@@ -247,10 +247,13 @@ def dev(
                         sandbox_control=sandboxes.control_url, log_file=log_file))))
                     await run_demo(hub, runtime)
                     keys = api_settings.secrets().get("warehouse")  # none: nobody ships
-                    secret_file = data_dir / "dev-webhook-secret"
+                    # the hand-made delivery signs with the dev secret's file: with secrets
+                    # of your own (HUB_WEBHOOK_SECRETS) no order is held for it
+                    own = bool(process_settings().api.webhook_secrets)
                     tasks.append(asyncio.create_task(trickle(
                         hub, runtime, demo_events, stockroom=Stockroom(SKUS),
-                        warehouse=Warehouse(api, keys[0], secret_file=secret_file)
+                        warehouse=Warehouse(api, keys[0], hold_every=0 if own else HOLD_EVERY,
+                                            secret_file=data_dir / "dev-webhook-secret")
                         if keys else None)))
                     tasks.append(asyncio.create_task(report_counts(hub, typer.echo)))
                     await asyncio.Event().wait()  # until cancelled by a signal

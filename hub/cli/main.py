@@ -110,13 +110,16 @@ def worker(
             scheduler = Scheduler(hub) if execute and settings.scheduler else None
             if scheduler is not None:
                 await scheduler.start()
+            stop = asyncio.ensure_future(until_signalled())
             try:
+                await asyncio.sleep(0)  # its handlers are in: "ready" can be stopped cleanly
                 print(json.dumps({"event": "worker_ready", "worker": settings.worker_id,
                                   "workflows": hub.registry.names(),
                                   "kafka": runtime.bootstrap if runtime else None}),
                       flush=True)
-                await until_signalled()
+                await stop
             finally:
+                stop.cancel()
                 if scheduler is not None:
                     await scheduler.stop()
                 if runtime is not None:

@@ -13,7 +13,7 @@ import structlog
 from hub import tracing
 from hub.engine.events import DEFAULT_MAX_EVENT_BYTES, check_event
 from hub.engine.payload import to_json
-from hub.errors import HubError
+from hub.errors import HubError, ServiceConfigError
 
 _OUTBOX_NS = uuid.UUID("6f1c1d0e-52a3-4c2e-9a55-3b0f3a1e7c11")
 
@@ -78,9 +78,17 @@ class Container:
         return service
 
     def build_all(self) -> list[str]:
-        """Build every provided service now, so bad configuration fails at start-up."""
+        """Build every provided service now, so bad configuration fails at start-up; raise
+        ``ServiceConfigError`` naming each service that cannot be built and why (all of
+        them, so one restart fixes every setting)."""
+        problems: list[str] = []
         for name in sorted(self._providers):
-            self.resolve(name)
+            try:
+                self.resolve(name)
+            except HubError as exc:
+                problems.append(f"{name}: {exc}")
+        if problems:
+            raise ServiceConfigError(problems)
         return self.names()
 
     async def aclose(self) -> None:

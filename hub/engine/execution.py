@@ -53,6 +53,8 @@ class Execution:
         self.dirty: set[str] = set()
         self.events: list[list[str]] = []
         self.outbox: list[dict[str, Any]] = []
+        self.calls: list[dict[str, Any]] = []
+        """Connector calls of attempts that landed, written with the next checkpoint."""
         self.seq = 1 + max((s.get("seq") or 0 for s in self.steps.values()), default=0)
         self.signals_upto = 0  # applied and not yet deleted
         self.signals_seen = 0  # the highest id applied by this drive (never reset)

@@ -35,6 +35,7 @@ from hub.engine.registry import Registry
 from hub.engine.response import StepResponse
 from hub.engine.run import Run, RunStatus, StepState
 from hub.errors import LeaseLost, PayloadTooLarge, StoreError, UnknownWorkflow
+from hub.redaction import Redaction
 from hub.settings import HubSettings
 from hub.store.store import CheckpointRow, Store, is_data_error, is_disconnect
 from hub.types import JSON
@@ -51,6 +52,8 @@ class Outcome:
     compensate_input: JSON = None
     error: dict[str, Any] | None = None
     outbox: tuple[dict[str, Any], ...] = ()
+    calls: tuple[dict[str, Any], ...] = ()
+    """The connector calls the attempt made, whatever it came to (the lineage)."""
 
 
 def _error(step: str, exc: BaseException | str, attempt: int, **extra: Any) -> dict[str, Any]:
@@ -71,6 +74,14 @@ def _traceback_tail(exc: BaseException, limit: int) -> str:
         return text
     tail = text[-limit:]
     return tail[tail.find("\n") + 1:] if "\n" in tail else tail
+
+
+def _with_calls(outcome: Outcome, ctx: StepContext) -> Outcome:
+    """``outcome`` carrying the calls its attempt recorded, for the checkpoint to store."""
+    if not ctx.calls.calls:
+        return outcome
+    rows = ctx.calls.rows(ctx.step, ctx.attempt, ctx.compensating)
+    return dataclasses.replace(outcome, calls=tuple(rows))
 
 
 def _record_landing(landed: list[str], step_id: str, _task: object) -> None:
@@ -106,6 +117,7 @@ class Executor:
         self._background: list[asyncio.Task[None]] = []
         self._closing = False
         self._step_events_until = 0.0
+        self._redaction = Redaction(settings.redact_fields)
         self.checkpoints: Batcher[CheckpointRow, uuid.UUID] = Batcher(
             store.checkpoint_batch, lambda r: r.id, isolate=is_data_error
         )
@@ -423,6 +435,7 @@ class Executor:
             for step_id in finished:
                 task = running.pop(step_id)
                 outcome = Outcome("cut") if task.cancelled() else task.result()
+                ex.calls.extend(outcome.calls)
                 node = ex.graph.steps[step_id]
                 if ex.state(step_id) == StepState.COMPENSATING:
                     self._on_compensated(ex, node, outcome)
@@ -694,6 +707,7 @@ class Executor:
             failure=ex.error if compensating else None,
             output_recorded=not unrecorded, step_input=step_input,
             max_event_bytes=self.settings.max_event_bytes,
+            max_calls=self.settings.max_calls_per_step, redaction=self._redaction,
         )
 
     async def _call(self, fn: Any, value: Any, ctx: StepContext, timeout: float | None) -> Any:
@@ -707,12 +721,14 @@ class Executor:
 
     async def _invoke(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
         t0 = time.perf_counter()
-        outcome = await self._invoke_once(ex, node, attempt)
+        ctx = self._ctx(ex, node, attempt, False)
+        outcome = _with_calls(await self._invoke_once(ex, node, attempt, ctx), ctx)
         metrics.STEP_DURATION.labels(ex.workflow, node.step_name, outcome.kind).observe(
             time.perf_counter() - t0)
         return outcome
 
-    async def _invoke_once(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
+    async def _invoke_once(self, ex: Execution, node: StepNode, attempt: int,
+                           ctx: StepContext) -> Outcome:
         try:
             value = ex.resolve(node.input)
             if node.input_model is not None:
@@ -722,7 +738,6 @@ class Executor:
                 node.id, f"input of step {node.id!r} does not validate: {exc}", attempt))
         except ResolveError as exc:
             return Outcome("permanent", error=_error(node.id, str(exc), attempt))
-        ctx = self._ctx(ex, node, attempt, False)
         try:
             result = await self._call(node.invoke, value, ctx, node.options.timeout)
         except TimeoutError as exc:
@@ -760,14 +775,16 @@ class Executor:
         return Outcome("ok", out_json, comp_json, outbox=outbox)
 
     async def _compensate(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
-        outcome = await self._compensate_once(ex, node, attempt)
+        ctx = self._ctx(ex, node, attempt, True)
+        outcome = _with_calls(await self._compensate_once(ex, node, ctx), ctx)
         metrics.COMPENSATIONS.labels(ex.workflow, node.step_name, outcome.kind).inc()
         return outcome
 
-    async def _compensate_once(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
+    async def _compensate_once(self, ex: Execution, node: StepNode,
+                               ctx: StepContext) -> Outcome:
         assert node.compensate is not None
         st = ex.step(node.id)
-        ctx = self._ctx(ex, node, attempt, True)
+        attempt = ctx.attempt
         try:
             await self._call(node.compensate, st.get("compensate_input"), ctx,
                              node.options.timeout)
@@ -879,6 +896,7 @@ class Executor:
                       else self.settings.retention_days * 86400.0),
             events=events,
             outbox=json.dumps(ex.outbox) if ex.outbox else None,
+            calls=json.dumps(ex.calls, separators=(",", ":")) if ex.calls else None,
             seen=ex.signals_seen,
         )
 
@@ -889,6 +907,7 @@ class Executor:
         ex.dirty.clear()
         ex.events.clear()
         ex.outbox.clear()
+        ex.calls.clear()
         ex.new_error = None
         ex.status_dirty = False
         if ex.signals_upto:

@@ -15,11 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.async_api import async_playwright, expect
 from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
 import workflows.orders  # noqa: F401  (registers fulfil-order)
-from connectors.base import ConnectorSettings, HttpConnector
+from connectors.base import ConnectorSettings, HttpConnector, load_settings
+from connectors.hubspot import HubSpotConnector, HubSpotSettings
 from hub import (
     Hub,
     PermanentConnectorError,
@@ -28,9 +30,10 @@ from hub import (
     create_step,
     create_workflow,
 )
-from hub.api import create_app, create_key
+from hub.api import ApiSettings, create_app, create_key
 from hub.sandbox import SandboxControl, SandboxServer
 from tests.conftest import ROOT, worker_env
+from tests.support.console import CHROMIUM_ARGS, ensure_chromium, serve
 
 SECRET = "sk_lineage_" + uuid.uuid4().hex
 CARD = "4242424242424242"
@@ -87,6 +90,16 @@ async def _unreachable(inp: dict[str, Any], ctx: StepContext) -> None:
 @create_workflow("lineage-unreachable")
 def lineage_unreachable(inp: dict[str, Any]) -> WorkflowResponse:
     return WorkflowResponse(create_step("unreachable", _unreachable, max_retries=0)(inp))
+
+
+async def _crm_contact(inp: dict[str, Any], ctx: StepContext) -> str:
+    async with HubSpotConnector(load_settings(HubSpotSettings)) as crm:
+        return await crm.upsert_contact(ctx, email=inp["email"], properties={})
+
+
+@create_workflow("lineage-crm")
+def lineage_crm(inp: dict[str, Any]) -> WorkflowResponse:
+    return WorkflowResponse(create_step("crm-contact", _crm_contact)(inp))
 
 
 @pytest.fixture
@@ -216,3 +229,30 @@ async def test_a_call_that_got_no_answer_records_its_error_class(hub: Hub) -> No
     assert calls and calls[0]["status"] is None and calls[0]["error"] == "ConnectError"
     assert calls[0]["operation"] == "send" and calls[0]["idempotency_key"] == \
         f"{run.id}:unreachable"
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+async def test_the_execution_page_lists_each_call_of_a_step_with_its_outside_id(
+        hub: Hub, sandboxes: SandboxServer) -> None:
+    run = await hub.start("lineage-crm", {"email": f"c-{uuid.uuid4().hex[:8]}@x.example"})
+    assert run.status == "succeeded", run.error
+    token = (await create_key(hub.store, "lineage-viewer", ["read"])).token
+    async with serve(create_app(hub, settings=ApiSettings())) as url, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=ensure_chromium(), headless=True,
+                                           args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{url}/ui/login")
+            await page.get_by_label("API key").fill(token)
+            await page.get_by_role("button", name="Log in").click()
+            await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+            await page.goto(f"{url}/ui/executions/{run.id}")
+            calls = page.locator("table.calls tbody tr")
+            await expect(calls).to_have_count(1)
+            for text in ("crm-contact", "hubspot", "upsert_contact",
+                         "/crm/v3/objects/contacts/batch/upsert", "200", str(run.result),
+                         "none (natural keys)"):
+                await expect(calls.first).to_contain_text(text)
+        finally:
+            await browser.close()

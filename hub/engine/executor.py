@@ -30,7 +30,7 @@ from hub.engine.checkpoint import Batcher
 from hub.engine.context import Container, StepContext
 from hub.engine.execution import Execution, ResolveError
 from hub.engine.graph import StepNode
-from hub.engine.payload import Unserializable, clean_json, encode, to_json
+from hub.engine.payload import Unserializable, clean_json, encode, tail_lines, to_json
 from hub.engine.registry import Registry
 from hub.engine.response import StepResponse
 from hub.engine.run import Run, RunStatus, StepState
@@ -69,11 +69,7 @@ def _error(step: str, exc: BaseException | str, attempt: int, **extra: Any) -> d
 
 def _traceback_tail(exc: BaseException, limit: int) -> str:
     """The end of a traceback, cut at a line boundary so it reads from a whole line."""
-    text = "".join(traceback.format_exception(exc))
-    if len(text) <= limit:
-        return text
-    tail = text[-limit:]
-    return tail[tail.find("\n") + 1:] if "\n" in tail else tail
+    return tail_lines("".join(traceback.format_exception(exc)), limit)
 
 
 def _with_calls(outcome: Outcome, ctx: StepContext) -> Outcome:
@@ -360,7 +356,7 @@ class Executor:
                             reason=f"database unavailable: {exc!r}"[:300])
                 return
             log.error("engine_error", execution_id=ex.sid, error=repr(exc),
-                      traceback=traceback.format_exc()[-2000:])
+                      traceback=tail_lines(traceback.format_exc(), 2000))
             message = f"engine error: {exc!r}"
             with contextlib.suppress(Exception):
                 await self.store.park(ex.id, ex.epoch, message)

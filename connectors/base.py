@@ -382,12 +382,15 @@ class HttpConnector:
         headers: Mapping[str, str] | None = None,
         idempotent: bool = True,
         operation: str | None = None,
+        touches: str | None = None,
     ) -> httpx.Response:
         """Send one logical call; return the successful response or raise a connector error.
 
         ``ctx`` is required (pass ``None`` deliberately outside a step): its idempotency key
         and trace context go out with every attempt, and every attempt is recorded in its
-        lineage under ``operation`` (e.g. ``create_deal``; method and path by default).
+        lineage under ``operation`` (e.g. ``create_deal``; method and path by default), with
+        ``touches``, the outside id of the record the call acts on when the caller knows it
+        (an answer without an id, such as Odoo's ``action_confirm``, then still names it).
         ``idempotent=False`` retries in-process only attempts that never reached the
         system; the engine may still retry the step.
         """
@@ -399,7 +402,7 @@ class HttpConnector:
                 hdrs["traceparent"] = ctx.traceparent
         method = method.upper()
         call = _Call(ctx, operation or f"{method} {path}", hdrs.get(
-            self.idempotency_header) if self.idempotency_header else None)
+            self.idempotency_header) if self.idempotency_header else None, touches)
         return await self.guard.call(
             lambda: self._attempt(method, path, json, params, hdrs, call),
             idempotent=idempotent, log_fields={"method": method, "path": path})
@@ -433,9 +436,9 @@ class HttpConnector:
         if call is None or call.ctx is None:
             return
         call.attempts += 1
-        outside = None
+        outside = call.touches
         if response is not None and success and response.status_code < 400:
-            outside = self.outside_id(call.operation, response)
+            outside = self.outside_id(call.operation, response) or outside
         call.ctx.record_call(ConnectorCall(
             system=self.name, operation=call.operation, method=method,
             path=self._redact(path.split("?", 1)[0]), attempt=call.attempts,
@@ -467,12 +470,14 @@ class HttpConnector:
 class _Call:
     """One logical call's facts for the lineage, shared by its attempts."""
 
-    __slots__ = ("attempts", "ctx", "key", "operation")
+    __slots__ = ("attempts", "ctx", "key", "operation", "touches")
 
-    def __init__(self, ctx: StepContext | None, operation: str, key: str | None) -> None:
+    def __init__(self, ctx: StepContext | None, operation: str, key: str | None,
+                 touches: str | None = None) -> None:
         self.ctx = ctx
         self.operation = operation
         self.key = key
+        self.touches = touches
         self.attempts = 0
 
 

@@ -162,6 +162,7 @@ class OdooConnector(HttpConnector):
         """Call ``model.method`` with named ``params`` over the configured protocol and
         return its result; ``ids`` for record methods."""
         operation = f"{model}.{method}"
+        touches = ",".join(str(i) for i in ids) if ids else None
         if self.odoo.protocol == "json2":
             body: dict[str, Any] = dict(params)
             if ids is not None:
@@ -170,7 +171,7 @@ class OdooConnector(HttpConnector):
                 body["context"] = context
             response = await self.request("POST", f"/json/2/{model}/{method}", ctx=ctx,
                                           json=body, idempotent=idempotent,
-                                          operation=operation)
+                                          operation=operation, touches=touches)
             return self._decode(operation, response)
         kwargs = dict(params)
         if context:
@@ -179,14 +180,16 @@ class OdooConnector(HttpConnector):
         args = [self.odoo.database, uid, self._key, model, method,
                 [ids] if ids is not None else [], kwargs]
         return await self._rpc(ctx, operation, "object", "execute_kw", args,
-                               idempotent=idempotent)
+                               idempotent=idempotent, touches=touches)
 
     async def _rpc(self, ctx: StepContext | None, operation: str, service: str, method: str,
-                   args: list[Any], *, idempotent: bool = True) -> Any:
+                   args: list[Any], *, idempotent: bool = True,
+                   touches: str | None = None) -> Any:
         payload = {"jsonrpc": "2.0", "method": "call", "id": next(self._rpc_ids),
                    "params": {"service": service, "method": method, "args": args}}
         response = await self.request("POST", "/jsonrpc", ctx=ctx, json=payload,
-                                      idempotent=idempotent, operation=operation)
+                                      idempotent=idempotent, operation=operation,
+                                      touches=touches)
         return self._decode(operation, response)
 
     async def _authenticate(self, ctx: StepContext | None) -> int:

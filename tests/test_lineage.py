@@ -159,6 +159,9 @@ async def test_a_fulfilled_order_lists_its_stripe_odoo_and_hubspot_calls_with_ou
     assert created["outside_id"] == str(sale_order["id"])
     assert created["step"] == "create-sales-order"
     assert created["path"] in ("/jsonrpc", "/json/2/sale.order/create")
+    # a record method answers no id: the record it acted on is named instead
+    (confirmed,) = _calls(detail, "odoo", "sale.order.action_confirm")
+    assert confirmed["outside_id"] == str(sale_order["id"])
 
     (deal,) = _calls(detail, "hubspot", "create_deal")[:1]
     assert deal["outside_id"] == run.result["deal_id"] and deal["status"] == 201
@@ -192,6 +195,9 @@ async def test_the_calls_of_a_compensation_are_in_the_lineage(
     (cancel,) = _calls(detail, "stripe", "cancel_payment_intent", compensating=True)
     assert cancel["step"] == "authorize-payment" and cancel["outside_id"].startswith("pi_")
     assert cancel["idempotency_key"] == f"{run.id}:authorize-payment:compensate:cancel"
+    (undone,) = _calls(detail, "odoo", "sale.order.action_cancel", compensating=True)
+    assert undone["step"] == "create-sales-order" and undone["outside_id"] == str(
+        run.steps["create-sales-order"].output["sales_order_id"])
 
 
 async def test_secrets_and_redacted_fields_never_reach_the_stored_calls(

@@ -102,6 +102,23 @@ def lineage_crm(inp: dict[str, Any]) -> WorkflowResponse:
     return WorkflowResponse(create_step("crm-contact", _crm_contact)(inp))
 
 
+CALLED: dict[str, asyncio.Event] = {}
+"""Set by lineage-cut's step once its call is made (keyed by the input's id)."""
+
+
+async def _call_then_hang(inp: dict[str, Any], ctx: StepContext) -> None:
+    async with _connector(inp["base_url"]) as system:
+        with contextlib.suppress(PermanentConnectorError):
+            await system.request("GET", "/v1/slow", ctx=ctx, operation="start_slow_job")
+        CALLED[inp["id"]].set()
+        await asyncio.Event().wait()  # until an operator's cancel cuts it
+
+
+@create_workflow("lineage-cut")
+def lineage_cut(inp: dict[str, Any]) -> WorkflowResponse:
+    return WorkflowResponse(create_step("hangs", _call_then_hang)(inp))
+
+
 @pytest.fixture
 async def api(hub: Hub) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
     token = (await create_key(hub.store, "lineage", ["read"])).token
@@ -262,3 +279,16 @@ async def test_the_execution_page_lists_each_call_of_a_step_with_its_outside_id(
                 await expect(calls.first).to_contain_text(text)
         finally:
             await browser.close()
+
+
+async def test_the_calls_of_an_attempt_cut_by_a_cancel_are_kept(
+        hub: Hub, sandboxes: SandboxServer) -> None:
+    key = uuid.uuid4().hex
+    CALLED[key] = asyncio.Event()
+    base_url = sandboxes.connector_env()["HUB_HUBSPOT_BASE_URL"]
+    run = await hub.start("lineage-cut", {"id": key, "base_url": base_url}, wait=False)
+    await asyncio.wait_for(CALLED[key].wait(), 60)
+    done = await hub.cancel(run.id, reason="operator stop")
+    assert done.status == "cancelled"
+    calls = await hub.store.api_calls_for_execution(uuid.UUID(run.id))
+    assert [(c["step"], c["operation"]) for c in calls] == [("hangs", "start_slow_job")]

@@ -52,8 +52,6 @@ class Outcome:
     compensate_input: JSON = None
     error: dict[str, Any] | None = None
     outbox: tuple[dict[str, Any], ...] = ()
-    calls: tuple[dict[str, Any], ...] = ()
-    """The connector calls the attempt made, whatever it came to (the lineage)."""
 
 
 def _error(step: str, exc: BaseException | str, attempt: int, **extra: Any) -> dict[str, Any]:
@@ -70,14 +68,6 @@ def _error(step: str, exc: BaseException | str, attempt: int, **extra: Any) -> d
 def _traceback_tail(exc: BaseException, limit: int) -> str:
     """The end of a traceback, cut at a line boundary so it reads from a whole line."""
     return tail_lines("".join(traceback.format_exception(exc)), limit)
-
-
-def _with_calls(outcome: Outcome, ctx: StepContext) -> Outcome:
-    """``outcome`` carrying the calls its attempt recorded, for the checkpoint to store."""
-    if not ctx.calls.calls:
-        return outcome
-    rows = ctx.calls.rows(ctx.step, ctx.attempt, ctx.compensating)
-    return dataclasses.replace(outcome, calls=tuple(rows))
 
 
 def _record_landing(landed: list[str], step_id: str, _task: object) -> None:
@@ -431,7 +421,10 @@ class Executor:
             for step_id in finished:
                 task = running.pop(step_id)
                 outcome = Outcome("cut") if task.cancelled() else task.result()
-                ex.calls.extend(outcome.calls)
+                ctx = ex.attempts.pop(step_id, None)
+                if ctx is not None and ctx.calls.calls:
+                    # whatever the attempt came to, a cut included: its calls happened
+                    ex.calls.extend(ctx.calls.rows(ctx.step, ctx.attempt, ctx.compensating))
                 node = ex.graph.steps[step_id]
                 if ex.state(step_id) == StepState.COMPENSATING:
                     self._on_compensated(ex, node, outcome)
@@ -717,8 +710,8 @@ class Executor:
 
     async def _invoke(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
         t0 = time.perf_counter()
-        ctx = self._ctx(ex, node, attempt, False)
-        outcome = _with_calls(await self._invoke_once(ex, node, attempt, ctx), ctx)
+        ctx = ex.attempts[node.id] = self._ctx(ex, node, attempt, False)
+        outcome = await self._invoke_once(ex, node, attempt, ctx)
         metrics.STEP_DURATION.labels(ex.workflow, node.step_name, outcome.kind).observe(
             time.perf_counter() - t0)
         return outcome
@@ -771,8 +764,8 @@ class Executor:
         return Outcome("ok", out_json, comp_json, outbox=outbox)
 
     async def _compensate(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
-        ctx = self._ctx(ex, node, attempt, True)
-        outcome = _with_calls(await self._compensate_once(ex, node, ctx), ctx)
+        ctx = ex.attempts[node.id] = self._ctx(ex, node, attempt, True)
+        outcome = await self._compensate_once(ex, node, ctx)
         metrics.COMPENSATIONS.labels(ex.workflow, node.step_name, outcome.kind).inc()
         return outcome
 

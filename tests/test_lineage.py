@@ -102,6 +102,18 @@ def lineage_crm(inp: dict[str, Any]) -> WorkflowResponse:
     return WorkflowResponse(create_step("crm-contact", _crm_contact)(inp))
 
 
+async def _one_call(inp: dict[str, Any], ctx: StepContext) -> str:
+    async with _connector(inp["base_url"]) as system:
+        with contextlib.suppress(PermanentConnectorError):
+            await system.request("GET", "/v1/one", ctx=ctx)
+    return "done"
+
+
+@create_workflow("lineage-unstored", store=False)
+def lineage_unstored(inp: dict[str, Any]) -> WorkflowResponse:
+    return WorkflowResponse(create_step("one-call", _one_call)(inp))
+
+
 CALLED: dict[str, asyncio.Event] = {}
 """Set by lineage-cut's step once its call is made (keyed by the input's id)."""
 
@@ -292,3 +304,18 @@ async def test_the_calls_of_an_attempt_cut_by_a_cancel_are_kept(
     assert done.status == "cancelled"
     calls = await hub.store.api_calls_for_execution(uuid.UUID(run.id))
     assert [(c["step"], c["operation"]) for c in calls] == [("hangs", "start_slow_job")]
+
+
+async def test_a_store_false_run_forgets_its_calls_with_its_details(
+        hub: Hub, sandboxes: SandboxServer) -> None:
+    base_url = sandboxes.connector_env()["HUB_HUBSPOT_BASE_URL"]
+    run = await hub.start("lineage-unstored", {"base_url": base_url})
+    assert run.result == "done"
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:  # forgotten right after the end is written
+        row = await hub.store.get(uuid.UUID(run.id))
+        if row is not None and row["steps"] == {}:
+            break
+        assert asyncio.get_running_loop().time() < deadline, "details never forgotten"
+        await asyncio.sleep(0.05)
+    assert await hub.store.api_calls_for_execution(uuid.UUID(run.id)) == []

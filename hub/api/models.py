@@ -190,7 +190,8 @@ class ExecutionDetail(RunOut):
 
     outbox: list[OutboxEventOut] = Field(default_factory=list)
     calls: list[ConnectorCallOut] = Field(
-        default_factory=list, description="connector calls in the order they were made")
+        default_factory=list,
+        description="connector calls in the order they were made (the first 1000)")
 
 
 class ExecutionSummary(BaseModel):

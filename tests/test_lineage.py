@@ -201,6 +201,12 @@ async def test_a_fulfilled_order_lists_its_stripe_odoo_and_hubspot_calls_with_ou
     # steps that call nothing have no calls
     assert not [c for c in detail["calls"] if c["step"] in ("open-fulfilment", "validate-order")]
 
+    # the systems' credentials never reach the lineage
+    env = sandboxes.connector_env()
+    stored = json.dumps(detail["calls"])
+    for var in ("HUB_STRIPE_API_KEY", "HUB_ODOO_API_KEY", "HUB_HUBSPOT_ACCESS_TOKEN"):
+        assert env[var] and env[var] not in stored, var
+
     shown = await _cli_show(dsn, schema, run.id)
     assert shown["calls"] == detail["calls"]
     assert {c["outside_id"] for c in shown["calls"]} >= {intent, str(sale_order["id"]),

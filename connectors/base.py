@@ -401,8 +401,9 @@ class HttpConnector:
             if ctx.traceparent:
                 hdrs["traceparent"] = ctx.traceparent
         method = method.upper()
-        call = _Call(ctx, operation or f"{method} {path}", hdrs.get(
-            self.idempotency_header) if self.idempotency_header else None, touches)
+        named = operation or f"{method} {self._redact(path.split('?', 1)[0])}"
+        key = hdrs.get(self.idempotency_header) if self.idempotency_header else None
+        call = _Call(ctx, named, key, touches)
         return await self.guard.call(
             lambda: self._attempt(method, path, json, params, hdrs, call),
             idempotent=idempotent, log_fields={"method": method, "path": path})

@@ -56,7 +56,9 @@ async def _leaky_calls(inp: dict[str, Any], ctx: StepContext) -> int:
                      f"/v1/q?api_key={SECRET}&card={CARD}", f"/v1/card={CARD}"):
             with contextlib.suppress(PermanentConnectorError):  # refused: still recorded
                 await system.request("GET", path, ctx=ctx, operation="peek")
-    return 4
+        with contextlib.suppress(PermanentConnectorError):  # named by method and path
+            await system.request("GET", f"/v1/cards/{CARD}?key={SECRET}", ctx=ctx)
+    return 5
 
 
 @create_workflow("lineage-leaky")
@@ -243,12 +245,14 @@ async def test_secrets_and_redacted_fields_never_reach_the_stored_calls(
         rows = [dict(r) for r in await conn.fetch(
             f"SELECT * FROM {hub.store.schema}.connector_call WHERE execution_id = $1",
             uuid.UUID(run.id))]
-    assert len(rows) == 4, (run.status, run.error)
+    assert len(rows) == 5, (run.status, run.error)
     stored = json.dumps(rows, default=str)
     assert SECRET not in stored and CARD not in stored
     assert [r["path"] for r in sorted(rows, key=lambda r: r["seq"])] == [
-        "/v1/things/***", "/v1/cards/***/x", "/v1/q", "/v1/card=***"]
-    assert {r["operation"] for r in rows} == {"peek"} and all(r["status"] for r in rows)
+        "/v1/things/***", "/v1/cards/***/x", "/v1/q", "/v1/card=***", "/v1/cards/***"]
+    assert [r["operation"] for r in sorted(rows, key=lambda r: r["seq"])] == [
+        "peek"] * 4 + ["GET /v1/cards/***"]
+    assert all(r["status"] for r in rows)
 
 
 async def test_calls_beyond_the_cap_are_counted_not_kept(

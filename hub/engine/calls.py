@@ -50,10 +50,12 @@ class ConnectorCall:
     at: float = field(default_factory=time.time)
 
     def bounded(self, redaction: Redaction = DEFAULT) -> ConnectorCall:
-        """This call as stored: its path by the redaction policy (``HUB_REDACT_FIELDS``),
-        without a query string, every text field cut to ``FIELD_CHARS``, cleaned for jsonb."""
+        """This call as stored: its path (and its operation, by default method and path) by
+        the redaction policy (``HUB_REDACT_FIELDS``), without a query string, every text
+        field cut to ``FIELD_CHARS``, cleaned for jsonb."""
         return ConnectorCall(
-            system=_cut(self.system) or "", operation=_cut(self.operation) or "",
+            system=_cut(self.system) or "",
+            operation=_cut(redaction.path(self.operation)) or "",
             method=_cut(self.method) or "", path=_cut(redaction.path(self.path)) or "",
             attempt=self.attempt, duration_ms=round(self.duration_ms, 3),
             status=self.status, error=_cut(self.error),

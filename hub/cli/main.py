@@ -35,6 +35,7 @@ from hub.runtime.scheduler import Scheduler
 from hub.runtime.service import KafkaRuntime
 from hub.runtime.topics import TopicsFileError
 from hub.settings import SettingsError, process_settings
+from hub.tracing import configure_tracing
 
 app = typer.Typer(help="The commerce integration hub.", no_args_is_help=True,
                   add_completion=False)
@@ -74,6 +75,7 @@ def worker(
 ) -> None:
     """Run the executor and scheduler, and the consumer and outbox relay, until SIGTERM."""
     configure_logging(log_level, json_output=json_logs)
+    configure_tracing()  # spans over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
     every = process_settings()
     settings, kafka = every.engine, every.kafka
     if modules:
@@ -171,6 +173,7 @@ def dev(
     """Dev mode: embedded Postgres and Kafka, the sandbox systems, a worker, the API and the
     scheduler in one process, with demo orders flowing through them. Ctrl-C stops it all."""
     configure_logging(log_level)
+    configure_tracing()
     from hub.cli.demo import Warehouse, run_demo, trickle
 
     async def run() -> None:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from hub import tracing
 from hub.engine.calls import DEFAULT_MAX_CALLS, CallLog, ConnectorCall
 from hub.engine.events import DEFAULT_MAX_EVENT_BYTES, check_event
 from hub.engine.payload import to_json
@@ -148,9 +149,10 @@ class StepContext:
 
     @property
     def traceparent(self) -> str | None:
-        """The W3C trace context of what started the run (a Kafka header or an HTTP header):
-        connectors pass it on so a trace spans the systems a workflow touches."""
-        value = (self.trigger or {}).get("traceparent")
+        """The W3C trace context to pass on, so a trace spans the systems a workflow
+        touches: this attempt's span when tracing is on, else that of what started the run
+        (a Kafka header or an HTTP header)."""
+        value = tracing.current_traceparent() or (self.trigger or {}).get("traceparent")
         return value if isinstance(value, str) else None
 
     def emit(self, topic: str, event: Any, *, key: str | None = None,

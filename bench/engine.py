@@ -21,6 +21,13 @@ is given, opens a ``Hub`` (executor in-process) and runs a workflow of three tri
               ``client_statements_...``     ``hub.store.statements`` delta;
               ``batching``                  group-commit flushes and rows (checkpoints, starts);
               CPU of this process and of the server's processes.
+  connector   ``--connector-workflows`` runs (``--concurrency`` tasks) of a one-step workflow
+              whose step makes 2 HTTP calls through an ``HttpConnector`` to a loopback
+              server in this process, in alternating rounds with the calls recorded in the
+              lineage (``ctx`` passed) and not (``ctx=None``: nothing recorded, no
+              Idempotency-Key header): mean and p50 per workflow, WAL bytes per workflow,
+              and the cost per recorded call (time and WAL difference / calls, and the
+              ``connector_call`` table's size per row).
   idle        the same hub open with nothing to do for ``--idle-seconds``: statements/s the
               server executed for it.
 
@@ -53,8 +60,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import psutil
-from pydantic import BaseModel
+from pydantic import AnyHttpUrl, BaseModel
 
+from connectors.base import ConnectorSettings, HttpConnector
 from hub import (
     Hub,
     StepContext,
@@ -93,6 +101,69 @@ def _compose(inp: BenchInput) -> WorkflowResponse:
 
 
 three_steps: WorkflowDefinition = create_workflow("bench-engine-three-steps", _compose)
+
+
+class ConnectorInput(BaseModel):
+    n: int
+    record: bool
+
+
+CALLS_PER_STEP = 2
+
+
+@create_step("bench-engine-connector-step")
+async def connector_step(inp: ConnectorInput, ctx: StepContext) -> dict[str, Any]:
+    """A connector-shaped step: create a thing, read it back (2 HTTP calls)."""
+    system: HttpConnector = ctx.container.resolve("bench-loopback")
+    call_ctx = ctx if inp.record else None
+    made = await system.request("POST", "/v1/things", ctx=call_ctx, json={"n": inp.n},
+                                operation="create_thing")
+    thing = made.json()["id"]
+    await system.request("GET", f"/v1/things/{thing}", ctx=call_ctx, operation="get_thing")
+    return {"thing": thing}
+
+
+connector_flow: WorkflowDefinition = create_workflow(
+    "bench-engine-connector", lambda inp: WorkflowResponse(connector_step(inp)))
+
+
+class Loopback:
+    """A minimal keep-alive HTTP/1.1 server on 127.0.0.1 answering ``{"id": ...}``."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.answered = 0
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                if length:
+                    await reader.readexactly(length)
+                self.answered += 1
+                body = b'{"id":"thing_%d"}' % self.answered
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -246,6 +317,85 @@ async def fetch_one(conn: asyncpg.Connection, sql: str) -> asyncpg.Record:
     if row is None:
         raise RuntimeError(f"no row: {sql}")
     return row
+
+
+async def connector_phase(hub: Hub, conn: asyncpg.Connection, schema: str, total: int,
+                          tasks: int, rounds: int = 4) -> dict[str, Any]:
+    """The lineage's cost: the same connector workflow with its calls recorded and not."""
+    loopback = Loopback()
+    url = await loopback.start()
+    settings = ConnectorSettings(base_url=AnyHttpUrl(url), rate_per_second=1e6,
+                                 max_concurrency=tasks, max_connections=tasks, max_retries=0)
+    system = HttpConnector("loopback", settings)
+    hub.container.register("bench-loopback", system)
+    lat: dict[bool, list[float]] = {True: [], False: []}
+    wall: dict[bool, float] = {True: 0.0, False: 0.0}
+    wal: dict[bool, int] = {True: 0, False: 0}
+    failed = 0
+    counter = iter(range(10**9))
+    try:
+        async def one(record: bool) -> None:
+            nonlocal failed
+            t = time.perf_counter()
+            run = await connector_flow(hub).run(
+                input={"n": next(counter), "record": record}, raise_on_error=False)
+            if run.succeeded:
+                lat[record].append(time.perf_counter() - t)
+            else:
+                failed += 1
+
+        async def batch(record: bool, count: int) -> None:
+            left = count
+
+            async def worker() -> None:
+                nonlocal left
+                while left > 0:
+                    left -= 1
+                    await one(record)
+
+            await asyncio.gather(*(worker() for _ in range(tasks)))
+
+        await batch(True, tasks * 2)  # warm-up: connections, plans
+        await batch(False, tasks * 2)
+        lat = {True: [], False: []}
+        per_round = max(1, total // rounds)
+        # ABBA rounds (on, off, off, on, ...): a drift of the machine's load hits both sides
+        for record in [True, False, False, True] * max(1, rounds // 2):
+            lsn0 = await conn.fetchval("SELECT pg_current_wal_lsn()")
+            t0 = time.perf_counter()
+            await batch(record, per_round)
+            wall[record] += time.perf_counter() - t0
+            wal[record] += int(await conn.fetchval(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)", lsn0))
+        rows = await conn.fetchval(f"SELECT count(*) FROM {schema}.connector_call")
+        size = await conn.fetchval(
+            f"SELECT pg_total_relation_size('{schema}.connector_call')")
+    finally:
+        await system.aclose()
+        await loopback.stop()
+
+    def side(record: bool) -> dict[str, Any]:
+        ms = [x * 1000 for x in lat[record]]
+        n = len(ms)
+        return {"workflows": n, "mean_ms": round(statistics.fmean(ms), 3) if ms else None,
+                "p50_ms": pct(ms, 50) if ms else None, "p99_ms": pct(ms, 99) if ms else None,
+                "workflows_per_s": round(n / wall[record], 1) if wall[record] else None,
+                "wal_bytes_per_workflow": round(wal[record] / n, 1) if n else None}
+
+    on, off = side(True), side(False)
+    out: dict[str, Any] = {"calls_per_workflow": CALLS_PER_STEP, "concurrency": tasks,
+                           "failed": failed, "recorded": on, "unrecorded": off,
+                           "connector_call_rows": rows,
+                           "table_bytes_per_recorded_call": round(size / rows, 1) if rows
+                           else None}
+    if on["mean_ms"] is not None and off["mean_ms"] is not None:
+        out["ms_per_recorded_call"] = round(
+            (on["mean_ms"] - off["mean_ms"]) / CALLS_PER_STEP, 3)
+        out["throughput_cost_pct"] = round(
+            100 * (1 - on["workflows_per_s"] / off["workflows_per_s"]), 1)
+        out["wal_bytes_per_recorded_call"] = round(
+            (on["wal_bytes_per_workflow"] - off["wal_bytes_per_workflow"]) / CALLS_PER_STEP, 1)
+    return out
 
 
 def batcher_stats(hub: Hub) -> dict[str, int]:
@@ -403,6 +553,11 @@ async def bench(dsn: str, args: argparse.Namespace,
                     "WHERE parked IS NOT NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 3")
                 result["parked_reasons"] = {r["why"]: r["n"] for r in reasons}
 
+            if args.connector_workflows:
+                log(f"connector: {args.connector_workflows} runs per side, recorded or not")
+                result["connector"] = await connector_phase(
+                    hub, meter_conn, schema, args.connector_workflows, args.concurrency)
+
             log(f"idle: {args.idle_seconds} s")
             await asyncio.sleep(1.0)
             idle_stmts_before = hub.store.statements
@@ -459,6 +614,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--sequential", type=int, default=300)
     ap.add_argument("--idle-seconds", type=float, default=20.0)
+    ap.add_argument("--connector-workflows", type=int, default=1000,
+                    help="runs per side (calls recorded, not) of the connector phase; 0: skip")
     ap.add_argument("--pool-max", type=int, default=20)
     ap.add_argument("--lease-seconds", type=float, default=None,
                     help="hub lease (default: the hub's, 15 s); the heartbeat runs every lease/3")

@@ -46,7 +46,13 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.wait import wait_random_exponential
 
 from connectors.breaker import CircuitBreaker
-from hub import HubError, PermanentConnectorError, StepContext, TransientConnectorError
+from hub import (
+    ConnectorCall,
+    HubError,
+    PermanentConnectorError,
+    StepContext,
+    TransientConnectorError,
+)
 
 log = structlog.get_logger("connectors")
 
@@ -283,6 +289,10 @@ class HttpConnector:
     """
 
     idempotency_header: ClassVar[str | None] = "Idempotency-Key"
+    outside_id_fields: ClassVar[tuple[tuple[str | int, ...], ...]] = (("id",),)
+    """Where a JSON answer holds the outside system's id of what the call created or touched,
+    for the lineage: paths of keys and list indexes, the first that holds a string or a
+    number wins (``()`` is the body itself). ``outside_id`` may read it otherwise."""
 
     def __init__(
         self,
@@ -321,6 +331,27 @@ class HttpConnector:
         """``text`` with every configured secret replaced by ``***``."""
         return self._redact(text)
 
+    def outside_id(self, operation: str, response: httpx.Response) -> str | None:
+        """The outside id of what a successful call touched, by ``outside_id_fields``."""
+        if "json" not in response.headers.get("content-type", ""):
+            return None
+        try:
+            body: Any = response.json()
+        except ValueError:
+            return None
+        for path in self.outside_id_fields:
+            value = body
+            for key in path:
+                if isinstance(key, str) and isinstance(value, dict):
+                    value = value.get(key)
+                elif isinstance(key, int) and isinstance(value, list) and len(value) > key:
+                    value = value[key]
+                else:
+                    value = None
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                return str(value)
+        return None
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -350,12 +381,18 @@ class HttpConnector:
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool = True,
+        operation: str | None = None,
+        touches: str | None = None,
     ) -> httpx.Response:
         """Send one logical call; return the successful response or raise a connector error.
 
         ``ctx`` is required (pass ``None`` deliberately outside a step): its idempotency key
-        and trace context go out with every attempt. ``idempotent=False`` retries in-process
-        only attempts that never reached the system; the engine may still retry the step.
+        and trace context go out with every attempt, and every attempt is recorded in its
+        lineage under ``operation`` (e.g. ``create_deal``; method and path by default), with
+        ``touches``, the outside id of the record the call acts on when the caller knows it
+        (an answer without an id, such as Odoo's ``action_confirm``, then still names it).
+        ``idempotent=False`` retries in-process only attempts that never reached the
+        system; the engine may still retry the step.
         """
         hdrs = dict(headers or {})
         if ctx is not None:
@@ -364,19 +401,25 @@ class HttpConnector:
             if ctx.traceparent:
                 hdrs["traceparent"] = ctx.traceparent
         method = method.upper()
+        named = operation or f"{method} {self._redact(path.split('?', 1)[0])}"
+        key = hdrs.get(self.idempotency_header) if self.idempotency_header else None
+        call = _Call(ctx, named, key, touches)
         return await self.guard.call(
-            lambda: self._attempt(method, path, json, params, hdrs),
+            lambda: self._attempt(method, path, json, params, hdrs, call),
             idempotent=idempotent, log_fields={"method": method, "path": path})
 
     async def _attempt(self, method: str, path: str, json: Any,
                        params: Mapping[str, Any] | None, headers: dict[str, str],
-                       ) -> httpx.Response:
+                       call: _Call | None = None) -> httpx.Response:
+        started = time.perf_counter()
         try:
             response = await self._client.request(
                 method, path, json=json, params=params, headers=headers)
         except httpx.RequestError as exc:
+            self._record(call, method, path, started, None, type(exc).__name__)
             raise self._request_error(method, path, exc) from exc
         verdict = self.classify(response)
+        self._record(call, method, path, started, response, None, verdict == "success")
         if verdict == "success":
             return response
         message = (f"connector {self.name!r}: {method} {path} answered "
@@ -385,6 +428,24 @@ class HttpConnector:
             raise PermanentConnectorError(message)
         raise RetryableHttpError(message, status=response.status_code,
                                  retry_after_s=retry_after_s(response))
+
+    def _record(self, call: _Call | None, method: str, path: str, started: float,
+                response: httpx.Response | None, error: str | None,
+                success: bool = False) -> None:
+        """The one place an attempt enters the step's lineage: redacted path, no query,
+        body or headers; the outside id only from a successful answer."""
+        if call is None or call.ctx is None:
+            return
+        call.attempts += 1
+        outside = call.touches
+        if response is not None and success and response.status_code < 400:
+            outside = self.outside_id(call.operation, response) or outside
+        call.ctx.record_call(ConnectorCall(
+            system=self.name, operation=call.operation, method=method,
+            path=self._redact(path.split("?", 1)[0]), attempt=call.attempts,
+            duration_ms=(time.perf_counter() - started) * 1000.0,
+            status=response.status_code if response is not None else None, error=error,
+            idempotency_key=call.key, outside_id=self._redact(outside) if outside else None))
 
     def _request_error(self, method: str, path: str, exc: httpx.RequestError) -> Exception:
         """The one place httpx's exceptions become ours."""
@@ -405,6 +466,20 @@ class HttpConnector:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+class _Call:
+    """One logical call's facts for the lineage, shared by its attempts."""
+
+    __slots__ = ("attempts", "ctx", "key", "operation", "touches")
+
+    def __init__(self, ctx: StepContext | None, operation: str, key: str | None,
+                 touches: str | None = None) -> None:
+        self.ctx = ctx
+        self.operation = operation
+        self.key = key
+        self.touches = touches
+        self.attempts = 0
 
 
 def retry_after_s(response: httpx.Response) -> float | None:

@@ -207,6 +207,9 @@ class ContentfulConnector(HttpConnector):
 
     # --- HTTP ---------------------------------------------------------------------------
 
+    outside_id_fields: ClassVar[tuple[tuple[str | int, ...], ...]] = (("sys", "id"),)
+    """The entry's id."""
+
     def classify(self, response: httpx.Response) -> Verdict:
         """Refusals come back to ``_call``, which knows the operation and reads Contentful's
         error id; retryable answers stay with the base."""
@@ -220,7 +223,7 @@ class ContentfulConnector(HttpConnector):
                     headers: Mapping[str, str] | None = None) -> httpx.Response:
         """One request; a refusal not in ``expect`` becomes ``PermanentConnectorError``."""
         response = await self.request(method, path, ctx=ctx, json=json, params=params,
-                                      headers=headers)
+                                      headers=headers, operation=operation.replace(" ", "_"))
         if response.status_code < 400 or response.status_code in expect:
             return response
         raise PermanentConnectorError(self._describe(operation, entry_id, response))

@@ -160,6 +160,10 @@ class HubSpotConnector(HttpConnector):
             body = _json(response)
         self.gate.observe(response.status_code, response.headers, body)
 
+    outside_id_fields: ClassVar[tuple[tuple[str | int, ...], ...]] = (
+        ("id",), ("results", 0, "id"))
+    """A deal's, note's or contact's id; a batch upsert's first result."""
+
     def classify(self, response: httpx.Response) -> Verdict:
         """Retryable answers stay errors at the base; HubSpot's refusals come back to the
         operation, which knows whether a 404 or 409 is an answer and words the error."""
@@ -269,7 +273,8 @@ class HubSpotConnector(HttpConnector):
     async def _call(self, operation: str, method: str, path: str, ctx: StepContext | None, *,
                     json: Any = None, params: Mapping[str, Any] | None = None,
                     accept: tuple[int, ...] = (200,)) -> httpx.Response:
-        response = await self.request(method, path, ctx=ctx, json=json, params=params)
+        response = await self.request(method, path, ctx=ctx, json=json, params=params,
+                                      operation=operation)
         if response.status_code not in accept:
             raise self._refusal(operation, response)
         return response

@@ -162,6 +162,7 @@ class OdooConnector(HttpConnector):
         """Call ``model.method`` with named ``params`` over the configured protocol and
         return its result; ``ids`` for record methods."""
         operation = f"{model}.{method}"
+        touches = ",".join(str(i) for i in ids) if ids else None
         if self.odoo.protocol == "json2":
             body: dict[str, Any] = dict(params)
             if ids is not None:
@@ -169,7 +170,8 @@ class OdooConnector(HttpConnector):
             if context:
                 body["context"] = context
             response = await self.request("POST", f"/json/2/{model}/{method}", ctx=ctx,
-                                          json=body, idempotent=idempotent)
+                                          json=body, idempotent=idempotent,
+                                          operation=operation, touches=touches)
             return self._decode(operation, response)
         kwargs = dict(params)
         if context:
@@ -178,14 +180,16 @@ class OdooConnector(HttpConnector):
         args = [self.odoo.database, uid, self._key, model, method,
                 [ids] if ids is not None else [], kwargs]
         return await self._rpc(ctx, operation, "object", "execute_kw", args,
-                               idempotent=idempotent)
+                               idempotent=idempotent, touches=touches)
 
     async def _rpc(self, ctx: StepContext | None, operation: str, service: str, method: str,
-                   args: list[Any], *, idempotent: bool = True) -> Any:
+                   args: list[Any], *, idempotent: bool = True,
+                   touches: str | None = None) -> Any:
         payload = {"jsonrpc": "2.0", "method": "call", "id": next(self._rpc_ids),
                    "params": {"service": service, "method": method, "args": args}}
         response = await self.request("POST", "/jsonrpc", ctx=ctx, json=payload,
-                                      idempotent=idempotent)
+                                      idempotent=idempotent, operation=operation,
+                                      touches=touches)
         return self._decode(operation, response)
 
     async def _authenticate(self, ctx: StepContext | None) -> int:
@@ -221,6 +225,12 @@ class OdooConnector(HttpConnector):
         if response.status_code >= 400 and isinstance(body.get("name"), str):
             return OdooFault(body["name"], str(body.get("message") or ""))
         return None
+
+    outside_id_fields: ClassVar[tuple[tuple[str | int, ...], ...]] = (
+        ("result",), ("result", 0), ("result", 0, "id"), (), (0,), (0, "id"))
+    """The record id a call made or found (a sale order's): JSON-RPC wraps the method's
+    result in ``result``, JSON-2 answers it as the body; ``create`` answers an id (or ids),
+    ``search_read`` records."""
 
     def classify(self, response: httpx.Response) -> Verdict:
         """A definitive Odoo error reads as "success" here, meaning only that Odoo answered

@@ -65,7 +65,13 @@ from connectors.base import (
     load_settings,
     parse_retry_after,
 )
-from hub import PermanentConnectorError, StepContext, TransientConnectorError, provides
+from hub import (
+    ConnectorCall,
+    PermanentConnectorError,
+    StepContext,
+    TransientConnectorError,
+    provides,
+)
 
 log = structlog.get_logger("connectors.stripe")
 
@@ -175,7 +181,8 @@ class StripeConnector:
             params["receipt_email"] = customer_email
         options = self._options(ctx, "create")
         intent = await self._call("create payment intent", lambda: (
-            self._client.v1.payment_intents.create_async(params, options)))
+            self._client.v1.payment_intents.create_async(params, options)),
+            ctx, options, ("create_payment_intent", "POST", "/v1/payment_intents"))
         return _intent(intent)
 
     async def confirm_payment_intent(self, ctx: StepContext | None, payment_intent_id: str,
@@ -187,14 +194,18 @@ class StripeConnector:
             params["payment_method"] = payment_method
         options = self._options(ctx, "confirm")
         intent = await self._call(f"confirm payment intent {payment_intent_id}", lambda: (
-            self._client.v1.payment_intents.confirm_async(payment_intent_id, params, options)))
+            self._client.v1.payment_intents.confirm_async(payment_intent_id, params, options)),
+            ctx, options, ("confirm_payment_intent", "POST",
+                           f"/v1/payment_intents/{payment_intent_id}/confirm"))
         return _intent(intent)
 
     async def retrieve_payment_intent(self, ctx: StepContext | None,
                                       payment_intent_id: str) -> dict[str, Any]:
         options = self._options(ctx, None)
         intent = await self._call(f"retrieve payment intent {payment_intent_id}", lambda: (
-            self._client.v1.payment_intents.retrieve_async(payment_intent_id, None, options)))
+            self._client.v1.payment_intents.retrieve_async(payment_intent_id, None, options)),
+            ctx, options, ("retrieve_payment_intent", "GET",
+                           f"/v1/payment_intents/{payment_intent_id}"))
         return _intent(intent)
 
     async def capture(self, ctx: StepContext | None, payment_intent_id: str, *,
@@ -207,7 +218,9 @@ class StripeConnector:
         try:
             intent = await self._call(f"capture payment intent {payment_intent_id}", lambda: (
                 self._client.v1.payment_intents.capture_async(
-                    payment_intent_id, params, options)))
+                    payment_intent_id, params, options)),
+                ctx, options, ("capture_payment_intent", "POST",
+                               f"/v1/payment_intents/{payment_intent_id}/capture"))
         except StripeRefused as exc:
             if exc.code != _UNEXPECTED_STATE:
                 raise
@@ -227,7 +240,9 @@ class StripeConnector:
         try:
             intent = await self._call(operation, lambda: (
                 self._client.v1.payment_intents.cancel_async(
-                    payment_intent_id, params, options)))
+                    payment_intent_id, params, options)),
+                ctx, options, ("cancel_payment_intent", "POST",
+                               f"/v1/payment_intents/{payment_intent_id}/cancel"))
         except StripeRefused as exc:
             if exc.code != _UNEXPECTED_STATE:
                 raise
@@ -257,7 +272,8 @@ class StripeConnector:
             params["metadata"] = dict(metadata)
         options = self._options(ctx, "refund")
         refund = await self._call(f"refund payment intent {payment_intent_id}", lambda: (
-            self._client.v1.refunds.create_async(params, options)))
+            self._client.v1.refunds.create_async(params, options)),
+            ctx, options, ("create_refund", "POST", "/v1/refunds"))
         intent = refund.payment_intent
         return {"id": refund.id, "status": refund.status, "amount": refund.amount,
                 "payment_intent": intent if isinstance(intent, str | None) else intent.id}
@@ -274,14 +290,51 @@ class StripeConnector:
             options["headers"] = {"traceparent": ctx.traceparent}
         return options
 
-    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]],
+                    ctx: StepContext | None, options: stripe.RequestOptions,
+                    lineage: tuple[str, str, str]) -> T:
+        """One logical call; ``lineage`` (name, method, path) is what each attempt records
+        in the step's lineage, as the SDK would send it."""
+        attempts = 0
+
         async def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
+            started = time.perf_counter()
             try:
-                return await call()
+                result = await call()
             except stripe.StripeError as exc:
+                self._record(ctx, options, lineage, attempts, started, None, exc)
                 raise self._map_error(operation, exc) from exc
+            self._record(ctx, options, lineage, attempts, started, result, None)
+            return result
 
         return await self.guard.call(attempt, log_fields={"operation": operation})
+
+    def _record(self, ctx: StepContext | None, options: stripe.RequestOptions,
+                lineage: tuple[str, str, str], attempt: int, started: float,
+                result: object, exc: stripe.StripeError | None) -> None:
+        """The one place an attempt enters the lineage: the object's id (``pi_...``,
+        ``re_...``) is the outside id; no parameters, headers or key."""
+        if ctx is None:
+            return
+        name, method, path = lineage
+        status: int | None = None
+        error: str | None = None
+        if exc is not None:
+            status = exc.http_status
+            if status is None:
+                error = type(exc.__cause__ or exc).__name__
+        else:
+            response = getattr(result, "last_response", None)
+            status = getattr(response, "code", None)
+        outside = getattr(result, "id", None) if exc is None else None
+        ctx.record_call(ConnectorCall(
+            system=self.name, operation=name, method=method, path=self._redact(path),
+            attempt=attempt, duration_ms=(time.perf_counter() - started) * 1000.0,
+            status=status if isinstance(status, int) else None, error=error,
+            idempotency_key=options.get("idempotency_key"),
+            outside_id=self._redact(outside) if isinstance(outside, str) else None))
 
     def _map_error(self, operation: str, exc: stripe.StripeError,
                    ) -> TransientConnectorError | PermanentConnectorError:

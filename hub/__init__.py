@@ -1,5 +1,6 @@
 """The integration hub's public API: the workflow SDK and the ``Hub`` that runs it."""
 
+from hub.engine.calls import ConnectorCall as ConnectorCall
 from hub.engine.context import Container as Container
 from hub.engine.context import StepContext as StepContext
 from hub.engine.context import provides as provides
@@ -42,6 +43,7 @@ from hub.store.store import AuditRecord as AuditRecord
 
 __all__ = [
     "AuditRecord",
+    "ConnectorCall",
     "Container",
     "DefinitionError",
     "ExecutionEvent",

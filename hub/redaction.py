@@ -74,6 +74,24 @@ class Redaction:
             return [self.value(v, _depth + 1) for v in value]
         return value
 
+    def path(self, path: str) -> str:
+        """A URL path as the lineage may keep it: no query string or fragment, and a segment
+        that follows a secret-named one (``/cards/4242...``) or is one's value
+        (``key=value``) replaced by ``***``."""
+        path = path.split("?", 1)[0].split("#", 1)[0]
+        out: list[str] = []
+        after_secret = False
+        for segment in path.split("/"):
+            name, eq, _ = segment.partition("=")
+            if after_secret and segment:
+                out.append(REDACTED)
+            elif eq and self.secret(name):
+                out.append(f"{name}={REDACTED}")
+            else:
+                out.append(segment)
+            after_secret = bool(segment) and self.secret(name)
+        return "/".join(out)
+
     def log_processor(self, _logger: Any, _method: str,
                       event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         """A structlog processor: a log line never carries a secret field's value."""

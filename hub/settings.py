@@ -96,6 +96,10 @@ class HubSettings(BaseSettings):
         default=1_048_576, ge=1024,
         description="largest event a step may emit (value, key and headers, as Kafka "
                     "counts them); the relay's producer accepts up to this")
+    max_calls_per_step: int = Field(
+        default=50, ge=1, le=10_000,
+        description="connector calls recorded per step attempt in the lineage; further ones "
+                    "are counted as dropped")
     outbox_retention_s: float = Field(
         default=7 * 86400.0, gt=0,
         description="seconds published outbox rows are kept; unpublished and failed ones "

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hub
 
 PUBLIC = [
-    "AuditRecord", "Container", "DefinitionError", "ExecutionEvent", "ExecutionNotFound", "Hub",
-    "HubError",
+    "AuditRecord", "ConnectorCall", "Container", "DefinitionError", "ExecutionEvent",
+    "ExecutionNotFound", "Hub", "HubError",
     "HubSettings", "InputValidationError", "InvalidTransition", "PayloadTooLarge",
     "PermanentConnectorError", "PermanentStepError", "Run", "RunStatus", "StepContext",
     "StepDefinition", "StepError", "StepResponse", "StepRun", "StepState", "SubscriberContext",

@@ -91,7 +91,8 @@ class RunOut(BaseModel):
     transaction_id: str
     status: RunStatus
     state: str = Field(description="Medusa's name for the transaction state")
-    phase: str = Field(description="forward, compensating or cancelling")
+    phase: str = Field(description="forward, compensating or cancelling while it runs; its "
+                                   "end status once it ended")
     input: JSON = None
     result: JSON = None
     error: dict[str, Any] | None = None
@@ -161,10 +162,36 @@ class OutboxRetried(BaseModel):
     ids: list[str] = Field(description="the events made due (their attempts count afresh)")
 
 
+class ConnectorCallOut(BaseModel):
+    """One HTTP attempt a step (or its compensation) made to an outside system: the lineage
+    from an execution to what it did elsewhere. No bodies, headers or query strings."""
+
+    step: str
+    compensating: bool = Field(description="made by the step's compensation")
+    step_attempt: int = Field(description="the step's (or compensation's) attempt")
+    system: str = Field(description="the connector: stripe, odoo, hubspot, contentful, ...")
+    operation: str = Field(description="what the call does, e.g. create_payment_intent")
+    method: str
+    path: str = Field(description="redacted, without the query string")
+    status: int | None = Field(default=None, description="HTTP status, if it answered")
+    error: str | None = Field(default=None, description="the transport error, if it did not")
+    duration_ms: float
+    attempt: int = Field(description="the attempt within the connector's in-process retries")
+    idempotency_key: str | None = None
+    outside_id: str | None = Field(
+        default=None, description="the outside system's id of what it created or touched")
+    dropped: int = Field(default=0, description="calls of this step attempt beyond "
+                                                "HUB_MAX_CALLS_PER_STEP, not kept")
+    at: datetime
+
+
 class ExecutionDetail(RunOut):
-    """An execution with the events it published."""
+    """An execution with the events it published and the connector calls it made."""
 
     outbox: list[OutboxEventOut] = Field(default_factory=list)
+    calls: list[ConnectorCallOut] = Field(
+        default_factory=list,
+        description="connector calls in the order they were made (the first 1000)")
 
 
 class ExecutionSummary(BaseModel):

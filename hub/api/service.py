@@ -26,6 +26,7 @@ import structlog
 
 from hub.api.keys import ApiKey
 from hub.api.models import (
+    ConnectorCallOut,
     ExecutionDetail,
     ExecutionPage,
     ExecutionSummary,
@@ -44,7 +45,7 @@ from hub.api.models import (
 from hub.engine.context import Container, StepContext
 from hub.engine.hub import Hub
 from hub.engine.payload import storable_text
-from hub.engine.run import FINAL_STATUSES, Run, RunStatus
+from hub.engine.run import FINAL_STATUSES, Run, RunStatus, shown_phase
 from hub.errors import (
     BrokerUnavailable,
     DuplicateDelivery,
@@ -159,7 +160,8 @@ def run_out(run: Run) -> RunOut:
     return RunOut(
         id=run.id, workflow=run.workflow, version=run.version,
         transaction_id=run.transaction_id, status=RunStatus(run.status), state=run.state,
-        phase=run.phase, input=run.input, result=run.result, error=run.error,
+        phase=shown_phase(run.status, run.phase), input=run.input, result=run.result,
+        error=run.error,
         trigger=run.trigger, parked=run.parked, created_at=_aware(run.created_at),
         finished_at=_aware(run.finished_at), steps=[step_out(s) for s in run.steps.values()],
     )
@@ -186,7 +188,7 @@ def _summary(row: dict[str, Any]) -> ExecutionSummary:
     return ExecutionSummary(
         id=str(row["id"]), workflow=row["workflow"], version=row["version"],
         transaction_id=row["transaction_id"], status=RunStatus(row["status"]),
-        phase=row["phase"],
+        phase=shown_phase(row["status"], row["phase"]),
         trigger_kind=trigger.get("kind") if isinstance(trigger, dict) else None,
         trigger=trigger, parked=row["parked"], archived=row["archived"],
         error=row["error_message"], error_step=row["error_step"],
@@ -663,6 +665,7 @@ class HubService:
         secret fields redacted unless ``raw`` (a key with the ``raw`` scope)."""
         run = await self._run(ref, workflow)
         events = await self.hub.store.api_outbox_for_execution(uuid.UUID(run.id))
+        calls = await self.hub.store.api_calls_for_execution(uuid.UUID(run.id))
         detail = ExecutionDetail(
             **run_out(run).model_dump(),
             outbox=[OutboxEventOut(
@@ -671,6 +674,7 @@ class HubService:
                 sent_at=e["sent_at"], attempts=e["attempts"], last_error=e["last_error"],
                 state=e["state"], failed_at=e["failed_at"])
                 for e in events],
+            calls=[ConnectorCallOut(**c) for c in calls],
         )
         return detail if raw else self._redacted(detail)
 

@@ -88,8 +88,9 @@ def add_execution_commands(app: typer.Typer) -> None:
              raw: Annotated[bool, typer.Option(
                  "--raw", help="payloads as stored: secret fields unredacted")] = False,
              ) -> None:
-        """Every step's state, attempts, errors, the trigger and the published events;
-        secret fields (HUB_REDACT_FIELDS) read *** unless --raw."""
+        """Every step's state, attempts, errors, the trigger, the connector calls (with the
+        outside systems' ids) and the published events; secret fields (HUB_REDACT_FIELDS)
+        read *** unless --raw."""
         detail = _with_service(lambda svc: svc.execution(ref, workflow=workflow, raw=raw))
         typer.echo(json.dumps(_dump(detail), indent=2, default=str))
 

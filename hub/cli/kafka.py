@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from hub.cli.progress import ProgressLine, bar
 from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
 from hub.errors import HubError
@@ -73,15 +74,13 @@ def one_line(text: str, width: int) -> str:
     return cut + "…"
 
 
-def _bar(label: str) -> Callable[[int, int], None]:
+def _bar(label: str, line: ProgressLine) -> Callable[[int, int], None]:
     """A one-line progress bar on stderr (stdout stays for results)."""
 
     def show(done: int, total: int) -> None:
-        filled = int(30 * done / max(1, total))
-        sys.stderr.write(f"\r{label:10} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+        line.draw(f"{label:10} {bar(done, total)} {done}/{total}")
         if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+            line.end()
 
     return show
 
@@ -271,11 +270,10 @@ def add_kafka_commands(app: typer.Typer) -> None:
             typer.echo("error: give at most one of --to-timestamp, --to-offset", err=True)
             raise typer.Exit(2)
 
+        line = ProgressLine()
+
         def progress(tp: str, first: int, pos: int, last: int) -> None:
-            span = max(1, last - first)
-            done = int(30 * (pos - first) / span)
-            sys.stderr.write(f"\r{tp:28} [{'#' * done}{'.' * (30 - done)}] {pos}/{last}")
-            sys.stderr.flush()
+            line.draw(f"{tp:28} {bar(pos - first, last - first)} {pos}/{last}", key=tp)
 
         async def go() -> Any:
             settings, bootstrap = _kafka()
@@ -290,16 +288,15 @@ def add_kafka_commands(app: typer.Typer) -> None:
             if to_timestamp is not None or to_offset is not None:
                 stop = Position(offset=to_offset, timestamp=parse_timestamp(to_timestamp)
                                 if to_timestamp else None)
-            async with Hub(settings=hs, execute=False) as hub:
-                return await replay(hub, load_topics(settings.topics_file, settings.topic_prefix),
-                                    SUBSCRIBERS.with_prefix(settings.topic_prefix),
-                                    settings, bootstrap, topic, start, stop,
-                                    partitions=partition, dry_run=dry_run, new_runs=new_runs,
-                                    progress=None if as_json else progress)
+            topics = load_topics(settings.topics_file, settings.topic_prefix)
+            with line:
+                async with Hub(settings=hs, execute=False) as hub:
+                    return await replay(hub, topics, SUBSCRIBERS.with_prefix(settings.topic_prefix),
+                                        settings, bootstrap, topic, start, stop,
+                                        partitions=partition, dry_run=dry_run,
+                                        new_runs=new_runs, progress=None if as_json else progress)
 
         report = _run(go)
-        if not as_json:
-            sys.stderr.write("\n")
 
         def human() -> None:
             verb = "would start" if dry_run else "started"
@@ -439,32 +436,34 @@ def add_kafka_commands(app: typer.Typer) -> None:
             load_modules(settings.subscribers)
             topics = load_topics(settings.topics_file, settings.topic_prefix)
             subs = SUBSCRIBERS.with_prefix(settings.topic_prefix)
-            bar = None if as_json else _bar("redrive")
-            async with Hub(settings=hs, execute=False) as hub:
-                if refs:
-                    found = await read_letters(hub, settings, bootstrap, list(refs))
-                    missing = sorted(set(refs) - set(found))
-                    if missing:
-                        return missing
-                    return await redrive(hub, topics, subs, settings, bootstrap,
-                                         [found[r] for r in dict.fromkeys(refs)],
-                                         to_subscriber=to_subscriber, progress=bar)
-                assert all_of is not None
-                # a page at a time, up to where the topic ended at the start: a letter that
-                # fails again lands past that end and is not redriven twice by one command
-                upto = await end_offsets(settings, bootstrap, all_of)
-                done: list[dict[str, Any]] = []
-                cursor: str | None = None
-                while True:
-                    page = await read_dead_letters(hub, settings, bootstrap, all_of,
-                                                   cursor=cursor, upto=upto)
-                    chosen = [d for d in page.letters if not d.redriven]
-                    if chosen:
-                        done += await redrive(hub, topics, subs, settings, bootstrap, chosen,
-                                              to_subscriber=to_subscriber, progress=bar)
-                    if page.next is None:
-                        return done
-                    cursor = page.next
+            line = ProgressLine()
+            shown = None if as_json else _bar("redrive", line)
+            with line:
+                async with Hub(settings=hs, execute=False) as hub:
+                    if refs:
+                        found = await read_letters(hub, settings, bootstrap, list(refs))
+                        missing = sorted(set(refs) - set(found))
+                        if missing:
+                            return missing
+                        return await redrive(hub, topics, subs, settings, bootstrap,
+                                             [found[r] for r in dict.fromkeys(refs)],
+                                             to_subscriber=to_subscriber, progress=shown)
+                    assert all_of is not None
+                    # a page at a time, up to where the topic ended at the start: a letter that
+                    # fails again lands past that end and is not redriven twice by one command
+                    upto = await end_offsets(settings, bootstrap, all_of)
+                    done: list[dict[str, Any]] = []
+                    cursor: str | None = None
+                    while True:
+                        page = await read_dead_letters(hub, settings, bootstrap, all_of,
+                                                       cursor=cursor, upto=upto)
+                        chosen = [d for d in page.letters if not d.redriven]
+                        if chosen:
+                            done += await redrive(hub, topics, subs, settings, bootstrap, chosen,
+                                                  to_subscriber=to_subscriber, progress=shown)
+                        if page.next is None:
+                            return done
+                        cursor = page.next
 
         done = _run(go)
         if done and isinstance(done[0], str):

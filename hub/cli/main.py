@@ -23,6 +23,7 @@ from hub.cli.executions import add_execution_commands
 from hub.cli.jobs import add_job_commands
 from hub.cli.kafka import add_kafka_commands
 from hub.cli.outbox import add_outbox_commands
+from hub.cli.progress import ProgressLine
 from hub.cli.sandbox import SANDBOX_PORT, add_sandbox_command, export_env, sandbox_server
 from hub.cli.settings import add_settings_command
 from hub.cli.signals import cancelled_by_signal, until_signalled
@@ -180,10 +181,9 @@ def purge(
 
     async def run() -> int:
         async with Hub(settings=process_settings().engine, execute=False) as hub:
-            total = await hub.purge(grace_seconds=grace_days * 86400.0, progress=lambda n: (
-                typer.echo(f"\rpurged {n} execution(s)", nl=False, err=True)))
-            typer.echo("", err=True)
-            return total
+            with ProgressLine() as line:
+                return await hub.purge(grace_seconds=grace_days * 86400.0, progress=lambda n: (
+                    line.draw(f"purged {n} execution(s)")))
 
     typer.echo(f"purged {asyncio.run(run())} finished execution(s) (and outbox events "
                "published longer ago than HUB_OUTBOX_RETENTION_S)")

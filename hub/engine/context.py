@@ -11,9 +11,12 @@ from typing import Any, TypeVar
 import structlog
 
 from hub import tracing
+from hub.engine.calls import DEFAULT_MAX_CALLS, CallLog, ConnectorCall
 from hub.engine.events import DEFAULT_MAX_EVENT_BYTES, check_event
 from hub.engine.payload import to_json
 from hub.errors import HubError, ServiceConfigError
+from hub.redaction import DEFAULT as DEFAULT_REDACTION
+from hub.redaction import Redaction
 
 _OUTBOX_NS = uuid.UUID("6f1c1d0e-52a3-4c2e-9a55-3b0f3a1e7c11")
 
@@ -140,10 +143,17 @@ class StepContext:
         """This step's forward context (its idempotency key, not the compensation's): a
         compensation whose step recorded no output replays the forward call with it, so the
         outside system answers with what the lost call made, and undoes that."""
-        return dataclasses.replace(self, compensating=False, outbox=[],
+        return dataclasses.replace(self, compensating=False, outbox=[], calls=self.calls,
                                    idempotency_key=f"{self.execution_id}:{self.step}")
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     """The largest record ``emit`` accepts (``HUB_MAX_EVENT_BYTES``)."""
+    calls: CallLog = field(default_factory=CallLog, repr=False)
+    """The connector calls of this attempt, stored with its checkpoint (the lineage)."""
+
+    def record_call(self, call: ConnectorCall) -> None:
+        """Connectors report each HTTP attempt here; it is stored with this attempt's
+        outcome, in the same checkpoint, so lineage costs no round trip of its own."""
+        self.calls.add(call)
 
     @property
     def traceparent(self) -> str | None:
@@ -191,6 +201,8 @@ class StepContext:
         output_recorded: bool = True,
         step_input: Any = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_calls: int = DEFAULT_MAX_CALLS,
+        redaction: Redaction = DEFAULT_REDACTION,
     ) -> StepContext:
         key = f"{execution_id}:{step}" + (":compensate" if compensating else "")
         return StepContext(
@@ -211,4 +223,5 @@ class StepContext:
             output_recorded=output_recorded,
             step_input=step_input,
             max_event_bytes=max_event_bytes,
+            calls=CallLog(max_calls, redaction),
         )

@@ -10,6 +10,7 @@ import time
 import uuid
 from typing import Any
 
+from hub.engine.context import StepContext
 from hub.engine.graph import INPUT, Expr, Graph, Ref, StepNode
 from hub.engine.registry import WorkflowSpec
 from hub.engine.run import (
@@ -53,6 +54,10 @@ class Execution:
         self.dirty: set[str] = set()
         self.events: list[list[str]] = []
         self.outbox: list[dict[str, Any]] = []
+        self.calls: list[dict[str, Any]] = []
+        """Connector calls of attempts that landed, written with the next checkpoint."""
+        self.attempts: dict[str, StepContext] = {}
+        """The context of each step attempt in flight: its calls are taken when it lands."""
         self.seq = 1 + max((s.get("seq") or 0 for s in self.steps.values()), default=0)
         self.signals_upto = 0  # applied and not yet deleted
         self.signals_seen = 0  # the highest id applied by this drive (never reset)

@@ -30,11 +30,12 @@ from hub.engine.checkpoint import Batcher
 from hub.engine.context import Container, StepContext
 from hub.engine.execution import Execution, ResolveError
 from hub.engine.graph import StepNode
-from hub.engine.payload import Unserializable, clean_json, encode, to_json
+from hub.engine.payload import Unserializable, clean_json, encode, tail_lines, to_json
 from hub.engine.registry import Registry
 from hub.engine.response import StepResponse
 from hub.engine.run import Run, RunStatus, StepState
 from hub.errors import LeaseLost, PayloadTooLarge, StoreError, UnknownWorkflow
+from hub.redaction import Redaction
 from hub.settings import HubSettings
 from hub.store.store import CheckpointRow, Store, is_data_error, is_disconnect
 from hub.types import JSON
@@ -66,11 +67,7 @@ def _error(step: str, exc: BaseException | str, attempt: int, **extra: Any) -> d
 
 def _traceback_tail(exc: BaseException, limit: int) -> str:
     """The end of a traceback, cut at a line boundary so it reads from a whole line."""
-    text = "".join(traceback.format_exception(exc))
-    if len(text) <= limit:
-        return text
-    tail = text[-limit:]
-    return tail[tail.find("\n") + 1:] if "\n" in tail else tail
+    return tail_lines("".join(traceback.format_exception(exc)), limit)
 
 
 def _record_landing(landed: list[str], step_id: str, _task: object) -> None:
@@ -106,6 +103,7 @@ class Executor:
         self._background: list[asyncio.Task[None]] = []
         self._closing = False
         self._step_events_until = 0.0
+        self._redaction = Redaction(settings.redact_fields)
         self.checkpoints: Batcher[CheckpointRow, uuid.UUID] = Batcher(
             store.checkpoint_batch, lambda r: r.id, isolate=is_data_error
         )
@@ -348,7 +346,7 @@ class Executor:
                             reason=f"database unavailable: {exc!r}"[:300])
                 return
             log.error("engine_error", execution_id=ex.sid, error=repr(exc),
-                      traceback=traceback.format_exc()[-2000:])
+                      traceback=tail_lines(traceback.format_exc(), 2000))
             message = f"engine error: {exc!r}"
             with contextlib.suppress(Exception):
                 await self.store.park(ex.id, ex.epoch, message)
@@ -423,6 +421,10 @@ class Executor:
             for step_id in finished:
                 task = running.pop(step_id)
                 outcome = Outcome("cut") if task.cancelled() else task.result()
+                ctx = ex.attempts.pop(step_id, None)
+                if ctx is not None and ctx.calls.calls:
+                    # whatever the attempt came to, a cut included: its calls happened
+                    ex.calls.extend(ctx.calls.rows(ctx.step, ctx.attempt, ctx.compensating))
                 node = ex.graph.steps[step_id]
                 if ex.state(step_id) == StepState.COMPENSATING:
                     self._on_compensated(ex, node, outcome)
@@ -694,6 +696,7 @@ class Executor:
             failure=ex.error if compensating else None,
             output_recorded=not unrecorded, step_input=step_input,
             max_event_bytes=self.settings.max_event_bytes,
+            max_calls=self.settings.max_calls_per_step, redaction=self._redaction,
         )
 
     async def _call(self, fn: Any, value: Any, ctx: StepContext, timeout: float | None) -> Any:
@@ -711,12 +714,14 @@ class Executor:
 
     async def _invoke(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
         t0 = time.perf_counter()
-        outcome = await self._invoke_once(ex, node, attempt)
+        ctx = ex.attempts[node.id] = self._ctx(ex, node, attempt, False)
+        outcome = await self._invoke_once(ex, node, attempt, ctx)
         metrics.STEP_DURATION.labels(ex.workflow, node.step_name, outcome.kind).observe(
             time.perf_counter() - t0)
         return outcome
 
-    async def _invoke_once(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
+    async def _invoke_once(self, ex: Execution, node: StepNode, attempt: int,
+                           ctx: StepContext) -> Outcome:
         try:
             value = ex.resolve(node.input)
             if node.input_model is not None:
@@ -726,7 +731,6 @@ class Executor:
                 node.id, f"input of step {node.id!r} does not validate: {exc}", attempt))
         except ResolveError as exc:
             return Outcome("permanent", error=_error(node.id, str(exc), attempt))
-        ctx = self._ctx(ex, node, attempt, False)
         try:
             result = await self._call(node.invoke, value, ctx, node.options.timeout)
         except TimeoutError as exc:
@@ -764,14 +768,16 @@ class Executor:
         return Outcome("ok", out_json, comp_json, outbox=outbox)
 
     async def _compensate(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
-        outcome = await self._compensate_once(ex, node, attempt)
+        ctx = ex.attempts[node.id] = self._ctx(ex, node, attempt, True)
+        outcome = await self._compensate_once(ex, node, ctx)
         metrics.COMPENSATIONS.labels(ex.workflow, node.step_name, outcome.kind).inc()
         return outcome
 
-    async def _compensate_once(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
+    async def _compensate_once(self, ex: Execution, node: StepNode,
+                               ctx: StepContext) -> Outcome:
         assert node.compensate is not None
         st = ex.step(node.id)
-        ctx = self._ctx(ex, node, attempt, True)
+        attempt = ctx.attempt
         try:
             await self._call(node.compensate, st.get("compensate_input"), ctx,
                              node.options.timeout)
@@ -883,6 +889,7 @@ class Executor:
                       else self.settings.retention_days * 86400.0),
             events=events,
             outbox=json.dumps(ex.outbox) if ex.outbox else None,
+            calls=json.dumps(ex.calls, separators=(",", ":")) if ex.calls else None,
             seen=ex.signals_seen,
         )
 
@@ -893,6 +900,7 @@ class Executor:
         ex.dirty.clear()
         ex.events.clear()
         ex.outbox.clear()
+        ex.calls.clear()
         ex.new_error = None
         ex.status_dirty = False
         if ex.signals_upto:

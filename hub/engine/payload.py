@@ -48,6 +48,19 @@ def clean_json(value: Any) -> Any:
     return value
 
 
+def tail_lines(text: str, limit: int) -> str:
+    """The end of ``text`` within ``limit`` characters, from the start of a line: a cut
+    traceback reads from a whole frame line, not from the middle of one. A last line
+    longer than ``limit`` is kept as its own tail."""
+    if len(text) <= limit:
+        return text
+    start = len(text) - limit
+    if text[start - 1] == "\n":
+        return text[start:]
+    cut = text.find("\n", start)
+    return text[cut + 1:] if cut != -1 and cut + 1 < len(text) else text[start:]
+
+
 class Unserializable(HubError, TypeError):
     """A value that cannot be stored as JSON."""
 

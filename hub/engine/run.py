@@ -84,6 +84,12 @@ def medusa_state(status: str, phase: str) -> str:
     return "invoking"
 
 
+def shown_phase(status: str, phase: str) -> str:
+    """The phase the API, console and CLI show: the stored one while the run is live, its
+    end status once it ended (a compensated run is no longer ``compensating``)."""
+    return status if status in FINAL_STATUSES else phase
+
+
 @dataclass(frozen=True)
 class StepRun:
     """One step of a run, as stored."""

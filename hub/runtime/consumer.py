@@ -37,6 +37,7 @@ from pydantic import BaseModel
 from hub import metrics, tracing
 from hub.engine.checkpoint import Batcher
 from hub.engine.hub import Hub
+from hub.engine.payload import tail_lines
 from hub.errors import HubError
 from hub.runtime import constants as h
 from hub.runtime.admin import existing_topics
@@ -142,7 +143,7 @@ def dead_letter_context(
     if isinstance(exc, BaseException):
         cls = f"{type(exc).__module__}.{type(exc).__qualname__}"
         message = str(exc) or repr(exc)
-        stack = "".join(traceback.format_exception(exc))[-8000:]
+        stack = tail_lines("".join(traceback.format_exception(exc)), 8000)
     else:
         cls, message, stack = "hub.runtime.consumer.EventRejected", exc, ""
     ctx = {

@@ -9,10 +9,11 @@ emptied is not dead-lettered at all, and the consumer parks its partition instea
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from hub.engine.payload import tail_lines
 from hub.runtime import constants as h
 
 Headers = list[tuple[str, bytes]]
@@ -21,13 +22,13 @@ Headers = list[tuple[str, bytes]]
 CUT_MESSAGE_CHARS = 1000
 """An exception message kept to its head: the head says what went wrong."""
 CUT_STACK_CHARS = 2000
-"""A traceback kept to its tail: the last frames and the exception line."""
+"""A traceback kept to its tail, from a line start: the last frames and the exception line."""
 CUT_KEY_CHARS = 200
 """The decoded copy of the key in ``hub.errors.key`` (the key itself is sent whole)."""
 
-_CUT = {
+_CUT: dict[str, Callable[[str], str]] = {
     h.DLQ_EXCEPTION_MESSAGE: lambda v: v[:CUT_MESSAGE_CHARS],
-    h.DLQ_EXCEPTION_STACKTRACE: lambda v: v[-CUT_STACK_CHARS:],
+    h.DLQ_EXCEPTION_STACKTRACE: lambda v: tail_lines(v, CUT_STACK_CHARS),
     h.DLQ_KEY: lambda v: v[:CUT_KEY_CHARS],
 }
 

@@ -43,14 +43,15 @@ FROM ins"""
 NOTIFY = """SELECT pg_notify($1, $2)"""
 
 CHECKPOINT_BATCH = """-- 1 round trip, 1 commit for the checkpoints of many executions (group commit);
--- the epoch guard refuses a write from a worker whose lease was taken over; outbox rows and
--- the notification commit with the checkpoint, only for rows that were written
+-- the epoch guard refuses a write from a worker whose lease was taken over; outbox rows,
+-- connector calls (lineage) and the notification commit with the checkpoint, only for rows
+-- that were written
 WITH c AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[],
                          $6::text[], $7::text[], $8::bool[], $9::float8[], $10::bool[],
-                         $11::float8[], $12::text[], $14::text[], $15::bigint[])
+                         $11::float8[], $12::text[], $14::text[], $15::bigint[], $16::text[])
         AS c(id, epoch, status, phase, steps, result, error, hold, due_s, finished,
-             retain_s, events, outbox, seen)
+             retain_s, events, outbox, seen, calls)
 ), locked AS (
     -- rows are locked in id order, as RENEW_LEASES does: two multi-row writers never deadlock
     SELECT e.id FROM {s}.execution e JOIN c ON c.id = e.id ORDER BY e.id FOR UPDATE OF e
@@ -76,7 +77,7 @@ WITH c AS (
         updated_at   = now()
     FROM c
     WHERE e.id = c.id AND e.epoch = c.epoch AND e.id IN (SELECT id FROM locked)
-    RETURNING e.id, c.events, c.outbox
+    RETURNING e.id, c.events, c.outbox, c.calls
 ), o AS (
     INSERT INTO {s}.outbox (id, execution_id, step, topic, key, payload, headers)
     SELECT (x->>'id')::uuid, u.id, x->>'step', x->>'topic', x->>'key', x->'payload',
@@ -84,6 +85,20 @@ WITH c AS (
     FROM u, jsonb_array_elements(u.outbox::jsonb) AS x
     WHERE u.outbox IS NOT NULL
     ON CONFLICT (id) DO NOTHING
+), k AS (
+    -- a step attempt that called nothing sends NULL: no row, no cost
+    INSERT INTO {s}.connector_call (execution_id, step, compensating, step_attempt, seq, system,
+        operation, method, path, status, error, duration_ms, attempt, idempotency_key,
+        outside_id, dropped, at)
+    SELECT u.id, x.step, x.compensating, x.step_attempt, x.seq, x.system, x.operation,
+           x.method, x.path, x.status, x.error, x.duration_ms, x.attempt, x.idempotency_key,
+           x.outside_id, x.dropped, to_timestamp(x.at)
+    FROM u, jsonb_to_recordset(u.calls::jsonb) AS x(
+        step text, compensating bool, step_attempt int, seq int, system text, operation text,
+        method text, path text, status int, error text, duration_ms float8, attempt int,
+        idempotency_key text, outside_id text, dropped int, at float8)
+    WHERE u.calls IS NOT NULL
+    ON CONFLICT DO NOTHING
 )
 SELECT u.id, CASE WHEN u.events IS NOT NULL THEN pg_notify($13, u.events)::text END AS n
 FROM u"""
@@ -221,6 +236,11 @@ WHERE id IN (SELECT id FROM {s}.execution
              LIMIT $2)"""
 
 FORGET_EXECUTION = """-- a store=False run: only what dedupes its transaction id stays, until purged
+WITH calls AS (
+    DELETE FROM {s}.connector_call c USING {s}.execution e
+    WHERE c.execution_id = $1 AND e.id = $1 AND e.status = 'succeeded'
+      AND e.finished_at IS NOT NULL
+)
 UPDATE {s}.execution SET input = NULL, steps = '{}'::jsonb, result = NULL,
        retain_until = now() + make_interval(secs => $2)
 WHERE id = $1 AND status = 'succeeded' AND finished_at IS NOT NULL"""
@@ -583,6 +603,13 @@ API_OUTBOX_FOR_EXECUTION = """-- the events one execution published, with the st
 SELECT id, step, topic, key, payload, headers, created_at, sent_at, attempts, last_error,
        failed_at, """ + OUTBOX_DUE + """ AS next_attempt_at, """ + OUTBOX_STATE + """ AS state
 FROM {s}.outbox WHERE execution_id = $1 ORDER BY created_at, id"""
+
+API_CALLS_FOR_EXECUTION = """-- the connector calls of one execution in the order they were made (its primary key)
+SELECT step, compensating, step_attempt, seq, system, operation, method, path, status, error,
+       duration_ms, attempt, idempotency_key, outside_id, dropped, at
+FROM {s}.connector_call WHERE execution_id = $1
+ORDER BY at, step, compensating, step_attempt, seq
+LIMIT $2"""
 
 # -- console (hub.api.console, through HubService) -----------------------------------------
 

@@ -125,6 +125,7 @@ class CheckpointRow:
     retain_s: float | None
     events: str | None
     outbox: str | None = None
+    calls: str | None = None  # the connector calls of the attempts it records (lineage)
     seen: int = 0  # the highest signal id this execution's worker has applied
 
 
@@ -346,6 +347,7 @@ class Store:
             [r.error for r in rows], [r.hold for r in rows], [r.due_s for r in rows],
             [r.finished for r in rows], [r.retain_s for r in rows], [r.events for r in rows],
             self.channel, [r.outbox for r in rows], [r.seen for r in rows],
+            [r.calls for r in rows],
         )
         return {r["id"] for r in recs}
 
@@ -728,6 +730,12 @@ class Store:
     async def api_outbox_for_execution(self, execution_id: uuid.UUID) -> list[Row]:
         recs = await self._fetch(q.API_OUTBOX_FOR_EXECUTION, execution_id)
         return [_decode_row(r) for r in recs]
+
+    async def api_calls_for_execution(self, execution_id: uuid.UUID,
+                                      limit: int = 1000) -> list[Row]:
+        """The connector calls an execution made, oldest first, at most ``limit``."""
+        recs = await self._fetch(q.API_CALLS_FOR_EXECUTION, execution_id, limit)
+        return [dict(r) for r in recs]
 
     # -- console (through HubService) ----------------------------------------------------
     async def api_execution_buckets(self, since: Any, bucket_s: int) -> list[Row]:

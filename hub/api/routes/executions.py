@@ -95,7 +95,9 @@ async def list_executions(
 async def get_execution(execution: ExecutionRef, service: ServiceDep, key: ReadKey,
                         workflow: WorkflowFilter = None) -> ExecutionDetail:
     """Every step's state, attempts, timings and errors, the compensation errors, the
-    trigger lineage, and the outbox events the execution published. Secret fields
+    trigger lineage, the connector calls its steps made (``calls``: system, operation,
+    status, duration, key, outside id), and the outbox events the execution published.
+    Secret fields
     (``HUB_REDACT_FIELDS``) read ``***`` unless the key also has the ``raw`` scope."""
     return await service.execution(execution, workflow=workflow,
                                    raw=key.has(Scope.RAW))

@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from pydantic import SecretStr
 
-from hub import devruntime
+from hub import aio, devruntime
 from hub.api.cli import add_api_commands, ensure_dev_key, start_api
 from hub.cli.executions import add_execution_commands
 from hub.cli.jobs import add_job_commands
@@ -129,7 +129,7 @@ def worker(
                     await runtime.stop()
 
     try:
-        asyncio.run(run())
+        aio.run(run())
     except TopicsFileError as exc:  # the worker's configuration: bad usage, like settings
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -45,6 +45,15 @@ class Batcher(Generic[R, K]):
         self._kick()
         return await fut
 
+    def submit(self, rows: Sequence[R]) -> list[asyncio.Future[bool]]:
+        """Queue many rows at once, one future each, as ``write`` does for one: a consumer's
+        batch of hundreds of starts costs no task or coroutine per row."""
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[bool]] = [loop.create_future() for _ in rows]
+        self._pending.extend(zip(rows, futs, strict=True))
+        self._kick()
+        return futs
+
     def _kick(self) -> None:
         while self._pending and self._inflight < self._max_inflight:
             batch = self._pending[: self._max_batch]

@@ -361,8 +361,17 @@ class Hub:
             return set()
         assert self._starts is not None
         # through the start batcher: the flushes of concurrent partitions share a statement
-        written = await asyncio.gather(*(self._starts.write(r) for r in rows))
+        written = await asyncio.gather(*self._starts.submit(rows))
         return {r.id for r, ok in zip(rows, written, strict=True) if ok}
+
+    async def flush_starts_each(self, rows: Sequence[StartRow]) -> list[bool | BaseException]:
+        """Like :meth:`flush_starts`, with one outcome per row, in order: created, already
+        started (``False``), or the error of a row Postgres refused for what it holds (the
+        batcher retries a refused statement row by row, so its neighbours still commit)."""
+        if not rows:
+            return []
+        assert self._starts is not None
+        return await asyncio.gather(*self._starts.submit(rows), return_exceptions=True)
 
     async def existing_transactions(
         self, keys: Sequence[tuple[str, str]]

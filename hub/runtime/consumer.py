@@ -33,6 +33,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import BaseModel
+from pydantic_core import from_json
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from hub import metrics, tracing
 from hub.engine.checkpoint import Batcher
@@ -103,20 +105,32 @@ def decode_headers(raw: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
     return out
 
 
+def json_value(value: bytes) -> Any:
+    """A record's JSON, parsed from its bytes in one pass by pydantic-core (exact for big
+    integers, unlike orjson); what that parser refuses is parsed again by the standard
+    library, so what a record may hold (a lone surrogate escape, NaN) and the reason a bad
+    one is refused are the same as ever. Raises ``EventRejected``."""
+    try:
+        return from_json(value, allow_inf_nan=False)
+    except ValueError:
+        pass
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventRejected("deserialize", exc) from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise EventRejected("deserialize", exc) from None
+
+
 def decode_record(record: ConsumerRecord[bytes, bytes], spec: TopicSpec | None) -> Decoded:
     """Bytes to JSON, with the schema version checked; raises ``EventRejected``."""
     headers = decode_headers(record.headers)
     key = record.key.decode("utf-8", "replace") if record.key is not None else None
     if record.value is None:
         raise EventRejected("deserialize", "record has no value (tombstone)")
-    try:
-        text = record.value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EventRejected("deserialize", exc) from None
-    try:
-        payload = json.loads(text)
-    except ValueError as exc:
-        raise EventRejected("deserialize", exc) from None
+    payload = json_value(record.value)
     if spec is not None and h.SCHEMA_VERSION in headers:
         try:
             version = int(headers[h.SCHEMA_VERSION])
@@ -295,13 +309,17 @@ class Handling:
             try:
                 with self.hub.start_scope(ctx.trigger, replay_id=self.replay_id,
                                           key=ctx.start_key) as scope, \
-                        structlog.contextvars.bound_contextvars(
-                            topic=record.topic, partition=record.partition,
-                            offset=record.offset, subscriber=sub.name), \
                         tracing.consuming(record.topic, record.partition, record.offset,
                                           decoded.key, sub.name, self.group,
                                           decoded.headers, decoded.event_id):
-                    await sub.handler(event, ctx)
+                    # tokens, not bound_contextvars: that one reads every context variable
+                    # of the context first, on each record
+                    bound = bind_contextvars(topic=record.topic, partition=record.partition,
+                                             offset=record.offset, subscriber=sub.name)
+                    try:
+                        await sub.handler(event, ctx)
+                    finally:
+                        reset_contextvars(**bound)
             except Exception as exc:
                 if attempt > sub.max_retries:
                     self.dead_letter(record, "handler", exc, sub.name, attempt, out)
@@ -673,13 +691,15 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         its row holds dead-letters its record (stage ``start``) instead of failing the batch
         on every try. Any other failure fails the batch (retried)."""
         assert self._handling is not None
-        outcomes = await asyncio.gather(*(self.hub.flush_starts([row]) for row in result.rows),
-                                        return_exceptions=True)
+        outcomes = await self.hub.flush_starts_each(result.rows)
         created: set[uuid.UUID] = set()
         refused: dict[int, tuple[ConsumerRecord[bytes, bytes], str, BaseException]] = {}
-        for (record, sub), outcome in zip(result.origins, outcomes, strict=True):
-            if not isinstance(outcome, BaseException):
-                created |= outcome
+        for row, (record, sub), outcome in zip(result.rows, result.origins, outcomes,
+                                                strict=True):
+            if outcome is True:
+                created.add(row.id)
+            elif not isinstance(outcome, BaseException):
+                continue  # already started: a redelivery
             elif is_data_error(outcome):
                 refused.setdefault(record.offset, (record, sub, outcome))
             else:

@@ -15,15 +15,9 @@ session's Postgres and broker, a schema and topics of the test's own:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +30,8 @@ from hub.runtime import constants as h
 from hub.runtime.admin import reconcile
 from hub.runtime.topics import load_topics
 from hub.settings import KafkaSettings
-from tests.conftest import ROOT, broker_session_ms, worker_env
+from tests.conftest import broker_session_ms, worker_env
+from tests.support.workers import workers
 from tests.test_subscribers import produce
 from tests.workflows import scale_flows  # noqa: F401  (the starters need the workflow)
 from tests.workflows.scale_common import (
@@ -57,76 +52,6 @@ TICKS = "tests.workflows.scale_ticks"
 
 
 # -- worker processes ------------------------------------------------------------------------
-
-
-class Workers:
-    """``hub worker`` subprocesses; whatever is left is stopped (SIGTERM, then SIGKILL).
-
-    ``exited`` holds when each one's process was seen gone: no code of it runs after that.
-    With ``logs``, each one's JSON log lines are kept (``lines``) instead of shown.
-    """
-
-    def __init__(self, env: Callable[[str], dict[str, str]], *, log_level: str = "warning",
-                 logs: bool = False) -> None:
-        self.env = env
-        self.log_level = log_level
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self.exited: dict[int, float] = {}
-
-    async def start(self, name: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hub", "worker", "--log-level", self.log_level,
-             "--json-logs"], env=self.env(name), cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE if self.logs else None)
-        self.procs[name] = proc
-        if self.logs:
-            threading.Thread(target=self._read_logs, args=(name, proc), daemon=True).start()
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 90)
-        assert json.loads(line)["event"] == "worker_ready", line
-        return proc
-
-    def _read_logs(self, name: str, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            with contextlib.suppress(ValueError):
-                entry = json.loads(raw)
-                if isinstance(entry, dict):
-                    self.lines[name].append(entry)
-
-    async def stop(self, name: str) -> int | None:
-        """SIGTERM (the worker hands what it holds over), wait for the exit."""
-        proc = self.procs[name]
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, 60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait, 10)
-        self.exited.setdefault(proc.pid, time.time())
-        return proc.returncode
-
-    async def stop_all(self) -> None:
-        await asyncio.gather(*(self.stop(n) for n in self.procs))
-
-    def pids(self) -> dict[int, str]:
-        return {p.pid: n for n, p in self.procs.items()}
-
-    def events(self, event: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(n, e) for n, lines in self.lines.items() for e in lines
-                if e.get("event") == event]
-
-
-@contextlib.asynccontextmanager
-async def workers(env: Callable[[str], dict[str, str]], **kw: Any) -> AsyncIterator[Workers]:
-    ws = Workers(env, **kw)
-    try:
-        yield ws
-    finally:
-        await ws.stop_all()
 
 
 def topics_file(tmp_path: Path) -> Path:

@@ -7,13 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from hub.sandbox import SandboxServer
 from tests.conftest import ROOT, broker_session_ms, worker_env
 from tests.support.jaeger import Jaeger, start_jaeger
+from tests.support.workers import workers
 
 # the first run on a machine builds Jaeger (minutes, more on a loaded one): past the default
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(3600)]
@@ -47,7 +44,7 @@ def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
 
 @pytest.fixture
 async def traced_worker(dsn: str, schema: str, prefix: str, kafka_bootstrap: str,
-                        sandboxes: SandboxServer, jaeger: Jaeger, tmp_path: Path,
+                        sandboxes: SandboxServer, jaeger: Jaeger,
                         ) -> AsyncIterator[subprocess.Popen[bytes]]:
     env = worker_env(dsn, schema, "workflows", **{
         "HUB_WORKER_ID": f"{prefix}-traced", "HUB_POLL_INTERVAL": "0.2",
@@ -59,24 +56,8 @@ async def traced_worker(dsn: str, schema: str, prefix: str, kafka_bootstrap: str
     })
     for name in ("OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_TRACES_SAMPLER"):
         env.pop(name, None)
-    log = tmp_path / "worker.log"
-    with log.open("wb") as errors:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "hub", "worker", "--log-level",
-                                 "warning"], env=env, stdout=subprocess.PIPE, stderr=errors,
-                                cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 120)
-        assert line and json.loads(line)["event"] == "worker_ready", (line, log.read_text())
-        threading.Thread(target=lambda: [None for _ in proc.stdout or ()], daemon=True).start()
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, 30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    async with workers(lambda _name: env) as ws:
+        yield await ws.start(f"{prefix}-traced")
 
 
 def _tags(span: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import contextvars
 import os
+import re
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,18 @@ _idempotency_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "hub_trace_idempotency_key", default=None)
 
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+# version ff and all-zero ids are invalid by the W3C spec
+_TRACEPARENT = re.compile(
+    r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def well_formed_traceparent(value: str | None) -> str | None:
+    """A W3C ``traceparent`` fit to carry in a trigger; anything else an upstream sends
+    (garbage, a NUL byte, a lone surrogate) is dropped, so it can neither refuse the start
+    nor be stored."""
+    return value if value is not None and _TRACEPARENT.fullmatch(value) else None
 
 
 def enabled() -> bool:

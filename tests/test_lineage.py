@@ -267,6 +267,38 @@ async def test_calls_beyond_the_cap_are_counted_not_kept(
     assert all(c["operation"] == "GET /v1/n/" + c["path"][-1] for c in calls)
 
 
+async def _hostile_reply(inp: dict[str, Any], ctx: StepContext) -> None:
+    async with _connector(inp["base_url"]) as system:
+        await system.request("POST", "/v1/things", ctx=ctx, operation="make\ud800")
+
+
+@create_workflow("lineage-hostile")
+def lineage_hostile(inp: dict[str, Any]) -> WorkflowResponse:
+    return WorkflowResponse(create_step("hostile-reply", _hostile_reply)(inp))
+
+
+async def test_an_outside_system_answering_garbage_ids_still_checkpoints_a_clean_call(
+        hub: Hub) -> None:
+    from fastapi import FastAPI, Response
+
+    app = FastAPI()
+    # a NUL, a lone surrogate (as a JSON escape) and 5,000 characters: what jsonb and text
+    # columns refuse or a lineage page should not carry
+    body = b'{"id": "pi_\\u0000' + b"x" * 5000 + b'\\ud800"}'
+
+    @app.post("/v1/things{rest:path}")
+    async def things(rest: str) -> Response:
+        return Response(body, media_type="application/json")
+
+    async with serve(app) as url:
+        run = await hub.start("lineage-hostile", {"base_url": url}, raise_on_error=False)
+    assert run.status == "succeeded", run.error
+    (call,) = await hub.store.api_calls_for_execution(uuid.UUID(run.id))
+    outside = call["outside_id"]
+    assert outside.startswith("pi_\ufffdxxx") and len(outside) <= 200, outside[:40]
+    assert "\ud800" not in call["operation"]
+
+
 async def test_a_call_that_got_no_answer_records_its_error_class(hub: Hub) -> None:
     run = await hub.start("lineage-unreachable", {}, raise_on_error=False)
     assert run.status != "succeeded"

@@ -288,3 +288,45 @@ async def test_a_run_started_through_the_api_continues_the_callers_trace(
         chain.append(span.name)
     assert span is server, chain  # the start happened inside the request
     assert format(start.context.trace_id, "032x") == TRACE_ID
+
+
+HOSTILE_TRACEPARENTS = [
+    "garbage", "", f"00-{'0' * 32}-{'0' * 16}-01",  # all-zero ids are invalid by the spec
+    f"00-{TRACE_ID}\x00-{UPSTREAM_SPAN}-01", f"00-{TRACE_ID}-{UPSTREAM_SPAN}-01\ud800",
+    f"ff-{TRACE_ID}-{UPSTREAM_SPAN}-01", "00-" + "a" * 10_000,
+]
+
+
+@pytest.mark.parametrize("bad", HOSTILE_TRACEPARENTS)
+async def test_a_malformed_traceparent_starts_a_trace_of_its_own_and_the_run_goes_on(
+        hub: Hub, spans: InMemorySpanExporter, bad: str) -> None:
+    from hub.runtime.subscriber import SubscriberContext
+
+    headers = {"traceparent": bad}
+    with tracing.consuming("t", 0, 1, None, "sub", "group", headers, None):
+        consumed = tracing.current_traceparent()
+    assert consumed is not None and TRACE_ID not in consumed
+    (process,) = _named(spans.get_finished_spans(), "process t")
+    assert process.parent is None, "nothing continued from a malformed header"
+    ctx = SubscriberContext(hub=hub, subscriber="sub", topic="t", partition=0, offset=1,
+                            key=None, timestamp=0, headers=headers, event_id=None,
+                            attempt=1, replay=False)
+    assert "traceparent" not in ctx.trigger, "never stored, never refusing the start"
+    run = await hub.start("otel-rollback", {"id": f"o-bad-{len(bad)}"}, raise_on_error=False,
+                          trigger=ctx.trigger)
+    assert run.status == "compensated", run
+    finished = spans.get_finished_spans()
+    (start,) = _named(finished, "start otel-rollback")
+    assert start.parent is None
+    steps = [s for s in finished if s.name.startswith(("step ", "compensate "))]
+    assert len(steps) == 3 and {s.context.trace_id for s in steps} == {start.context.trace_id}
+
+
+def test_a_well_formed_traceparent_is_carried_in_the_events_trigger(hub: Hub) -> None:
+    from hub.runtime.subscriber import SubscriberContext
+
+    ctx = SubscriberContext(hub=hub, subscriber="sub", topic="t", partition=0, offset=1,
+                            key=None, timestamp=0, headers={"traceparent": TRACEPARENT},
+                            event_id=None, attempt=1, replay=False)
+    assert ctx.trigger["traceparent"] == TRACEPARENT
+    assert tracing.well_formed_traceparent(TRACEPARENT + "\n") is None

@@ -8,13 +8,13 @@ but no" (the key lacks the scope); both bodies name the problem and never the to
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from hub import tracing
 from hub.api.keys import TOKEN_PREFIX, ApiKey, InvalidApiKey, Scope, authenticate
 from hub.api.problems import Problem
 from hub.api.service import HubService
@@ -86,16 +86,13 @@ def require_scope(scope: Scope | str) -> Callable[..., Awaitable[ApiKey]]:
     return dependency
 
 
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
-
-
 def api_trigger(request: Request, key: ApiKey | None, **extra: Any) -> dict[str, Any]:
     """The lineage of a run started over HTTP: which route, which key (never its secret)."""
     route = request.scope.get("route")
     path = getattr(route, "path", request.url.path)
     trigger: dict[str, Any] = {"kind": "api", "route": f"{request.method} {path}"}
-    traceparent = request.headers.get("traceparent")
-    if traceparent and _TRACEPARENT.match(traceparent):
+    traceparent = tracing.well_formed_traceparent(request.headers.get("traceparent"))
+    if traceparent:
         trigger["traceparent"] = traceparent  # W3C trace context, carried into the steps
     if key is not None:
         # who, never how: the key's id, name and public prefix (under a name the redaction

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from hub import tracing
 from hub.errors import DefinitionError
 
 if TYPE_CHECKING:
@@ -60,8 +61,8 @@ class SubscriberContext:
             "offset": self.offset, "key": self.key, "event_id": self.event_id,
             "subscriber": self.subscriber, "timestamp": self.timestamp,
             **({"replay": True} if self.replay else {}),
-            **({"traceparent": self.headers["traceparent"]}
-               if "traceparent" in self.headers else {}),
+            **({"traceparent": traceparent} if (traceparent := tracing.well_formed_traceparent(
+                self.headers.get("traceparent"))) else {}),
         }
 
 

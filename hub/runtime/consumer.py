@@ -430,7 +430,8 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
     """One consumer in the deployment's group, driving every subscribed topic."""
 
     def __init__(self, hub: Hub, topics: Topics, settings: KafkaSettings, bootstrap: str,
-                 subscribers: SubscriberRegistry = SUBSCRIBERS) -> None:
+                 subscribers: SubscriberRegistry = SUBSCRIBERS, *,
+                 registry: SchemaRegistry | None = None) -> None:
         self.hub = hub
         self.topics = topics
         self.settings = settings
@@ -442,7 +443,8 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         self._fetch_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._handling: Handling | None = None
-        self._registry: SchemaRegistry | None = None
+        self._registry = registry
+        self._owns_registry = registry is None
         self.stats = {"handled": 0, "dead_lettered": 0, "batches": 0, "starts": 0}
         self.parked: dict[TopicPartition, int] = {}
         """Parked partitions and the offset each stopped at."""
@@ -458,7 +460,8 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         names = self.subscribers.topics()
         for name in names:
             self.topics[name]  # raises, naming the file, for an undeclared topic
-        self._registry = registry_for(self.topics, names, self.settings)
+        if self._registry is None:
+            self._registry = registry_for(self.topics, names, self.settings)
         async with explained_start(self.settings, self.bootstrap, "checking dead-letter topics"):
             await self._check_dead_letter_topics(names)
         kw = client_kwargs(self.settings, self.bootstrap)
@@ -764,7 +767,7 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._producer.stop(), 10)
-        if self._registry is not None:
+        if self._registry is not None and self._owns_registry:
             await self._registry.aclose()
             self._registry = None
         log.info("consumer_stopped", **self.stats)

@@ -21,7 +21,7 @@ from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
 from hub.errors import HubError
 from hub.logging import configure_logging
-from hub.settings import KafkaSettings, process_settings
+from hub.settings import KafkaSettings, mask_dsn, process_settings
 
 T = TypeVar("T")
 
@@ -95,10 +95,10 @@ def add_kafka_commands(app: typer.Typer) -> None:
             settings, bootstrap = _kafka(file)
             topics = load_topics(settings.topics_file, settings.topic_prefix)
             topics.import_models()
-            return await reconcile(topics, settings, bootstrap,
-                                   create=create)
+            report = await reconcile(topics, settings, bootstrap, create=create)
+            return report, [] if create else await _schema_checks(topics, settings)
 
-        report = _run(go)
+        report, schemas = _run(go)
 
         def human() -> None:
             for name in report.created:
@@ -110,10 +110,32 @@ def add_kafka_commands(app: typer.Typer) -> None:
                            f"broker has {d.actual}")
             for name in report.in_sync:
                 typer.echo(f"in sync   {name}")
+            for c in schemas:
+                word = "schema ok" if c.compatible else "INCOMPATIBLE"
+                typer.echo(f"{word:9} {c.topic} (subject {c.subject}): {c.detail}")
 
-        _print(report.to_dict(), as_json, human)
-        if report.drift or report.missing:
+        data = report.to_dict()
+        if schemas:
+            data["schemas"] = [c.to_dict() for c in schemas]
+        _print(data, as_json, human)
+        if report.drift or report.missing or any(not c.compatible for c in schemas):
             raise typer.Exit(1)
+
+    async def _schema_checks(topics: Any, settings: KafkaSettings) -> list[Any]:
+        """The registry's verdict on each declared model of a topic in a registry format."""
+        from hub.runtime.schema_check import check_models
+        from hub.runtime.schema_registry import SchemaRegistry
+
+        if not any(t.registry_subject and t.event for t in topics):
+            return []
+        registry = SchemaRegistry.from_settings(settings)
+        if registry is None:
+            raise HubError("topics in a registry format (avro, json-schema) are declared: "
+                           "set HUB_SCHEMA_REGISTRY_URL to check their models")
+        try:
+            return await check_models(topics, registry)
+        finally:
+            await registry.aclose()
 
     @topics_app.command("apply")
     def topics_apply(file: TopicsFile = None, as_json: JsonOut = False) -> None:
@@ -122,7 +144,8 @@ def add_kafka_commands(app: typer.Typer) -> None:
 
     @topics_app.command("check")
     def topics_check(file: TopicsFile = None, as_json: JsonOut = False) -> None:
-        """Only report missing topics and drift (exit 1 if any)."""
+        """Report missing topics, drift, and models the schema registry finds incompatible
+        with their subject (exit 1 if any)."""
         reconcile_cmd(False, file, as_json)
 
     @topics_app.command("asyncapi")
@@ -143,7 +166,8 @@ def add_kafka_commands(app: typer.Typer) -> None:
             topics = load_topics(file or settings.topics_file, settings.topic_prefix)
             load_modules(settings.subscribers)
             doc = build_asyncapi(topics, SUBSCRIBERS.with_prefix(settings.topic_prefix),
-                                 bootstrap=settings.bootstrap or "")
+                                 bootstrap=settings.bootstrap or "",
+                                 registry_url=mask_dsn(settings.schema_registry_url or ""))
         except HubError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None

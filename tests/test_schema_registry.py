@@ -9,10 +9,13 @@ the outage, a registry address where nothing listens.
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 from pathlib import Path
 
+import fastavro
+import httpx
 import pytest
 from structlog.testing import capture_logs
 
@@ -22,7 +25,8 @@ from hub.runtime.admin import consumer_lag
 from hub.runtime.schema_registry import SchemaRegistry
 from hub.runtime.service import KafkaRuntime
 from hub.runtime.subscriber import SubscriberRegistry
-from hub.runtime.wireformat import frame
+from hub.runtime.wireformat import frame, split_frame
+from tests.test_cloudevents import emit_cloudevent
 from tests.test_consumer_trust import created, settings
 from tests.test_subscribers import order, produce, read_all, until
 from tests.test_wireformat import ORDER_AVRO, avro_frame, replies
@@ -166,3 +170,64 @@ async def test_a_registry_topic_without_a_registry_url_stops_the_start(
     with pytest.raises(Exception, match=rf"topic '{prefix}\.orders' is in format 'avro' .* "
                                         "HUB_SCHEMA_REGISTRY_URL is not set"):
         await rt.start()
+
+
+COUNT_AVRO = {"type": "record", "name": "Count", "fields": [{"name": "n", "type": "long"}]}
+
+
+def subject_replies(subject: str, schema_id: int, schema: dict[str, object],
+                    asked: list[str]) -> httpx.MockTransport:
+    """The Confluent API's reply to GET /subjects/{subject}/versions/latest."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if request.url.path != f"/subjects/{subject}/versions/latest":
+            return httpx.Response(404, json={"error_code": 40401})
+        return httpx.Response(200, json={"subject": subject, "version": 1, "id": schema_id,
+                                         "schema": json.dumps(schema)})
+
+    return httpx.MockTransport(handle)
+
+
+async def test_the_outbox_frames_events_with_the_subjects_latest_schema_id(
+        hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    path = tmp_path / "topics.yaml"
+    path.write_text(f"""
+topics:
+  {prefix}.counts:
+    partitions: 1
+    format: avro
+""")
+    topics = await created(kafka_bootstrap, path)
+    asked: list[str] = []
+    registry = SchemaRegistry("http://registry.test", transport=subject_replies(
+        f"{prefix}.counts-value", 42, COUNT_AVRO, asked))
+    rt = KafkaRuntime(hub, settings(kafka_bootstrap, prefix), consume=False, topics=topics,
+                      registry=registry)
+    await rt.start()
+    try:
+        await emit_cloudevent(hub).run(input={"topic": f"{prefix}.counts", "n": 7},
+                                       transaction_id=f"{prefix}-count-7")
+        await emit_cloudevent(hub).run(input={"topic": f"{prefix}.counts", "n": 8},
+                                       transaction_id=f"{prefix}-count-8")
+        bad = await emit_cloudevent(hub).run(input={"topic": f"{prefix}.counts", "n": "x"},
+                                             transaction_id=f"{prefix}-count-x")
+        out = await read_all(kafka_bootstrap, f"{prefix}.counts", 2, timeout=60)
+
+        async def failed() -> list[dict[str, object]]:
+            rows = await hub.store.outbox_list(state="failed", limit=100)
+            return [r for r in rows if str(r["id"]) == bad.result["event_id"]]
+
+        await until(failed, timeout=60)
+        [row] = await failed()
+    finally:
+        await rt.stop()
+        await registry.aclose()
+    decoded = []
+    for record in out:
+        schema_id, payload = split_frame(record.value)
+        decoded.append((schema_id, fastavro.schemaless_reader(
+            io.BytesIO(payload), fastavro.parse_schema(COUNT_AVRO), None)))
+    assert decoded == [(42, {"n": 7}), (42, {"n": 8})]
+    assert asked == [f"/subjects/{prefix}.counts-value/versions/latest"], "looked up once"
+    assert "does not fit the Avro schema" in str(row["last_error"])

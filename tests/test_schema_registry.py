@@ -86,14 +86,17 @@ async def test_avro_records_start_runs_and_bad_frames_are_dead_lettered_with_the
         ("o9", good[:-4], []),  # truncated inside the Avro record
         ("o9", b"\x00\x00\x00\x00\x00" + good[5:], []),  # schema id 0
         ("o2", avro_frame(7, mismatched), []),
-        ("o3", avro_frame(7, order(3)), []),
+        # a NUL in a string fails only its record, as in JSON (Postgres cannot store it)
+        ("o8", avro_frame(7, {**order(8), "customer_email": "c8\x00@example.com"}), []),
+        # a header that is not UTF-8 is data, not a failure
+        ("o3", avro_frame(7, order(3)), [("x-raw", b"\xff\x00\xfe")]),
     ])
     registry = recorded_registry()
     rt = KafkaRuntime(hub, settings(kafka_bootstrap, prefix), relay=False,
                       subscribers=orders(topic), topics=topics, registry=registry)
     await rt.start()
     try:
-        dead = await read_all(kafka_bootstrap, f"{prefix}.orders.dlq", 6, timeout=60)
+        dead = await read_all(kafka_bootstrap, f"{prefix}.orders.dlq", 7, timeout=60)
 
         async def both_started() -> bool:
             return await transaction_ids(hub) == {"on_avro_order:event:o1",
@@ -111,6 +114,7 @@ async def test_avro_records_start_runs_and_bad_frames_are_dead_lettered_with_the
         ("deserialize", "Avro payload does not decode with schema id 7: "),
         ("deserialize", "schema id 0 is out of range (1..2147483647)"),
         ("validate", "1 validation error for OrderPlaced"),
+        ("handler", "input of workflow 'record-order' contains a NUL character"),
     ]
     assert [(g[h.DLQ_STAGE], g[h.DLQ_EXCEPTION_MESSAGE][:len(m)]) for g, (_, m)
             in zip(got, expected, strict=True)] == expected

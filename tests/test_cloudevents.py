@@ -277,3 +277,28 @@ async def test_the_outbox_writes_cloudevents_where_the_topic_asks_for_them(
     assert (envelope["id"], envelope["type"], envelope["data"]) == (
         b.result["event_id"], "com.hub.custom", {"n": 2})
     assert envelope["source"] == "/hub" and envelope["specversion"] == "1.0"
+
+
+@pytest.mark.broker
+def test_hub_publish_writes_cloudevents_to_a_cloudevents_topic(
+        tmp_path: Path, kafka_bootstrap: str, prefix: str) -> None:
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    topics = ce_topics(tmp_path, prefix)
+    env = {**os.environ, "HUB_KAFKA_BOOTSTRAP": kafka_bootstrap, "PYTHONPATH": str(root),
+           "HUB_KAFKA_TOPICS_FILE": str(topics)}
+    for args in (["topics", "apply", "--file", str(topics)],
+                 ["publish", f"{prefix}.ce.out", str(root / "examples" / "order.placed.json")]):
+        done = subprocess.run([sys.executable, "-m", "hub", *args], env=env, cwd=root,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    [record] = asyncio.run(read_all(kafka_bootstrap, f"{prefix}.ce.out", 1, timeout=60))
+    hd = {k: v.decode() for k, v in record.headers}
+    sent = json.loads((root / "examples" / "order.placed.json").read_text())
+    assert (hd["ce_id"], hd["ce_type"], hd["ce_source"]) == (
+        sent["id"], "com.hub.order.recorded", "/hub/tests")
+    assert json.loads(record.value) == sent

@@ -187,9 +187,14 @@ def add_kafka_commands(app: typer.Typer) -> None:
         = "id",
         no_validate: Annotated[bool, typer.Option("--no-validate")] = False,
     ) -> None:
-        """Publish events from a file, validated against the topic's model first."""
+        """Publish events from a file, validated against the topic's model first, in the
+        topic's format (framed for the schema registry, or as CloudEvents)."""
+        import uuid
+
         from hub.runtime import constants as h
+        from hub.runtime.formats import EventFormats
         from hub.runtime.kafka import start_producer
+        from hub.runtime.schema_registry import SchemaRegistry
         from hub.runtime.topics import load_topics
 
         try:
@@ -221,16 +226,29 @@ def add_kafka_commands(app: typer.Typer) -> None:
                     except Exception as exc:
                         raise HubError(f"{file}: event {i} does not match {spec.event}: {exc}"
                                        ) from None
+            formats = None
+            if EventFormats.applies(spec):  # framed for the registry, or a CloudEvent
+                formats = EventFormats(SchemaRegistry.from_settings(settings)
+                                       if spec.registry_subject else None)
             producer = await start_producer(settings, bootstrap)
             try:
                 for event in events:
                     key = event.get(key_field) if isinstance(event, dict) else None
+                    value = json.dumps(event)
+                    version = {h.SCHEMA_VERSION: str(spec.schema_version)}
+                    if formats is None:
+                        raw, headers = value.encode(), [(k, v.encode())
+                                                        for k, v in version.items()]
+                    else:
+                        event_id = str(key) if key is not None else uuid.uuid4().hex
+                        raw, headers = await formats.encode(spec, value, version, event_id)
                     await producer.send_and_wait(
-                        name, json.dumps(event).encode(),
-                        key=str(key).encode() if key is not None else None,
-                        headers=[(h.SCHEMA_VERSION, str(spec.schema_version).encode())])
+                        name, raw, key=str(key).encode() if key is not None else None,
+                        headers=headers)
             finally:
                 await producer.stop()
+                if formats is not None and formats.registry is not None:
+                    await formats.registry.aclose()
             return len(events)
 
         n = _run(go)

@@ -240,3 +240,44 @@ async def test_a_registry_topic_without_a_registry_waits_rather_than_rejects() -
     with pytest.raises(NoRegistry, match="HUB_SCHEMA_REGISTRY_URL is not set"):
         await EventFormats(None).decode([], avro_frame(7, ORDER), avro_topic())
     assert issubclass(NoRegistry, RegistryUnavailable)
+
+
+async def test_a_waiter_whose_fetcher_was_cancelled_fetches_for_itself() -> None:
+    gate, asked = asyncio.Event(), asyncio.Event()
+    seen: list[str] = []
+    reg = SchemaRegistry("http://registry.test", transport=replies(
+        {3: ("AVRO", '"string"')}, seen, gate, asked))
+    first = asyncio.create_task(reg.schema(3))
+    await asked.wait()
+    second = asyncio.create_task(reg.schema(3))
+    await asyncio.sleep(0)  # one turn: the second now waits on the first's request
+    first.cancel()
+    gate.set()
+    assert (await second).id == 3 and first.cancelled()
+    assert seen == ["/schemas/ids/3", "/schemas/ids/3"]
+    await reg.aclose()
+
+
+async def test_emitting_to_a_subject_without_a_schema_registers_the_topics_model() -> None:
+    calls: list[tuple[str, str, Any]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        calls.append((request.method, request.url.path, body))
+        if request.method == "GET":
+            return httpx.Response(404, json={"error_code": 40401})
+        return httpx.Response(200, json={"id": 12})
+
+    f = EventFormats(SchemaRegistry("http://registry.test",
+                                    transport=httpx.MockTransport(handle)))
+    spec = avro_topic(event="workflows.events:OrderPlaced")
+    value, _ = await f.encode(spec, json.dumps({**ORDER, "schema_version": 1,
+                                                "customer_name": "", "payment_method": "x"}),
+                              {}, "e1")
+    assert [c[:2] for c in calls] == [
+        ("GET", "/subjects/shop.orders-value/versions/latest"),
+        ("POST", "/subjects/shop.orders-value/versions")]
+    schema_id, payload = split_frame(value)
+    written = fastavro.parse_schema(json.loads(calls[1][2]["schema"]))
+    assert schema_id == 12
+    assert fastavro.schemaless_reader(io.BytesIO(payload), written, None)["id"] == "o1"

@@ -21,6 +21,7 @@ import jsonschema
 
 from hub.runtime import cloudevents as ce
 from hub.runtime import constants as h
+from hub.runtime.schema_of import UnsupportedSchema, registry_schema
 from hub.runtime.schema_registry import (
     RegisteredSchema,
     RegistryUnavailable,
@@ -212,10 +213,10 @@ class EventFormats:
         assert subject is not None
         prepared = self._latest.get(subject)
         if prepared is None:
-            found = await self._need_registry(spec).latest(subject)
+            registry = self._need_registry(spec)
+            found = await registry.latest(subject)
             if found is None:
-                raise SchemaUnusable(f"subject {subject!r} has no schema in the registry: "
-                                     "register one (see `hub topics check`)")
+                found = await _register_model(registry, spec, subject)
             try:
                 prepared = self._prepare(found)
             except FormatRejected as exc:
@@ -238,6 +239,22 @@ class EventFormats:
             raise EncodeError(f"event does not match the JSON Schema of {subject!r} "
                               f"(id {prepared.schema.id}): {error.message[:500]}")
         return frame(prepared.schema.id, payload_json.encode())
+
+
+async def _register_model(registry: SchemaRegistry, spec: TopicSpec,
+                          subject: str) -> RegisteredSchema:
+    """A subject with no schema yet gets its topic's model (the first version; the registry's
+    compatibility rule governs every later one); without a model it cannot be framed."""
+    model = spec.event_model()
+    if model is None:
+        raise SchemaUnusable(f"subject {subject!r} has no schema in the registry and topic "
+                             f"{spec.name!r} declares no event model to register")
+    try:
+        text, kind = registry_schema(model, spec.format)
+    except UnsupportedSchema as exc:
+        raise EncodeError(f"{spec.event} has no {spec.format} form: {exc}") from None
+    schema_id = await registry.register(subject, text, kind)
+    return RegisteredSchema(schema_id, kind, text)
 
 
 def route(spec: TopicSpec | None, ce_type: str | None, names: Sequence[str]) -> set[str] | None:

@@ -114,11 +114,19 @@ class SchemaRegistry:
             return cached
         pending = self._inflight.get(schema_id)
         if pending is not None:
-            return await asyncio.shield(pending)
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if pending.cancelled():  # the asker we waited on was cancelled, not us
+                    return await self.schema(schema_id)
+                raise
         future: asyncio.Future[RegisteredSchema] = asyncio.get_running_loop().create_future()
         self._inflight[schema_id] = future
         try:
             found = await self._fetch(schema_id)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: no "never retrieved" warning without waiters

@@ -38,6 +38,9 @@ topics:
     format: json-schema
     subject: shop-orders-json
     event: workflows.events:OrderPlaced
+  shop.orders.proto:
+    format: protobuf
+    event: workflows.events:OrderPlaced
   shop.cloud:
     event: workflows.events:OrderPlaced
     cloudevents:
@@ -57,8 +60,9 @@ def test_a_topic_declares_its_format_subject_and_cloudevents(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(("body", "error"), [
-    ("topics:\n  a:\n    format: protobuf\n",
-     r"topics.yaml:3: topics.a.format: Input should be 'json', 'avro' or 'json-schema'"),
+    ("topics:\n  a:\n    format: thrift\n",
+     r"topics.yaml:3: topics.a.format: Input should be 'json', 'avro', 'json-schema' or "
+     r"'protobuf'"),
     ("topics:\n  a:\n    subject: a-value\n",
      r"topics.yaml:2: topics.a: .*subject is only for a registry format"),
     ("topics:\n  a:\n    cloudevents:\n      mode: batch\n",
@@ -117,7 +121,9 @@ async def test_topics_check_reports_what_the_registry_finds_incompatible(
     assert [(c.topic, c.compatible, c.detail) for c in checks] == [
         ("shop.orders", False, "READER_FIELD_MISSING_DEFAULT_VALUE: customer_email"),
         ("shop.orders.json", True, "no version registered yet (the first one is compatible)"),
+        ("shop.orders.proto", True, "not checked: the hub derives no .proto from a model"),
     ]
+    assert not checks[2].checked and len(asked) == 2, "nothing asked for the protobuf topic"
     assert asked[0]["path"] == "/compatibility/subjects/shop.orders-value/versions/latest"
     assert asked[0]["query"] == "verbose=true"
     assert json.loads(asked[0]["body"]["schema"]) == avro_schema(OrderPlaced)

@@ -235,3 +235,39 @@ topics:
     assert decoded == [(42, {"n": 7}), (42, {"n": 8})]
     assert asked == [f"/subjects/{prefix}.counts-value/versions/latest"], "looked up once"
     assert "does not fit the Avro schema" in str(row["last_error"])
+
+
+async def test_protobuf_records_start_runs_through_the_consumer(
+        hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    from tests.test_protobuf_format import PROTO, written
+
+    path = tmp_path / "topics.yaml"
+    path.write_text(avro_topics(tmp_path, prefix).read_text().replace(
+        "format: avro", "format: protobuf"))
+    topics = await created(kafka_bootstrap, path)
+    topic = f"{prefix}.orders"
+    await produce(kafka_bootstrap, topic, [
+        ("o5", written(b"\x00", "OrderPlaced", order(5)), []),
+        ("o6", frame(5, b"\x02\x0a"), []),  # index path [5]: no such message
+    ])
+    registry = SchemaRegistry("http://registry.test",
+                              transport=replies({5: ("PROTOBUF", PROTO)}))
+    rt = KafkaRuntime(hub, settings(kafka_bootstrap, prefix), relay=False,
+                      subscribers=orders(topic), topics=topics, registry=registry)
+    await rt.start()
+    try:
+        [dead] = await read_all(kafka_bootstrap, f"{prefix}.orders.dlq", 1, timeout=60)
+
+        async def succeeded() -> bool:
+            rows = await hub.store.list_executions(workflow="record-order", limit=10)
+            return [(r["transaction_id"], r["status"]) for r in rows] == [
+                ("on_avro_order:event:o5", "succeeded")]
+
+        await until(succeeded, timeout=60)
+    finally:
+        await rt.stop()
+        await registry.aclose()
+    reason = {k: v.decode() for k, v in dead.headers}[h.DLQ_EXCEPTION_MESSAGE]
+    assert "message index path [5] names no message" in reason
+    run = await hub.get_run("on_avro_order:event:o5")
+    assert run.result["order"]["total"] == 1000

@@ -111,7 +111,8 @@ def add_kafka_commands(app: typer.Typer) -> None:
             for name in report.in_sync:
                 typer.echo(f"in sync   {name}")
             for c in schemas:
-                word = "schema ok" if c.compatible else "INCOMPATIBLE"
+                word = ("unchecked" if not c.checked else "schema ok" if c.compatible
+                        else "INCOMPATIBLE")
                 typer.echo(f"{word:9} {c.topic} (subject {c.subject}): {c.detail}")
 
         data = report.to_dict()

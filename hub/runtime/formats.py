@@ -1,5 +1,5 @@
-"""Records in the formats upstream teams already use: registry-framed Avro or JSON Schema,
-CloudEvents (binary or structured), by what the topic declares in topics.yaml.
+"""Records in the formats upstream teams already use: registry-framed Avro, JSON Schema or
+Protobuf, CloudEvents (binary or structured), by what the topic declares in topics.yaml.
 
 Plain JSON topics never come here (``hub.runtime.consumer.decode_record`` keeps its path).
 Decoding needs the registry, so it is async; what it cannot decode is refused with the stage
@@ -21,6 +21,7 @@ import jsonschema
 
 from hub.runtime import cloudevents as ce
 from hub.runtime import constants as h
+from hub.runtime import protobuf_format as pb
 from hub.runtime.schema_of import UnsupportedSchema, registry_schema
 from hub.runtime.schema_registry import (
     RegisteredSchema,
@@ -32,7 +33,8 @@ from hub.runtime.schema_registry import (
 from hub.runtime.topics import REGISTRY_FORMATS, TopicSpec
 from hub.runtime.wireformat import FrameError, frame, split_frame
 
-_SCHEMA_TYPE: dict[str, SchemaType] = {"avro": "AVRO", "json-schema": "JSON"}
+_SCHEMA_TYPE: dict[str, SchemaType] = {"avro": "AVRO", "json-schema": "JSON",
+                                        "protobuf": "PROTOBUF"}
 
 
 class FormatRejected(Exception):
@@ -70,11 +72,13 @@ def _text_headers(raw: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """A schema made ready once per id: parsed Avro, or a compiled JSON Schema validator."""
+    """A schema made ready once per id: parsed Avro, a compiled JSON Schema validator, or a
+    compiled ``.proto``."""
 
     schema: RegisteredSchema
     avro: Any = None
     validator: Any = None
+    proto: pb.ProtoSchema | None = None
 
 
 class EventFormats:
@@ -135,6 +139,12 @@ class EventFormats:
         prepared = await self._schema(schema_id, spec)
         if prepared.avro is not None:
             return _read_avro(payload, prepared)
+        if prepared.proto is not None:
+            try:
+                return pb.decode(prepared.proto, payload)
+            except pb.ProtobufError as exc:
+                raise FormatRejected("deserialize", f"Protobuf payload of schema id "
+                                                    f"{schema_id}: {exc}") from None
         try:
             data = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
@@ -170,6 +180,12 @@ class EventFormats:
     @staticmethod
     def _prepare(found: RegisteredSchema) -> _Prepared:
         """Parse once; a schema the registry holds but no parser takes refuses its records."""
+        if found.schema_type == "PROTOBUF":
+            try:
+                return _Prepared(found, proto=pb.compile_proto(found.text))
+            except pb.ProtobufError as exc:
+                raise FormatRejected("schema", f"schema id {found.id} (PROTOBUF): {exc}"
+                                     ) from None
         try:
             parsed = json.loads(found.text)
             if found.schema_type == "AVRO":
@@ -183,7 +199,6 @@ class EventFormats:
         except Exception as exc:  # fastavro's SchemaParseException, RecursionError, ...
             raise FormatRejected("schema", f"schema id {found.id} ({found.schema_type}) "
                                            f"cannot be parsed: {str(exc)[:300]}") from None
-        return _Prepared(found)  # PROTOBUF: refused by the type check
 
     # -- encoding (the outbox) -------------------------------------------------------------
     async def encode(self, spec: TopicSpec, payload_json: str, headers: dict[str, str],
@@ -193,7 +208,8 @@ class EventFormats:
         content_type = "application/json"
         if spec.format in REGISTRY_FORMATS:
             value = await self._framed(spec, payload_json)
-            content_type = "application/avro" if spec.format == "avro" else "application/json"
+            content_type = {"avro": "application/avro", "protobuf": "application/protobuf"
+                            }.get(spec.format, "application/json")
         plain = {k: v for k, v in headers.items() if not k.lower().startswith(ce.HEADER_PREFIX)}
         out = [(k, str(v).encode()) for k, v in plain.items()]
         if spec.cloudevents is None:
@@ -231,6 +247,11 @@ class EventFormats:
                 raise EncodeError(f"event does not fit the Avro schema of {subject!r} "
                                   f"(id {prepared.schema.id}): {str(exc)[:500]}") from None
             return frame(prepared.schema.id, buf.getvalue())
+        if prepared.proto is not None:
+            try:
+                return frame(prepared.schema.id, pb.encode(prepared.proto, data))
+            except pb.ProtobufError as exc:
+                raise EncodeError(f"{subject!r} (id {prepared.schema.id}): {exc}") from None
         if prepared.validator is None:
             raise EncodeError(f"subject {subject!r} holds a {prepared.schema.schema_type} "
                               f"schema; topic {spec.name!r} declares {spec.format!r}")

@@ -28,6 +28,9 @@ def registry_schema(model: type[BaseModel], fmt: str) -> tuple[str, SchemaType]:
     """The schema text and type to register or check for ``model`` in format ``fmt``."""
     if fmt == "json-schema":
         return json.dumps(model.model_json_schema(), sort_keys=True), "JSON"
+    if fmt == "protobuf":
+        raise UnsupportedSchema("the hub derives no .proto from a model: register the "
+                                "subject's schema yourself")
     return json.dumps(avro_schema(model), sort_keys=True), "AVRO"
 
 

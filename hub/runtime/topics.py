@@ -43,11 +43,11 @@ def duration_ms(value: str | int) -> int:
     return int(m.group(1)) * _UNIT_MS[m.group(2)]
 
 
-EventFormat = Literal["json", "avro", "json-schema"]
+EventFormat = Literal["json", "avro", "json-schema", "protobuf"]
 """How a topic's values are written: plain JSON (the default), or framed in the schema
-registry's wire format (magic byte 0, a 4-byte schema id, then Avro or JSON)."""
+registry's wire format (magic byte 0, a 4-byte schema id, then Avro, JSON or Protobuf)."""
 
-REGISTRY_FORMATS: frozenset[str] = frozenset({"avro", "json-schema"})
+REGISTRY_FORMATS: frozenset[str] = frozenset({"avro", "json-schema", "protobuf"})
 
 
 class CloudEventsSpec(BaseModel):
@@ -91,7 +91,8 @@ class TopicSpec(BaseModel):
     @model_validator(mode="after")
     def _format_fits(self) -> TopicSpec:
         if self.subject is not None and self.format not in REGISTRY_FORMATS:
-            raise ValueError(f"subject is only for a registry format (avro, json-schema); "
+            raise ValueError(f"subject is only for a registry format (avro, json-schema, "
+                             "protobuf); "
                              f"this topic's format is {self.format!r}")
         if (self.cloudevents is not None and self.cloudevents.mode == "structured"
                 and self.format in REGISTRY_FORMATS):

@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 dev: $(STAMP)  ## the hub's main job: embedded Postgres, a worker, the demo
-	$(BIN)/hub dev
+	exec $(BIN)/hub dev --stop-with-parent $(DEV_ARGS)  # stops when make is (SIGINT too)
 
 test: $(STAMP)  ## every test (slow ones too) on both brokers, the chaos suite, lint and type checks
 	$(BIN)/ruff check hub api workflows subscribers connectors tests bench

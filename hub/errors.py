@@ -17,6 +17,7 @@ HubError
     TransientConnectorError   worth a retry
     PermanentConnectorError   the system said no
   StoreError             Postgres is unusable (not a passing disconnect)
+  ServiceConfigError     services (connectors) the workflows resolve cannot be built
   LeaseLost              this worker no longer owns the execution
 ```
 Retryability travels as the ``retryable`` attribute, never parsed from text.
@@ -122,6 +123,16 @@ class PermanentConnectorError(ConnectorError):
 
 class StoreError(HubError):
     """Postgres refused an operation for a reason other than a passing disconnect."""
+
+
+class ServiceConfigError(HubError):
+    """Services the loaded workflows resolve (connectors) cannot be built: their settings
+    are missing or wrong. Raised at start-up, naming every service at fault at once, so a
+    worker never claims an execution it would fail for want of configuration."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 class BrokerUnavailable(HubError):

@@ -10,6 +10,7 @@ import structlog
 
 from hub.redaction import DEFAULT, Redaction
 from hub.settings import HubSettings
+from hub.tracing import add_trace_ids
 
 
 def configure_logging(level: str = "info", *, json_output: bool | None = None,
@@ -31,6 +32,7 @@ def configure_logging(level: str = "info", *, json_output: bool | None = None,
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_ids,  # trace_id, span_id of the current span, when tracing is on
             redaction.log_processor,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -274,6 +274,25 @@ class ApiSettings(BaseSettings):
                     "cookies Secure; anyone else's forwarded headers are ignored",
     )
 
+    trace_ui_url: str | None = Field(
+        default=None,
+        description="address of a trace UI's page of one trace, with a {trace_id} "
+                    "placeholder (e.g. http://jaeger:16686/trace/{trace_id}): the console "
+                    "links each execution to its trace",
+    )
+
+    @field_validator("trace_ui_url")
+    @classmethod
+    def _check_trace_ui_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if "{trace_id}" not in value:
+            raise ValueError("has no {trace_id} placeholder; give the address of one trace's "
+                             "page, like http://jaeger:16686/trace/{trace_id}")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// address")
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _check_proxies(cls, value: list[str]) -> list[str]:

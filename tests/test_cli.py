@@ -47,7 +47,7 @@ def test_help_is_available_everywhere() -> None:
         assert out.returncode == 0 and "Usage" in out.stdout
 
 
-DONE = "succeeded 5 compensated 2 in flight 0 | ship-order: waiting 0 shipped 5"
+DONE = "executions: running 0 waiting 1 succeeded 10 compensated 2 failed 0"
 
 
 def test_dev_processes_demo_events_and_stops_cleanly_on_sigint() -> None:
@@ -76,8 +76,9 @@ def test_dev_processes_demo_events_and_stops_cleanly_on_sigint() -> None:
             lines.append(line)
             if DONE in line:
                 break
-        # the one-of-each demo (1 good, 1 declined), then orders 1-5 (the 5th declined);
-        # the warehouse ships every confirmed order through the signed webhook
+        # the one-of-each demo (hello-world, 1 good order shipped, 1 declined), then orders
+        # 1-5 (the 5th declined); the warehouse ships every confirmed order through the
+        # signed webhook but the 4th, left waiting for a delivery by hand
         assert any(DONE in ln for ln in lines), "".join(lines)
         assert (data / "dev-api-key").read_text().startswith("hub_")
         # beside the running dev mode, with no variable set, the CLI finds its broker and

@@ -114,6 +114,8 @@ class OrderEvent(BaseModel):
 
 BROKEN: set[str] = set()
 """Event ids the subscriber refuses (until a test repairs it)."""
+REASONS: dict[str, str] = {}
+"""The message the subscriber refuses an event of ``BROKEN`` with, by event id."""
 
 
 # -- fixtures --------------------------------------------------------------------------
@@ -198,7 +200,8 @@ async def kafka_console(hub: Hub, browser: Browser, kafka_bootstrap: str, prefix
     @subscriber(f"{prefix}.orders", registry=registry, max_retries=0, retry_backoff=0.01)
     async def on_order(event: OrderEvent, ctx: SubscriberContext) -> None:
         if event.id in BROKEN:
-            raise RuntimeError(f"inventory service rejected order {event.id}")
+            raise RuntimeError(REASONS.get(event.id)
+                               or f"inventory service rejected order {event.id}")
         await console_order(ctx.hub).run(input={"id": event.id, "amount": event.amount},
                                          transaction_id=f"order:{event.id}", wait=False)
 
@@ -353,6 +356,57 @@ async def test_an_async_step_is_completed_from_the_page(console: Console, shots:
 
 @pytest.mark.slow
 @pytest.mark.browser
+async def test_after_an_action_the_page_follows_the_execution_until_it_settles_without_a_reload(
+        dsn: str, schema: str, browser: Browser) -> None:
+    def worker() -> Hub:
+        return Hub(dsn, schema=schema, lease_seconds=2.0, poll_interval=0.5)
+
+    async with worker() as h:
+        run = await h.start("console-approval", {"id": "R-1"}, transaction_id="approval:R-1",
+                            wait=True)
+    assert run.status == "waiting"
+    # the console's process runs no executions: the cancel waits until a worker comes
+    async with Hub(dsn, schema=schema, execute=False) as api, serve(create_app(
+            api, settings=ApiSettings(), kafka=KafkaSettings(bootstrap=None),
+            subscribers=SubscriberRegistry())) as url:
+        console = Console(api, url, await _keys(api), browser)
+        page = await console.page()
+        await page.goto(f"{url}/ui/executions/{run.id}")
+        await _status(page, "waiting")
+        live = page.locator("#execution-live")
+        await expect(live).to_have_attribute("data-settled", "yes")
+        assert await live.get_attribute("hx-trigger") is None, "a settled page is not polled"
+
+        await page.get_by_role("button", name="Cancel…").click()
+        dialog = page.get_by_role("dialog", name="Cancel this execution?")
+        await dialog.get_by_label("Reason (recorded)").fill("customer asked")
+        await dialog.get_by_role("button", name="Cancel", exact=True).click()
+        await expect(page.get_by_role("status")).to_contain_text("Cancellation requested")
+        await _status(page, "waiting")
+        await expect(page.locator("#follow-note")).to_contain_text("waiting for a worker")
+        await expect(live).to_have_attribute("hx-trigger", "every 1s")
+        polls: list[str] = []
+        page.on("request", lambda r: polls.append(r.url) if "/fragments/" in r.url else None)
+        await page.evaluate("window.sameDocument = true")
+
+        async def polled_twice() -> bool:
+            return len(polls) >= 2
+
+        await until(polled_twice)  # it keeps asking while the cancel waits for a worker
+
+        async with worker():  # a worker applies the cancel; the test does not reload
+            await _status(page, "cancelled")
+        assert await page.evaluate("window.sameDocument") is True, "updated in place"
+        await expect(live).to_have_attribute("data-settled", "yes")
+        assert await live.get_attribute("hx-trigger") is None, "polling stopped"
+        await expect(page.get_by_role("button", name="Cancel…")).to_have_count(0)
+        await expect(page.locator("#follow-note")).to_have_count(0)
+        await expect(page.locator("ol.timeline")).to_contain_text("by ops-alice (console)")
+        await expect(page.locator("#audit-h ~ table")).to_contain_text("customer asked")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
 async def test_a_read_key_sees_no_action_buttons_and_gets_403_if_it_tries(
         console: Console, shots: Shots) -> None:
     run = await console.hub.start("console-approval", {"id": "D-4"},
@@ -446,6 +500,104 @@ async def test_a_dead_letter_is_redriven_from_the_page_and_its_workflow_complete
     await expect(page.locator("figure.chart-card")).to_contain_text(
         "console-order", timeout=15_000)  # the chart is cached 2.5 s; the page polls every 5 s
     await shots.take(page, "overview")
+
+
+async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def _no_sideways_scroll(page: Page) -> None:
+    overflow = await page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow} px"
+
+
+LONG_FIRST_LINE = "carrier refused the shipment: " + " ".join(f"reason{i}" for i in range(60))
+HOSTILE_REASON = (f"{LONG_FIRST_LINE}\naddress.line1\n"
+                  "  <script>document.body.dataset.pwned = '1'</script>\n"
+                  "  Input should be a valid string [type=string_type, input_value=42]")
+LONG_KEY = "customer-" + "k" * 120
+"""A key with no place to break: it must wrap anyway."""
+
+
+async def _dead_letters(console: Console, bootstrap: str, prefix: str, page: Page) -> Any:
+    """Two dead letters (one with a long multi-line reason carrying ``<script>`` and a long
+    key, one plain), and ``page`` on the dead-letters page once both are listed."""
+    hostile, plain = f"H-{uuid.uuid4().hex[:6]}", f"P-{uuid.uuid4().hex[:6]}"
+    BROKEN.update({hostile, plain})
+    REASONS[hostile] = HOSTILE_REASON
+    await _produce(bootstrap, f"{prefix}.orders", [
+        (LONG_KEY.encode(), json.dumps({"id": hostile, "amount": 1}).encode()),
+        (plain.encode(), json.dumps({"id": plain, "amount": 2}).encode())])
+    rows = page.locator("table.list > tbody > tr")
+
+    async def listed() -> bool:
+        await page.goto(f"{console.url}/ui/dead-letters")
+        return await rows.count() == 2
+
+    await until(listed, timeout=30)
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+async def test_a_dead_letter_s_reason_is_one_line_in_the_list_and_whole_on_demand_as_text(
+        kafka_console: Console, shots: Shots, kafka_bootstrap: str, prefix: str) -> None:
+    page = await kafka_console.page(width=390, height=844)
+    rows = await _dead_letters(kafka_console, kafka_bootstrap, prefix, page)
+    row = rows.filter(has_text="carrier refused the shipment")
+    shown = await row.locator(".reason-line").inner_text()
+    assert shown.endswith("…") and "\n" not in shown and len(shown) <= 160, shown
+    assert LONG_FIRST_LINE.startswith(shown[:-1].rstrip()), "the first line, cut at a word"
+    whole = row.locator("details.whole-reason pre")
+    await expect(whole).to_be_hidden()
+    await row.get_by_text("whole reason").click()
+    await expect(whole).to_be_visible()
+    assert await whole.inner_text() == HOSTILE_REASON, "all of it, as text"
+    assert await row.locator("script").count() == 0, "escaped, never HTML"
+    assert await page.evaluate("document.body.dataset.pwned") is None
+    plain = rows.filter(has_text="inventory service rejected order P-")
+    await expect(plain.locator(".reason-line")).to_have_text(re.compile(r"order P-\w+$"))
+    await expect(plain.locator("details.whole-reason")).to_have_count(0)
+    await page.evaluate("window.scrollTo(0, 0)")
+    await shots.take(page, "dead-letters-narrow", full_page=False)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+async def test_the_dead_letters_page_fits_a_phone_with_every_redrive_button_in_view(
+        kafka_console: Console, kafka_bootstrap: str, prefix: str) -> None:
+    page = await kafka_console.page(width=390, height=844)
+    rows = await _dead_letters(kafka_console, kafka_bootstrap, prefix, page)
+    await _no_sideways_scroll(page)
+    for row in await rows.all():  # opened, the details must fit too
+        for summary in await row.locator("summary").all():
+            await summary.click()
+    await _no_sideways_scroll(page)
+    buttons = page.get_by_role("button", name="Redrive…", exact=True)
+    await expect(buttons).to_have_count(2)
+    for button in await buttons.all():
+        await button.scroll_into_view_if_needed()
+        box = await button.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+        await button.click(trial=True)  # visible, enabled, not covered: clickable
+    await buttons.last.click()
+    dialog = page.get_by_role("dialog")
+    await expect(dialog).to_be_visible()
+    box = await dialog.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+    await dialog.get_by_role("button", name="Not now").click()
+    await expect(dialog).to_be_hidden()
+
+    await page.goto(f"{kafka_console.url}/ui/")
+    await expect(page.locator("#kafka")).to_contain_text(f"{prefix}.orders", timeout=20_000)
+    await _no_sideways_scroll(page)
 
 
 @pytest.mark.slow
@@ -542,6 +694,31 @@ def test_the_graph_is_drawn_in_layers_with_parallel_steps_side_by_side() -> None
     assert "✗ invoice" in svg and "failed" in svg, "state told in an icon and a word too"
 
 
+@pytest.mark.parametrize(("status", "step", "parked", "unapplied", "settled"), [
+    ("running", "invoking", None, False, False),
+    ("pending", "not_started", None, False, False),
+    ("waiting", "waiting", None, False, True),
+    ("waiting", "waiting", None, True, False),  # a cancel or an outcome not applied yet
+    ("pending", "not_started", "version abc is not registered here", False, True),
+    ("succeeded", "done", None, False, True),
+    ("succeeded", "done", None, True, True),  # ended for good: no signal changes it
+    ("compensation_failed", "failed", None, False, True),
+    ("compensation_failed", "failed", None, True, False),  # a retry not applied yet
+])
+def test_an_execution_settles_when_it_ended_or_waits_with_every_action_applied(
+        status: str, step: str, parked: str | None, unapplied: bool, settled: bool) -> None:
+    from hub.api.models import ExecutionDetail, StepOut
+    from hub.api.service import ExecutionView
+
+    detail = ExecutionDetail.model_validate({
+        "id": str(uuid.uuid4()), "workflow": "w", "version": "v", "transaction_id": "t",
+        "status": status, "state": status, "phase": "forward", "parked": parked,
+        "steps": [StepOut.model_validate({"id": "s", "state": step, "attempts": 1})]})
+    view = ExecutionView(detail=detail, steps=[], graph=None, graph_note=None, timeline=[],
+                         audit=[], unapplied_signal=unapplied)
+    assert view.settled is settled
+
+
 # -- the outbox page, over plain HTTP ----------------------------------------------------
 @pytest.mark.slow
 async def test_the_outbox_page_lists_a_failed_event_with_its_reason_and_retries_it(
@@ -581,6 +758,79 @@ async def test_the_outbox_page_lists_a_failed_event_with_its_reason_and_retries_
         assert re.search(r'<tr data-state="pending">', after.text)
     [audit] = await hub.store.audit_for_targets([f"outbox:{event_id}"])
     assert audit["via"] == "console" and audit["actor_name"] == "ops-alice"
+
+
+# -- the overview's consumer lag -------------------------------------------------------
+def test_consumer_lag_is_summarised_per_topic_with_its_worst_partition() -> None:
+    from hub.api.console._lag import by_topic
+
+    def row(topic: str, partition: int, committed: int | None, end: int) -> dict[str, Any]:
+        return {"topic": topic, "partition": partition, "committed": committed, "end": end,
+                "lag": end - (committed or 0)}
+
+    topics = by_topic([row("quiet", 0, 5, 5), row("busy", 2, 10, 17), row("busy", 0, None, 3),
+                       row("busy", 1, 4, 11), row("also-quiet", 0, 1, 1)])
+    assert [t.topic for t in topics] == ["busy", "also-quiet", "quiet"], "furthest behind first"
+    busy = topics[0]
+    assert busy.total == 17 and [p.partition for p in busy.partitions] == [0, 1, 2]
+    assert busy.worst is not None and busy.worst.partition == 1, "7 behind, the lower of a tie"
+    assert topics[1].total == 0 and topics[1].worst is None
+
+
+@pytest.mark.slow
+async def test_the_overview_shows_lag_per_topic_with_its_partitions_on_demand(
+        hub: Hub, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    from hub.runtime.admin import reconcile
+
+    topic = f"{prefix}.orders"
+    topics_file = tmp_path / "topics.yaml"
+    topics_file.write_text(f"""
+topics:
+  {topic}:
+    partitions: 3
+    event: tests.test_console:OrderEvent
+    dead_letter: {topic}.dlq
+  {topic}.dlq:
+    partitions: 1
+""")
+    settings = KafkaSettings(bootstrap=kafka_bootstrap, group=f"{prefix}-hub",
+                             topics_file=topics_file)
+    await reconcile(load_topics(topics_file), settings, kafka_bootstrap, create=True)
+    registry = SubscriberRegistry()
+
+    @subscriber(topic, registry=registry)
+    async def on_order(event: OrderEvent, ctx: SubscriberContext) -> None:
+        """Never runs: no consumer is started, so every record produced lags."""
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for partition, count in [(0, 1), (2, 3)]:
+            for i in range(count):
+                await producer.send_and_wait(topic, b'{"id": "L", "amount": 1}',
+                                             key=f"<k{i}>".encode(), partition=partition)
+    finally:
+        await producer.stop()
+    keys = await _keys(hub)
+    app = create_app(hub, settings=ApiSettings(), kafka=settings, subscribers=registry)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        await _log_in(client, keys["viewer"])
+
+        async def read() -> str | None:
+            html = (await client.get("/ui/fragments/kafka")).text
+            found = re.search(rf'<tr data-topic="{re.escape(topic)}">(.*?)</details></td></tr>',
+                              html, re.S)
+            return found.group(1) if found and "<strong>4</strong>" in found.group(1) else None
+
+        line = await until(read, timeout=40)  # readings are cached 10 s
+    summary, partitions = line.split("<details>", 1)
+    assert re.search(r'class="num total"><strong>4</strong>', summary), "the total lag"
+    assert re.search(r'class="worst">2 <span class="muted">\(lag 3\)', summary)
+    assert "<summary>3 partitions</summary>" in partitions
+    lags = re.findall(r'<tr><td class="num">(\d)</td>\s*<td class="num">([^<]*)</td>'
+                      r'<td class="num">(\d+)</td>\s*<td class="num">(?:<strong>)?(\d+)',
+                      partitions)
+    assert lags == [("0", "—", "1", "1"), ("1", "—", "0", "0"), ("2", "—", "3", "3")], lags
 
 
 # -- sessions, over plain HTTP -----------------------------------------------------------

@@ -14,6 +14,7 @@ import structlog
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
+from hub import tracing
 from hub.api.console import create_console
 from hub.api.limits import BodyLimitMiddleware
 from hub.api.metrics import ApiMetrics, MetricsMiddleware, hub_version
@@ -93,6 +94,7 @@ def create_app(
     app.mount("/ui", create_console(service, settings), name="console")
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    tracing.instrument_app(app)  # server spans, when tracing is on
     return app
 
 

@@ -24,6 +24,7 @@ from hub.engine.loader import load_modules
 from hub.errors import HubError
 from hub.logging import configure_logging
 from hub.settings import ApiSettings, KafkaSettings, process_settings
+from hub.tracing import configure_tracing
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 T = TypeVar("T")
@@ -57,6 +58,7 @@ def add_api_commands(app: typer.Typer) -> None:
     ) -> None:
         """Serve the HTTP API (OpenAPI document at /openapi.json, docs at /docs)."""
         configure_logging(log_level)
+        configure_tracing()
         try:
             asyncio.run(_serve(host, port, execute, modules, routes, log_level))
         except HubError as exc:

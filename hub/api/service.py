@@ -379,10 +379,22 @@ class ExecutionView:
     timeline: list[TimelineEntry]
     audit: list[AuditEntry]
     redrives: list[AuditEntry] = field(default_factory=list)
+    unapplied_signal: bool = False
+    """An action (cancel, retry, a step's outcome...) is stored and no worker applied it yet."""
 
     @property
     def finished(self) -> bool:
         return self.detail.status in FINAL_STATUSES
+
+    @property
+    def settled(self) -> bool:
+        """Nothing will change it until someone acts: it ended for good, or it waits (for
+        an outcome, a retry, a repair) with every action taken on it applied. A page
+        follows an execution until it settles, and no longer."""
+        if self.finished and not self.retryable:
+            return True
+        return not self.unapplied_signal and (
+            self.finished or self.detail.status == "waiting" or self.detail.parked is not None)
 
     @property
     def retryable(self) -> bool:
@@ -397,6 +409,12 @@ class ExecutionView:
         """Async steps (or compensations) waiting for an outcome from outside."""
         return [s.id for s in self.detail.steps
                 if s.state in ("waiting", "waiting_to_compensate")]
+
+
+def _unapplied_signal(row: dict[str, Any]) -> bool:
+    """The execution row's marks (migration 0009): the last signal stored against the last
+    one a worker's checkpoint applied."""
+    return int(row.get("last_signal") or 0) > int(row.get("signals_done") or 0)
 
 
 def _epoch(value: Any) -> datetime | None:
@@ -959,7 +977,8 @@ class HubService:
                  await self.hub.store.audit_for_execution(uuid.UUID(detail.id))]
         safe = detail  # redacted by execution()
         return ExecutionView(detail=safe, steps=steps, graph=graph, graph_note=note,
-                             timeline=_timeline(safe, steps, audit), audit=audit)
+                             timeline=_timeline(safe, steps, audit), audit=audit,
+                             unapplied_signal=_unapplied_signal(row))
 
     async def status_chart(self, window: timedelta, buckets: int) -> StatusChart:
         """Executions created in the last ``window`` per workflow, split into ``buckets``

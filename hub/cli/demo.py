@@ -4,7 +4,8 @@
 workflow, an order that is fulfilled and then shipped, a declined payment that rolls back.
 ``trickle`` then publishes a steady stream of orders, some failing on purpose (a declined
 card, a wrong total, an SKU out of stock, a malformed event for the dead-letter topic), plays
-the warehouse (signed shipment webhooks for confirmed orders) and prints a live summary.
+the warehouse (signed shipment webhooks for confirmed orders, but every fourth order left
+waiting for a delivery sent by hand) and keeps its stock (``Stockroom``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+import structlog
 import typer
 from aiokafka import AIOKafkaProducer
 
@@ -23,6 +26,8 @@ from hub.api.signatures import signed_headers
 from hub.engine.hub import Hub
 from hub.errors import ExecutionNotFound
 from hub.runtime.service import KafkaRuntime
+
+log = structlog.get_logger("hub.demo")
 
 SKUS = [f"SKU-00{i}" for i in range(1, 9)]
 CUSTOMERS = [("ada@example.com", "Ada Lovelace"), ("grace@example.com", "Grace Hopper"),
@@ -123,38 +128,103 @@ async def _wait_run_started(hub: Hub, ref: str, timeout: float) -> Any:
     return None
 
 
-class Warehouse:
-    """Ships confirmed demo orders a little later, through the API's signed webhook."""
+HOLD_EVERY = 4
+"""Every HOLD_EVERY-th demo order the warehouse leaves waiting, for a delivery sent by hand."""
 
-    def __init__(self, api_url: str, key: bytes) -> None:
+
+class Warehouse:
+    """Ships confirmed demo orders a little later, through the API's signed webhook, but
+    leaves every ``hold_every``-th one waiting at its shipment step: the printed command
+    (``delivery_command``) sends that delivery by hand."""
+
+    def __init__(self, api_url: str, key: bytes, *, hold_every: int = HOLD_EVERY,
+                 secret_file: Path | None = None) -> None:
         self.api_url = api_url
         self.key = key
+        self.hold_every = hold_every
+        self.secret_file = secret_file
         self.shipped: set[str] = set()
+        self.held: set[str] = set()
+
+    def holds(self, order_id: str) -> bool:
+        number = order_id.rsplit("-", 1)[-1]
+        return self.hold_every > 0 and number.isdigit() and int(number) % self.hold_every == 0
+
+    def url(self, order_id: str) -> str:
+        return (f"{self.api_url}/webhooks/warehouse/executions/ship-order:{order_id}"
+                "/steps/await-shipment/success?workflow=ship-order")
 
     async def ship(self, client: httpx.AsyncClient, order_id: str) -> bool:
         body = json.dumps({"output": {"tracking_number": f"TRK-{order_id}",
                                       "carrier": "DHL"}}).encode()
         # one delivery id per shipment, the same on every retry (Standard Webhooks)
         headers = signed_headers(self.key, f"ship-{order_id}", body)
-        answer = await client.post(
-            f"{self.api_url}/webhooks/warehouse/executions/ship-order:{order_id}"
-            "/steps/await-shipment/success?workflow=ship-order", content=body,
-            headers={"Content-Type": "application/json", **headers})
+        answer = await client.post(self.url(order_id), content=body,
+                                   headers={"Content-Type": "application/json", **headers})
         if answer.status_code == 202:
             self.shipped.add(order_id)
             return True
         return False
 
 
+def delivery_command(warehouse: Warehouse, order_id: str) -> str:
+    """A shell command that sends the shipment of ``order_id`` as the warehouse would: it
+    signs at the moment it runs (the hub refuses a timestamp older than five minutes) with
+    the secret in ``warehouse.secret_file``, by the Standard Webhooks specification."""
+    body = json.dumps({"output": {"tracking_number": f"BY-HAND-{order_id}",
+                                  "carrier": "UPS"}})
+    return "\n".join([
+        f"id=\"ship-{order_id}-by-hand-$(date +%s)\"; ts=$(date +%s); "
+        f"body='{body}'; \\",
+        f"key=$(sed 's/^whsec_//' '{warehouse.secret_file}' | base64 -d | od -An -v -tx1 "
+        "| tr -d ' \\n'); \\",
+        "sig=$(printf %s \"$id.$ts.$body\" | openssl dgst -sha256 -mac HMAC "
+        "-macopt \"hexkey:$key\" -binary | base64); \\",
+        f"curl -sS -X POST '{warehouse.url(order_id)}' -H 'Content-Type: application/json' "
+        "\\",
+        "  -H \"webhook-id: $id\" -H \"webhook-timestamp: $ts\" "
+        "-H \"webhook-signature: v1,$sig\" -d \"$body\"",
+    ])
+
+
+class Stockroom:
+    """Keeps the demo's products in stock, as a warehouse restocks: whenever one's free
+    quantity in the ERP falls below ``low`` it is topped up by ``top_up``. Without it the
+    demo sells the sandbox out within minutes and every later order is compensated as out
+    of stock; the SKU that is sold out on purpose is not among ``skus``."""
+
+    def __init__(self, skus: list[str], *, low: float = 10.0, top_up: float = 50.0) -> None:
+        self.skus = set(skus)
+        self.low = low
+        self.top_up = top_up
+        self.restocked: dict[str, int] = {}
+
+    async def restock(self, erp: Any) -> list[str]:
+        """Top up the products running low (``erp``: the Odoo connector); returns their SKUs.
+        Writing ``qty_available`` is the sandbox's inventory adjustment."""
+        rows = await erp.list_products(None, fields=["default_code", "qty_available",
+                                                     "free_qty"])
+        topped = []
+        for row in rows:
+            sku = row.get("default_code")
+            if sku in self.skus and float(row.get("free_qty") or 0) < self.low:
+                on_hand = float(row.get("qty_available") or 0)
+                await erp.call(None, "product.product", "write", ids=[int(row["id"])],
+                               vals={"qty_available": on_hand + self.top_up})
+                self.restocked[sku] = self.restocked.get(sku, 0) + 1
+                topped.append(sku)
+        return topped
+
+
 async def trickle(hub: Hub, runtime: KafkaRuntime, count: int | None, *,
-                  warehouse: Warehouse | None = None, interval: float = 1.0,
-                  say: Callable[[str], None] = typer.echo) -> None:
-    """Publish demo orders and print a live summary; ``count=None``: until cancelled."""
+                  warehouse: Warehouse | None = None, stockroom: Stockroom | None = None,
+                  interval: float = 1.0, say: Callable[[str], None] = typer.echo) -> None:
+    """Publish demo orders, play the warehouse and keep its stock; ``count=None``: until
+    cancelled."""
     run_id = str(int(time.time()))
     producer = AIOKafkaProducer(bootstrap_servers=runtime.bootstrap)
     await producer.start()
     sent = 0
-    last_line = ""
     try:
         async with httpx.AsyncClient(timeout=10) as client:
             while True:
@@ -163,34 +233,27 @@ async def trickle(hub: Hub, runtime: KafkaRuntime, count: int | None, *,
                     key, event = demo_order(sent, run_id)
                     await _publish(producer, key, event)
                 if warehouse is not None:
-                    await _ship_waiting(hub, warehouse, client)
-                line = await summary(hub, sent, warehouse)
-                if line != last_line:
-                    say(line)
-                    last_line = line
+                    await _ship_waiting(hub, warehouse, client, say)
+                if stockroom is not None and "erp" in hub.container:
+                    for sku in await stockroom.restock(hub.container.resolve("erp")):
+                        log.info("demo_restocked", sku=sku, top_up=stockroom.top_up)
                 await asyncio.sleep(interval)
     finally:
         await producer.stop()
 
 
-async def _ship_waiting(hub: Hub, warehouse: Warehouse, client: httpx.AsyncClient) -> None:
+async def _ship_waiting(hub: Hub, warehouse: Warehouse, client: httpx.AsyncClient,
+                        say: Callable[[str], None]) -> None:
     rows = await hub.store.list_executions(workflow="ship-order", status="waiting", limit=50)
     for row in rows:
         order_id = str(row["transaction_id"]).removeprefix("ship-order:")
-        if order_id not in warehouse.shipped:
-            await warehouse.ship(client, order_id)
-
-
-async def summary(hub: Hub, sent: int, warehouse: Warehouse | None = None) -> str:
-    counts: dict[str, dict[str, int]] = {}
-    for workflow in ("fulfil-order", "ship-order"):
-        rows = await hub.store.list_executions(workflow=workflow, limit=100_000)
-        per: dict[str, int] = {}
-        for r in rows:
-            per[r["status"]] = per.get(r["status"], 0) + 1
-        counts[workflow] = per
-    f, s = counts["fulfil-order"], counts["ship-order"]
-    active = sum(f.get(k, 0) for k in ("pending", "running", "waiting"))
-    return (f"demo: sent {sent} order.placed | fulfil-order: succeeded "
-            f"{f.get('succeeded', 0)} compensated {f.get('compensated', 0)} in flight {active}"
-            f" | ship-order: waiting {s.get('waiting', 0)} shipped {s.get('succeeded', 0)}")
+        if order_id in warehouse.shipped or order_id in warehouse.held:
+            continue
+        if warehouse.holds(order_id):
+            if not warehouse.held and warehouse.secret_file is not None:
+                say(f"order {order_id} waits for its shipment (every {warehouse.hold_every}th "
+                    "demo order does); send the warehouse's signed delivery by hand:\n"
+                    + delivery_command(warehouse, order_id) + "\n")
+            warehouse.held.add(order_id)
+            continue
+        await warehouse.ship(client, order_id)

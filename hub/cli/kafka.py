@@ -30,7 +30,12 @@ TopicsFile = Annotated[Path | None, typer.Option("--file", help="topics.yaml to 
 
 
 def _kafka(file: Path | None = None) -> tuple[KafkaSettings, str]:
-    settings = process_settings().kafka
+    every = process_settings()
+    settings = every.kafka
+    if settings.bootstrap and "HUB_KAFKA_BOOTSTRAP" in every.origins:
+        from hub.runtime.kafka import without_producer_ids
+
+        without_producer_ids(settings.bootstrap)  # the dev mode's embedded Tansu
     if file is not None:
         settings = settings.model_copy(update={"topics_file": file})
     if not settings.bootstrap:

@@ -25,15 +25,16 @@ from hub.cli.kafka import add_kafka_commands
 from hub.cli.outbox import add_outbox_commands
 from hub.cli.sandbox import SANDBOX_PORT, add_sandbox_command, export_env, sandbox_server
 from hub.cli.settings import add_settings_command
-from hub.cli.signals import until_signalled
+from hub.cli.signals import cancelled_by_signal, until_signalled
 from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
-from hub.errors import HubError
+from hub.errors import HubError, ServiceConfigError
 from hub.logging import configure_logging
 from hub.runtime.scheduler import Scheduler
 from hub.runtime.service import KafkaRuntime
 from hub.runtime.topics import TopicsFileError
 from hub.settings import SettingsError, process_settings
+from hub.tracing import configure_tracing
 
 app = typer.Typer(help="The commerce integration hub.", no_args_is_help=True,
                   add_completion=False)
@@ -73,6 +74,7 @@ def worker(
 ) -> None:
     """Run the executor and scheduler, and the consumer and outbox relay, until SIGTERM."""
     configure_logging(log_level, json_output=json_logs)
+    configure_tracing()  # spans over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
     every = process_settings()
     settings, kafka = every.engine, every.kafka
     if modules:
@@ -83,29 +85,43 @@ def worker(
         typer.echo(f"note: joining {joined}: its broker at {kafka.bootstrap}, consumer group "
                    f"{kafka.group!r}, and the database under {settings.data_dir}; set "
                    "HUB_KAFKA_BOOTSTRAP to choose another broker", err=True)
+        from hub.runtime.kafka import without_producer_ids
+
+        without_producer_ids(kafka.bootstrap or "")  # the dev mode's embedded Tansu
+
+    try:
+        load_modules(settings.modules)
+    except HubError as exc:  # a workflow defined wrongly: named by the composer's error
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    hub = Hub(settings=settings, execute=execute)
+    if execute:
+        _build_services_or_exit(hub)
 
     async def run() -> None:
-        load_modules(settings.modules)
         if settings.metrics_port is not None:
             from prometheus_client import start_http_server
 
             from hub.metrics import REGISTRY
 
             start_http_server(settings.metrics_port, registry=REGISTRY)
-        async with Hub(settings=settings, execute=execute) as hub:
+        async with hub:
             runtime = KafkaRuntime(hub, kafka) if with_kafka else None
             if runtime is not None:
                 await runtime.start()
             scheduler = Scheduler(hub) if execute and settings.scheduler else None
             if scheduler is not None:
                 await scheduler.start()
+            stop = asyncio.ensure_future(until_signalled())
             try:
+                await asyncio.sleep(0)  # its handlers are in: "ready" can be stopped cleanly
                 print(json.dumps({"event": "worker_ready", "worker": settings.worker_id,
                                   "workflows": hub.registry.names(),
                                   "kafka": runtime.bootstrap if runtime else None}),
                       flush=True)
-                await until_signalled()
+                await stop
             finally:
+                stop.cancel()
                 if scheduler is not None:
                     await scheduler.stop()
                 if runtime is not None:
@@ -119,6 +135,22 @@ def worker(
     except HubError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _build_services_or_exit(hub: Hub) -> None:
+    """Build every connector the loaded workflows resolve (the services their modules
+    register with ``@provides``) before the worker opens its store: a worker without, say,
+    ``HUB_ODOO_BASE_URL`` would claim executions only to compensate every one of them."""
+    try:
+        hub.container.build_all()
+    except ServiceConfigError as exc:
+        asyncio.run(hub.container.aclose())
+        lines = "\n".join(f"  {p}" for p in exc.problems)
+        typer.echo(f"error: this worker cannot run its workflows (HUB_MODULES) without the "
+                   f"settings of the connectors they use:\n{lines}\nset them (the dev mode's "
+                   "sandboxes: `hub sandbox --env-file sandbox.env`), or start it with "
+                   "--no-execute", err=True)
+        raise typer.Exit(2) from None
 
 
 @db_app.command("migrate")
@@ -167,14 +199,23 @@ def dev(
     sandbox_port: Annotated[int, typer.Option(
         help="control port of the sandbox systems, which take the next four (0: free ports)")
     ] = SANDBOX_PORT,
+    stop_with_parent: Annotated[bool, typer.Option(
+        help="also stop when the parent process is told to stop (make dev uses it)")] = False,
 ) -> None:
     """Dev mode: embedded Postgres and Kafka, the sandbox systems, a worker, the API and the
-    scheduler in one process, with demo orders flowing through them. Ctrl-C stops it all."""
-    configure_logging(log_level)
-    from hub.cli.demo import Warehouse, run_demo, trickle
+    scheduler in one process, with demo orders flowing through them. It prints where each
+    runs and a line of counts; the details go to <data dir>/dev.log. Ctrl-C or SIGTERM
+    stops it all, at any moment of its start too."""
+    from hub.cli.demo import HOLD_EVERY, SKUS, Stockroom, Warehouse, run_demo, trickle
+    from hub.cli.devlog import configure_dev_logging
+    from hub.cli.devsummary import DevAddresses, report_counts, start_lines
+
+    settings = process_settings().engine
+    data_dir = Path(settings.data_dir).resolve()
+    log_file = configure_dev_logging(log_level, data_dir)
+    configure_tracing()
 
     async def run() -> None:
-        settings = process_settings().engine
         sandboxes = sandbox_server(sandbox_port)
         try:
             await asyncio.to_thread(sandboxes.start_in_thread)
@@ -182,50 +223,62 @@ def dev(
             raise HubError(f"{exc}; pass --sandbox-port 0 for free ports") from None
         try:
             export_env(sandboxes.connector_env())
-            secret = await asyncio.to_thread(_dev_secret, Path(settings.data_dir))
+            secret = await asyncio.to_thread(_dev_secret, data_dir)
             api_settings = process_settings().api
             if not api_settings.webhook_secrets:  # the demo warehouse signs with its own
                 api_settings = api_settings.model_copy(
                     update={"webhook_secrets": {"warehouse": SecretStr(secret)}})
             load_modules(settings.modules)
             async with Hub(settings=settings) as hub, KafkaRuntime(hub) as runtime, \
-                    Scheduler(hub), _dev_runtime(Path(settings.data_dir), runtime.bootstrap,
+                    Scheduler(hub), _dev_runtime(data_dir, runtime.bootstrap,
                                                  f"http://127.0.0.1:{port}"):
                 hub.container.build_all()
-                typer.echo(f"sandboxes at {sandboxes.control_url} (state: "
-                           f"{sandboxes.control_url}/systems/odoo/state)")
-                await run_demo(hub, runtime)
                 if once:
+                    typer.echo(f"sandboxes at {sandboxes.control_url}; log in {log_file}")
+                    await run_demo(hub, runtime)
                     return
-                key_file = Path(settings.data_dir) / "dev-api-key"
+                key_file = data_dir / "dev-api-key"
                 token = await ensure_dev_key(hub, key_file)
                 kafka = runtime.settings.model_copy(update={"bootstrap": runtime.bootstrap})
                 server, task = await start_api(hub, "127.0.0.1", port, kafka, api_settings)
                 api = f"http://127.0.0.1:{port}"
+                tasks: list[asyncio.Task[None]] = []
                 try:
-                    typer.echo(f"API at {api} (docs: /docs); dev key with every scope in "
-                               f"{key_file}:\n  curl -H 'Authorization: Bearer {token}' "
-                               f"{api}/workflow")
-                    typer.echo(f"Kafka at {runtime.bootstrap}; Ctrl-C stops everything")
+                    typer.echo("\n".join(start_lines(DevAddresses(
+                        api=api, dev_key=token, key_file=key_file, broker=runtime.bootstrap,
+                        postgres=hub.store.dsn,
+                        pg_data=data_dir / "pgdata"
+                        if settings.database_url is None else None,
+                        sandboxes={name: sandboxes.url(name) for name in sandboxes.systems},
+                        sandbox_control=sandboxes.control_url, log_file=log_file))))
+                    await run_demo(hub, runtime)
                     keys = api_settings.secrets().get("warehouse")  # none: nobody ships
-                    demo = asyncio.create_task(trickle(
-                        hub, runtime, demo_events,
-                        warehouse=Warehouse(api, keys[0]) if keys else None))
-                    await until_signalled()
-                    demo.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await demo
+                    # the hand-made delivery signs with the dev secret's file: with secrets
+                    # of your own (HUB_WEBHOOK_SECRETS) no order is held for it
+                    own = bool(process_settings().api.webhook_secrets)
+                    tasks.append(asyncio.create_task(trickle(
+                        hub, runtime, demo_events, stockroom=Stockroom(SKUS),
+                        warehouse=Warehouse(api, keys[0], hold_every=0 if own else HOLD_EVERY,
+                                            secret_file=data_dir / "dev-webhook-secret")
+                        if keys else None)))
+                    tasks.append(asyncio.create_task(report_counts(hub, typer.echo)))
+                    await asyncio.Event().wait()  # until cancelled by a signal
                 finally:
+                    for t in tasks:
+                        t.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await t
                     server.should_exit = True
                     await task
         finally:
             await asyncio.to_thread(sandboxes.stop_thread)
 
     try:
-        asyncio.run(run())
+        asyncio.run(cancelled_by_signal(run(), with_parent=stop_with_parent))
     except HubError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    typer.echo("hub dev stopped")
 
 
 @contextlib.asynccontextmanager

@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 
 import structlog
 
+from hub import tracing
 from hub.engine.events import DEFAULT_MAX_EVENT_BYTES, check_event
 from hub.engine.payload import to_json
-from hub.errors import HubError
+from hub.errors import HubError, ServiceConfigError
 
 _OUTBOX_NS = uuid.UUID("6f1c1d0e-52a3-4c2e-9a55-3b0f3a1e7c11")
 
@@ -77,9 +78,17 @@ class Container:
         return service
 
     def build_all(self) -> list[str]:
-        """Build every provided service now, so bad configuration fails at start-up."""
+        """Build every provided service now, so bad configuration fails at start-up; raise
+        ``ServiceConfigError`` naming each service that cannot be built and why (all of
+        them, so one restart fixes every setting)."""
+        problems: list[str] = []
         for name in sorted(self._providers):
-            self.resolve(name)
+            try:
+                self.resolve(name)
+            except HubError as exc:
+                problems.append(f"{name}: {exc}")
+        if problems:
+            raise ServiceConfigError(problems)
         return self.names()
 
     async def aclose(self) -> None:
@@ -138,9 +147,10 @@ class StepContext:
 
     @property
     def traceparent(self) -> str | None:
-        """The W3C trace context of what started the run (a Kafka header or an HTTP header):
-        connectors pass it on so a trace spans the systems a workflow touches."""
-        value = (self.trigger or {}).get("traceparent")
+        """The W3C trace context to pass on, so a trace spans the systems a workflow
+        touches: this attempt's span when tracing is on, else that of what started the run
+        (a Kafka header or an HTTP header)."""
+        value = tracing.current_traceparent() or (self.trigger or {}).get("traceparent")
         return value if isinstance(value, str) else None
 
     def emit(self, topic: str, event: Any, *, key: str | None = None,

@@ -24,7 +24,7 @@ from typing import Any, cast
 import structlog
 from pydantic import ValidationError
 
-from hub import metrics
+from hub import metrics, tracing
 from hub.aio import wait_event
 from hub.engine.checkpoint import Batcher
 from hub.engine.context import Container, StepContext
@@ -697,13 +697,17 @@ class Executor:
         )
 
     async def _call(self, fn: Any, value: Any, ctx: StepContext, timeout: float | None) -> Any:
-        result = fn(value, ctx)
-        if inspect.isawaitable(result):
-            if timeout is None:
-                return await result
-            async with asyncio.timeout(timeout):
-                return await result
-        return result
+        with tracing.step_attempt(ctx) as span:  # one span per attempt, when tracing is on
+            result = fn(value, ctx)
+            if inspect.isawaitable(result):
+                if timeout is None:
+                    result = await result
+                else:
+                    async with asyncio.timeout(timeout):
+                        result = await result
+            if isinstance(result, StepResponse) and result.kind == "permanent_failure":
+                tracing.mark_failed(span, result.message)
+            return result
 
     async def _invoke(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
         t0 = time.perf_counter()

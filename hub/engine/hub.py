@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from hub import tracing
 from hub.engine.checkpoint import Batcher
 from hub.engine.context import Container
 from hub.engine.execution import Execution
@@ -274,10 +275,11 @@ class Hub:
             if transaction_id is None:
                 transaction_id = scope.derived_transaction_id(spec.name)
                 once = once or transaction_id is not None
-        trigger_text = None if trigger is None else encode(
-            to_json(trigger, "trigger"), "trigger", self.settings.max_payload_bytes)
         exec_id = new_execution_id()
         tx = transaction_id or str(exec_id)
+        trigger = tracing.starting(trigger, spec.name, str(exec_id), tx)  # as is when off
+        trigger_text = None if trigger is None else encode(
+            to_json(trigger, "trigger"), "trigger", self.settings.max_payload_bytes)
         if scope is not None and not wait:
             if scope.replay_id is not None:
                 tx = f"{tx}#replay:{scope.replay_id}"

@@ -34,7 +34,7 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import BaseModel
 
-from hub import metrics
+from hub import metrics, tracing
 from hub.engine.checkpoint import Batcher
 from hub.engine.hub import Hub
 from hub.errors import HubError
@@ -329,7 +329,10 @@ class Handling:
                                           key=ctx.start_key) as scope, \
                         structlog.contextvars.bound_contextvars(
                             topic=record.topic, partition=record.partition,
-                            offset=record.offset, subscriber=sub.name):
+                            offset=record.offset, subscriber=sub.name), \
+                        tracing.consuming(record.topic, record.partition, record.offset,
+                                          decoded.key, sub.name, self.group,
+                                          decoded.headers, decoded.event_id):
                     await sub.handler(event, ctx)
             except Exception as exc:
                 if attempt > sub.max_retries:

@@ -31,6 +31,29 @@ class KafkaUnavailable(HubError):
         """The broker answered and refused the credentials: waiting will not help."""
 
 
+_NO_PRODUCER_IDS: set[str] = set()
+"""Bootstraps known not to hand out producer ids: their producers skip the request."""
+
+
+def without_producer_ids(bootstrap: str) -> None:
+    """Producers of ``bootstrap`` are plain acks=all ones from the start: the embedded Tansu
+    answers InitProducerId (idempotence) with UNKNOWN_SERVER_ERROR, so asking only costs a
+    round trip and an error line on every start."""
+    _NO_PRODUCER_IDS.add(bootstrap)
+
+
+class _InitProducerIdRefusal(logging.Filter):
+    """aiokafka logs a refused InitProducerId at ERROR and then raises it; ``start_producer``
+    catches that, falls back to a plain producer and logs ``idempotent_producer_unavailable``
+    with the error itself, so aiokafka's line only repeats it, as an error it is not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unexpected error during InitProducerIdRequest")
+
+
+logging.getLogger("aiokafka.producer.sender").addFilter(_InitProducerIdRefusal())
+
+
 class _AuthFailures(logging.Handler):
     """aiokafka logs a SASL authentication failure and then raises a generic connection
     error; this catches the log line so the start-up error can say what really happened."""
@@ -109,6 +132,8 @@ async def start_producer(settings: KafkaSettings, bootstrap: str, *,
     kw = client_kwargs(settings, bootstrap)
     if max_request_size is not None:
         kw["max_request_size"] = max_request_size
+    if bootstrap in _NO_PRODUCER_IDS:
+        return await _plain_producer(settings, bootstrap, kw)
     producer = AIOKafkaProducer(**kw, enable_idempotence=True, acks="all", linger_ms=2)
     try:
         async with explained_start(settings, bootstrap, "starting a producer"):
@@ -120,6 +145,12 @@ async def start_producer(settings: KafkaSettings, bootstrap: str, *,
     except KafkaError as exc:
         await producer.stop()
         log.warning("idempotent_producer_unavailable", bootstrap=bootstrap, error=repr(exc))
+        without_producer_ids(bootstrap)  # once per process, not on every producer
+    return await _plain_producer(settings, bootstrap, kw)
+
+
+async def _plain_producer(settings: KafkaSettings, bootstrap: str,
+                          kw: dict[str, Any]) -> AIOKafkaProducer:
     producer = AIOKafkaProducer(**kw, acks="all", linger_ms=2)
     async with explained_start(settings, bootstrap, "starting a producer"):
         await producer.start()

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from hub import metrics
+from hub import metrics, tracing
 from hub.aio import wait_event
 from hub.engine.events import topic_problem
 from hub.engine.hub import Hub
@@ -98,6 +98,7 @@ class OutboxRelay:
         bad = await self._check_topics(rows)
         fates: dict[uuid.UUID, OutboxFate] = {}
         sent: list[tuple[uuid.UUID, asyncio.Future[Any]]] = []
+        spans: dict[uuid.UUID, Any] = {}  # stays empty when tracing is off
         for row in rows:
             topic = self.prefix + row["topic"]
             if topic in bad:
@@ -106,6 +107,9 @@ class OutboxRelay:
             try:
                 headers = dict(row["headers"] or {})
                 headers[h.EVENT_ID] = str(row["id"])
+                if tracing.enabled():  # the record carries the send span's trace context
+                    spans[row["id"]] = tracing.publishing(topic, headers, str(row["id"]),
+                                                          row["key"])
                 spec = self.topics.topics.get(topic) if self.topics is not None else None
                 if spec is not None and EventFormats.applies(spec):
                     value, wire = await self.formats.encode(spec, row["payload"], headers,
@@ -122,10 +126,14 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 fates[row["id"]] = fate_of(row["id"], exc)
+                tracing.published(spans.pop(row["id"], None), exc)
         acks = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
         for (row_id, _), ack in zip(sent, acks, strict=True):
             if isinstance(ack, asyncio.CancelledError):
                 raise ack
+            if spans:
+                tracing.published(spans.pop(row_id, None),
+                                  ack if isinstance(ack, BaseException) else None)
             fates[row_id] = (fate_of(row_id, ack) if isinstance(ack, BaseException)
                              else OutboxFate(row_id, "sent"))
         return [fates[r["id"]] for r in rows]

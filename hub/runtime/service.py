@@ -14,7 +14,12 @@ from hub.engine.loader import load_modules
 from hub.runtime.admin import reconcile
 from hub.runtime.consumer import ConsumerRuntime
 from hub.runtime.formats import EventFormats
-from hub.runtime.kafka import KafkaUnavailable, explained_start, start_producer
+from hub.runtime.kafka import (
+    KafkaUnavailable,
+    explained_start,
+    start_producer,
+    without_producer_ids,
+)
 from hub.runtime.outbox import OutboxRelay
 from hub.runtime.schema_registry import SchemaRegistry
 from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
@@ -74,6 +79,7 @@ class KafkaRuntime:
             # started from this (the main) thread: the broker is bound to die with the
             # thread that started it, and a pool thread may end before the process does
             self.bootstrap = self.broker.start()
+            without_producer_ids(self.bootstrap)  # Tansu hands out no producer ids
             log.info("embedded_broker_started", bootstrap=self.bootstrap)
         if self.topics is None:
             self.topics = load_topics(s.topics_file, s.topic_prefix)

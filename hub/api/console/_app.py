@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.api.console._chart import RUN_STATUSES, render_series
 from hub.api.console._graph import STEP_STATES, render_graph
+from hub.api.console._lag import by_topic
 from hub.api.console._session import (
     COOKIE,
     LOGIN_COOKIE,
@@ -44,6 +45,7 @@ from hub.api.console._session import (
     same,
     session_of,
 )
+from hub.api.console._trace import trace_url
 from hub.api.keys import InvalidApiKey, Scope, authenticate
 from hub.api.proxies import TrustedProxies
 from hub.api.service import Actor, HubService, InvalidArgument
@@ -106,6 +108,25 @@ def _duration(ms: float | None) -> str:
     return f"{ms / 1000:.2f} s" if ms < 60_000 else f"{ms / 60_000:.1f} min"
 
 
+REASON_CHARS = 160
+"""How much of a dead letter's reason its row shows; the whole of it is a click away."""
+
+
+def _first_line(text: str | None, width: int = REASON_CHARS) -> str:
+    """The first line of ``text``, cut at a word, ``…`` when anything was left out: a
+    pydantic message spans many lines and a stack of them would hide the list's rows."""
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = " ".join(lines[0].split())
+    if len(first) > width:
+        cut = first[:width - 1]
+        first = cut.rsplit(" ", 1)[0] if " " in cut else cut
+    elif len(lines) == 1:
+        return first
+    return first + "…"
+
+
 def _status_badge(status: str) -> Markup:
     style = RUN_STATUSES.get(status)
     if style is None:
@@ -128,7 +149,8 @@ def _environment() -> Environment:
                       autoescape=select_autoescape(["html"]), trim_blocks=True,
                       lstrip_blocks=True)
     env.filters.update(time=_time, pretty=_pretty, duration=_duration,
-                       status_badge=_status_badge, state_badge=_state_badge)
+                       status_badge=_status_badge, state_badge=_state_badge,
+                       first_line=_first_line)
     env.globals.update(RUN_STATUSES=RUN_STATUSES, STEP_STATES=STEP_STATES,
                        TRIGGER_KINDS=TRIGGER_KINDS, WINDOWS=WINDOWS, render_graph=render_graph,
                        render_series=render_series)
@@ -345,8 +367,9 @@ def create_console(service: HubService, settings: ApiSettings) -> FastAPI:
     @app.get("/fragments/kafka", response_class=HTMLResponse)
     async def kafka_live(request: Request) -> Response:
         session = await need(request, Scope.READ)
-        return render(request, "_kafka.html", session=session,
-                      lag=await service.consumer_lag(),
+        lag = await service.consumer_lag()
+        return render(request, "_kafka.html", session=session, lag=lag,
+                      lag_topics=by_topic(lag.value or []),
                       dead=await service.dead_letter_count())
 
     # -- executions ------------------------------------------------------------------------
@@ -386,13 +409,17 @@ def create_console(service: HubService, settings: ApiSettings) -> FastAPI:
     async def execution(request: Request, ref: str, workflow: str | None = None,
                         done: str | None = None) -> Response:
         session = await need(request, Scope.READ)
+        ctx = await execution_ctx(ref, workflow)
         return render(request, "execution.html", session=session, done=done,
-                      **await execution_ctx(ref, workflow))
+                      trace_url=trace_url(settings.trace_ui_url, ctx["d"].trigger), **ctx)
 
     @app.get("/fragments/executions/{ref}", response_class=HTMLResponse)
-    async def execution_live(request: Request, ref: str, workflow: str | None = None) -> Response:
+    async def execution_live(request: Request, ref: str, workflow: str | None = None,
+                             done: str | None = None) -> Response:
+        """The live part of an execution's page; ``done``: it follows an action taken from
+        the page, so it polls every second until the execution settles."""
         session = await need(request, Scope.READ)
-        return render(request, "_execution_live.html", session=session,
+        return render(request, "_execution_live.html", session=session, done=done,
                       **await execution_ctx(ref, workflow))
 
     @app.get("/fragments/executions/{ref}/event", response_class=HTMLResponse)

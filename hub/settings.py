@@ -138,7 +138,7 @@ class KafkaSettings(BaseSettings):
     """The Kafka side: broker, group, security. ``HUB_KAFKA_*`` variables."""
 
     model_config = SettingsConfigDict(env_prefix="HUB_KAFKA_", extra="ignore",
-                                      env_file=".env")
+                                      env_file=".env", populate_by_name=True)
 
     bootstrap: str | None = Field(
         default=None, description="host:port list; unset: an embedded broker (dev, tests)"
@@ -201,6 +201,22 @@ class KafkaSettings(BaseSettings):
         default=300.0, gt=0,
         description="longest wait between two publish attempts of an outbox event (the wait "
                     "doubles from 1 s)")
+    schema_registry_url: str | None = Field(
+        default=None, alias="HUB_SCHEMA_REGISTRY_URL",
+        description="Confluent-compatible schema registry (Apicurio: .../apis/ccompat/v7) for "
+                    "topics in format avro or json-schema")
+    schema_registry_username: str | None = Field(
+        default=None, alias="HUB_SCHEMA_REGISTRY_USERNAME",
+        description="basic-auth user of the schema registry")
+    schema_registry_password: SecretStr | None = Field(
+        default=None, alias="HUB_SCHEMA_REGISTRY_PASSWORD", repr=False,
+        description="basic-auth password of the schema registry")
+    schema_registry_timeout_s: float = Field(
+        default=10.0, gt=0, alias="HUB_SCHEMA_REGISTRY_TIMEOUT_S",
+        description="one registry request at most; a timeout retries the batch")
+    schema_registry_cache_size: int = Field(
+        default=1000, ge=1, alias="HUB_SCHEMA_REGISTRY_CACHE_SIZE",
+        description="schemas kept by id (they never change under an id)")
 
     def password(self) -> str | None:
         """The SASL password, from the file when one is named (never logged)."""

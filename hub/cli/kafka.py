@@ -22,7 +22,7 @@ from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
 from hub.errors import HubError
 from hub.logging import configure_logging
-from hub.settings import KafkaSettings, process_settings
+from hub.settings import KafkaSettings, mask_dsn, process_settings
 
 T = TypeVar("T")
 
@@ -99,10 +99,10 @@ def add_kafka_commands(app: typer.Typer) -> None:
             settings, bootstrap = _kafka(file)
             topics = load_topics(settings.topics_file, settings.topic_prefix)
             topics.import_models()
-            return await reconcile(topics, settings, bootstrap,
-                                   create=create)
+            report = await reconcile(topics, settings, bootstrap, create=create)
+            return report, [] if create else await _schema_checks(topics, settings)
 
-        report = _run(go)
+        report, schemas = _run(go)
 
         def human() -> None:
             for name in report.created:
@@ -114,10 +114,33 @@ def add_kafka_commands(app: typer.Typer) -> None:
                            f"broker has {d.actual}")
             for name in report.in_sync:
                 typer.echo(f"in sync   {name}")
+            for c in schemas:
+                word = ("unchecked" if not c.checked else "schema ok" if c.compatible
+                        else "INCOMPATIBLE")
+                typer.echo(f"{word:9} {c.topic} (subject {c.subject}): {c.detail}")
 
-        _print(report.to_dict(), as_json, human)
-        if report.drift or report.missing:
+        data = report.to_dict()
+        if schemas:
+            data["schemas"] = [c.to_dict() for c in schemas]
+        _print(data, as_json, human)
+        if report.drift or report.missing or any(not c.compatible for c in schemas):
             raise typer.Exit(1)
+
+    async def _schema_checks(topics: Any, settings: KafkaSettings) -> list[Any]:
+        """The registry's verdict on each declared model of a topic in a registry format."""
+        from hub.runtime.schema_check import check_models
+        from hub.runtime.schema_registry import SchemaRegistry
+
+        if not any(t.registry_subject and t.event for t in topics):
+            return []
+        registry = SchemaRegistry.from_settings(settings)
+        if registry is None:
+            raise HubError("topics in a registry format (avro, json-schema) are declared: "
+                           "set HUB_SCHEMA_REGISTRY_URL to check their models")
+        try:
+            return await check_models(topics, registry)
+        finally:
+            await registry.aclose()
 
     @topics_app.command("apply")
     def topics_apply(file: TopicsFile = None, as_json: JsonOut = False) -> None:
@@ -126,7 +149,8 @@ def add_kafka_commands(app: typer.Typer) -> None:
 
     @topics_app.command("check")
     def topics_check(file: TopicsFile = None, as_json: JsonOut = False) -> None:
-        """Only report missing topics and drift (exit 1 if any)."""
+        """Report missing topics, drift, and models the schema registry finds incompatible
+        with their subject (exit 1 if any)."""
         reconcile_cmd(False, file, as_json)
 
     @topics_app.command("asyncapi")
@@ -147,7 +171,8 @@ def add_kafka_commands(app: typer.Typer) -> None:
             topics = load_topics(file or settings.topics_file, settings.topic_prefix)
             load_modules(settings.subscribers)
             doc = build_asyncapi(topics, SUBSCRIBERS.with_prefix(settings.topic_prefix),
-                                 bootstrap=settings.bootstrap or "")
+                                 bootstrap=settings.bootstrap or "",
+                                 registry_url=mask_dsn(settings.schema_registry_url or ""))
         except HubError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
@@ -167,9 +192,14 @@ def add_kafka_commands(app: typer.Typer) -> None:
         = "id",
         no_validate: Annotated[bool, typer.Option("--no-validate")] = False,
     ) -> None:
-        """Publish events from a file, validated against the topic's model first."""
+        """Publish events from a file, validated against the topic's model first, in the
+        topic's format (framed for the schema registry, or as CloudEvents)."""
+        import uuid
+
         from hub.runtime import constants as h
+        from hub.runtime.formats import EventFormats
         from hub.runtime.kafka import start_producer
+        from hub.runtime.schema_registry import SchemaRegistry
         from hub.runtime.topics import load_topics
 
         try:
@@ -201,16 +231,29 @@ def add_kafka_commands(app: typer.Typer) -> None:
                     except Exception as exc:
                         raise HubError(f"{file}: event {i} does not match {spec.event}: {exc}"
                                        ) from None
+            formats = None
+            if EventFormats.applies(spec):  # framed for the registry, or a CloudEvent
+                formats = EventFormats(SchemaRegistry.from_settings(settings)
+                                       if spec.registry_subject else None)
             producer = await start_producer(settings, bootstrap)
             try:
                 for event in events:
                     key = event.get(key_field) if isinstance(event, dict) else None
+                    value = json.dumps(event)
+                    version = {h.SCHEMA_VERSION: str(spec.schema_version)}
+                    if formats is None:
+                        raw, headers = value.encode(), [(k, v.encode())
+                                                        for k, v in version.items()]
+                    else:
+                        event_id = str(key) if key is not None else uuid.uuid4().hex
+                        raw, headers = await formats.encode(spec, value, version, event_id)
                     await producer.send_and_wait(
-                        name, json.dumps(event).encode(),
-                        key=str(key).encode() if key is not None else None,
-                        headers=[(h.SCHEMA_VERSION, str(spec.schema_version).encode())])
+                        name, raw, key=str(key).encode() if key is not None else None,
+                        headers=headers)
             finally:
                 await producer.stop()
+                if formats is not None and formats.registry is not None:
+                    await formats.registry.aclose()
             return len(events)
 
         n = _run(go)

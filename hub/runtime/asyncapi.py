@@ -1,8 +1,10 @@
 """The AsyncAPI 3.0 document of every topic: the contract upstream teams publish against.
 
 Built from topics.yaml (channels, Kafka bindings, who publishes) and the pydantic event
-models (payload schemas), seen from the hub's side: it *receives* what subscribers consume
-and *sends* what it produces (outbox events, dead letters).
+models (payload schemas; for a registry-framed topic its subject, format and the Kafka
+binding of the schema id; for a CloudEvents topic its mode and routes), seen from the hub's
+side: it *receives* what subscribers consume and *sends* what it produces (outbox events, dead
+letters).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from hub.runtime import constants as h
 from hub.runtime.subscriber import SubscriberRegistry
-from hub.runtime.topics import Topics
+from hub.runtime.topics import Topics, TopicSpec
 
 
 def _ident(topic: str) -> str:
@@ -39,8 +41,32 @@ def _lift_defs(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any
     return rewrite(schema)  # type: ignore[no-any-return]
 
 
+def _formats(spec: TopicSpec, registry_url: str) -> dict[str, Any]:
+    """What a message of a registry-framed or CloudEvents topic adds: the Kafka message
+    binding for the schema id in the payload, the subject and format, the CloudEvents mode."""
+    extra: dict[str, Any] = {}
+    subject = spec.registry_subject
+    if subject is not None:
+        extra["contentType"] = ("application/vnd.apache.avro" if spec.format == "avro"
+                                else "application/json")
+        extra["bindings"] = {"kafka": {
+            "bindingVersion": "0.5.0", "schemaIdLocation": "payload",
+            "schemaIdPayloadEncoding": "confluent",
+            "schemaLookupStrategy": "TopicNameStrategy" if spec.subject is None
+            else "subject"}}
+        extra["x-schema-registry"] = {"subject": subject, "format": spec.format,
+                                      **({"url": registry_url} if registry_url else {})}
+    if spec.cloudevents is not None:
+        extra["x-cloudevents"] = {
+            "specversion": "1.0", "mode": spec.cloudevents.mode,
+            "accepts": ["binary", "structured"], "source": spec.cloudevents.source,
+            **({"type": spec.cloudevents.type} if spec.cloudevents.type else {}),
+            **({"routes": spec.cloudevents.routes} if spec.cloudevents.routes else {})}
+    return extra
+
+
 def build_asyncapi(topics: Topics, subscribers: SubscriberRegistry, *, bootstrap: str = "",
-                   version: str = "1.0.0") -> dict[str, Any]:
+                   version: str = "1.0.0", registry_url: str = "") -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
@@ -71,10 +97,13 @@ def build_asyncapi(topics: Topics, subscribers: SubscriberRegistry, *, bootstrap
         }
         if model is not None:
             mname = model.__name__
+            formats = _formats(spec, registry_url)
+            # a model framed or enveloped on this topic is a message of its own
+            key = f"{mname}_{cid}" if formats else mname
             schema = _lift_defs(model.model_json_schema(ref_template="#/$defs/{model}"),
                                 schemas)
             schemas[mname] = schema
-            messages[mname] = {
+            messages[key] = {
                 "name": mname,
                 "title": mname,
                 "summary": (model.__doc__ or "").strip().split("\n")[0],
@@ -83,8 +112,9 @@ def build_asyncapi(topics: Topics, subscribers: SubscriberRegistry, *, bootstrap
                 "payload": {"$ref": f"#/components/schemas/{mname}"},
                 "x-schema-version": spec.schema_version,
                 "x-accepted-versions": sorted(spec.versions),
+                **formats,
             }
-            channel["messages"][mname] = {"$ref": f"#/components/messages/{mname}"}
+            channel["messages"][key] = {"$ref": f"#/components/messages/{key}"}
         if spec.dead_letter:
             channel["x-dead-letter-topic"] = spec.dead_letter
         if spec.producers:
@@ -124,4 +154,7 @@ def build_asyncapi(topics: Topics, subscribers: SubscriberRegistry, *, bootstrap
     if bootstrap:
         host = bootstrap.split(",")[0]
         doc["servers"] = {"kafka": {"host": host, "protocol": "kafka"}}
+        if registry_url:
+            doc["servers"]["kafka"]["bindings"] = {"kafka": {
+                "bindingVersion": "0.5.0", "schemaRegistryUrl": registry_url}}
     return doc

@@ -30,6 +30,8 @@ value, the key and the original headers are never cut."""
 REDRIVEN_FROM = "hub.redriven.from"
 """Set on a record sent back to its topic by ``hub dlq redrive``: ``dlq-topic/partition/offset``."""
 
-STAGES = ("deserialize", "schema_version", "validate", "handler", "start")
-"""Where an event failed, in the order the runtime tries them (``start``: Postgres refused
-the start a handler asked for, on what the row holds)."""
+STAGES = ("deserialize", "cloudevent", "schema", "schema_version", "validate", "handler",
+          "start")
+"""Where an event failed, in the order the runtime tries them (``cloudevent``: not a valid
+CloudEvent, or a type with no route; ``schema``: the registry knows no usable schema for its
+id; ``start``: Postgres refused the start a handler asked for, on what the row holds)."""

@@ -43,8 +43,10 @@ from hub.engine.payload import tail_lines
 from hub.errors import HubError
 from hub.runtime import constants as h
 from hub.runtime.admin import existing_topics
+from hub.runtime.formats import EventFormats, FormatRejected, route
 from hub.runtime.kafka import client_kwargs, explained_start, start_producer
 from hub.runtime.oversize import Headers, fitted_headers, is_truncated
+from hub.runtime.schema_registry import RegistryUnavailable, SchemaRegistry
 from hub.runtime.sizes import held_bytes
 from hub.runtime.subscriber import (
     SUBSCRIBERS,
@@ -84,6 +86,18 @@ class DeadLetterTopicMissing(HubError):
     would stall the partition, so the consumer does not start."""
 
 
+def registry_for(topics: Topics, names: Sequence[str],
+                 settings: KafkaSettings) -> SchemaRegistry | None:
+    """The schema registry the subscribed topics need; a registry topic without
+    ``HUB_SCHEMA_REGISTRY_URL`` stops the start (its every record would wait)."""
+    framed = [n for n in names if topics[n].registry_subject is not None]
+    registry = SchemaRegistry.from_settings(settings) if framed else None
+    if framed and registry is None:
+        raise HubError(f"topic {framed[0]!r} is in format {topics[framed[0]].format!r} "
+                       f"(declared in {topics.path}) but HUB_SCHEMA_REGISTRY_URL is not set")
+    return registry
+
+
 def dead_letter_topic(topics: Topics, topic: str) -> str:
     """Where ``topic``'s rejected records go: its ``dead_letter:``, else ``<topic>.dlq``."""
     spec = topics.topics.get(topic)
@@ -96,6 +110,7 @@ class Decoded:
     event_id: str | None
     headers: dict[str, str]
     key: str | None
+    ce_type: str | None = None
 
 
 def decode_headers(raw: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
@@ -202,8 +217,10 @@ class Handling:
                  producer: AIOKafkaProducer | None, group: str, *,
                  replay_id: str | None = None, replaying: bool = False,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 max_message_bytes: int = 1_048_576) -> None:
+                 max_message_bytes: int = 1_048_576,
+                 formats: EventFormats | None = None) -> None:
         self.hub = hub
+        self.formats = formats or EventFormats(None)
         self.replaying = replaying
         self.topics = topics
         self.subscribers = subscribers
@@ -271,8 +288,16 @@ class Handling:
         if only is not None:
             subs = [s for s in subs if s.name == only]
         try:
-            decoded = decode_record(record, spec)
-        except EventRejected as exc:
+            if EventFormats.applies(spec):
+                decoded = await self._formatted(record, spec)
+                routed = route(spec, decoded.ce_type, [s.name for s in subs])
+                if routed is not None:
+                    subs = [s for s in subs if s.name in routed]
+            else:
+                decoded = decode_record(record, spec)
+        except RegistryUnavailable:
+            raise  # the record is good: the batch is retried (then parked), not dead-lettered
+        except (EventRejected, FormatRejected) as exc:
             self.dead_letter(record, exc.stage, exc.cause, None, 1, out)
             return
         except Exception as exc:  # any decoding failure: dead-letter, never loop on it
@@ -281,6 +306,14 @@ class Handling:
         for sub in subs:
             await self._one(sub, record, decoded, out)
         out.handled += 1
+
+    async def _formatted(self, record: ConsumerRecord[bytes, bytes], spec: TopicSpec | None
+                         ) -> Decoded:
+        """A registry-framed or CloudEvents record (see ``hub.runtime.formats``)."""
+        assert spec is not None
+        event = await self.formats.decode(record.headers, record.value, spec)
+        key = record.key.decode("utf-8", "replace") if record.key is not None else None
+        return Decoded(event.payload, event.event_id, event.headers, key, event.ce_type)
 
     async def _one(self, sub: SubscriberSpec, record: ConsumerRecord[bytes, bytes],
                    decoded: Decoded, out: BatchResult) -> None:
@@ -419,7 +452,8 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
     """One consumer in the deployment's group, driving every subscribed topic."""
 
     def __init__(self, hub: Hub, topics: Topics, settings: KafkaSettings, bootstrap: str,
-                 subscribers: SubscriberRegistry = SUBSCRIBERS) -> None:
+                 subscribers: SubscriberRegistry = SUBSCRIBERS, *,
+                 registry: SchemaRegistry | None = None) -> None:
         self.hub = hub
         self.topics = topics
         self.settings = settings
@@ -431,6 +465,8 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         self._fetch_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._handling: Handling | None = None
+        self._registry = registry
+        self._owns_registry = registry is None
         self.stats = {"handled": 0, "dead_lettered": 0, "batches": 0, "starts": 0}
         self.parked: dict[TopicPartition, int] = {}
         """Parked partitions and the offset each stopped at."""
@@ -446,6 +482,8 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         names = self.subscribers.topics()
         for name in names:
             self.topics[name]  # raises, naming the file, for an undeclared topic
+        if self._registry is None:
+            self._registry = registry_for(self.topics, names, self.settings)
         async with explained_start(self.settings, self.bootstrap, "checking dead-letter topics"):
             await self._check_dead_letter_topics(names)
         kw = client_kwargs(self.settings, self.bootstrap)
@@ -474,7 +512,8 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
             raise
         self._handling = Handling(self.hub, self.topics, self.subscribers, self._producer,
                                   self.settings.group,
-                                  max_message_bytes=self.hub.settings.max_event_bytes)
+                                  max_message_bytes=self.hub.settings.max_event_bytes,
+                                  formats=EventFormats(self._registry))
         self._fetch_task = asyncio.create_task(self._fetch_loop(), name="hub-fetch")
         log.info("consumer_started", group=self.settings.group, topics=names)
 
@@ -752,4 +791,7 @@ class ConsumerRuntime(ConsumerRebalanceListener):  # type: ignore[misc]
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._producer.stop(), 10)
+        if self._registry is not None and self._owns_registry:
+            await self._registry.aclose()
+            self._registry = None
         log.info("consumer_stopped", **self.stats)

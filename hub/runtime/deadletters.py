@@ -27,7 +27,9 @@ from hub.errors import HubError
 from hub.runtime import constants as h
 from hub.runtime.consumer import BatchResult, Handling, decode_headers
 from hub.runtime.dlq_cursor import decode_cursor, encode_cursor
+from hub.runtime.formats import EventFormats
 from hub.runtime.kafka import client_kwargs, start_producer
+from hub.runtime.schema_registry import SchemaRegistry
 from hub.runtime.sizes import held_bytes
 from hub.runtime.subscriber import SubscriberRegistry
 from hub.runtime.topics import Topics
@@ -301,6 +303,7 @@ async def redrive(hub: Hub, topics: Topics, subscribers: SubscriberRegistry,
     done: list[dict[str, Any]] = []
     producer = await start_producer(settings, bootstrap,
                                     max_request_size=hub.settings.max_event_bytes)
+    registry = SchemaRegistry.from_settings(settings) if to_subscriber else None
     try:
         for letter in letters:
             original = letter.headers.get(h.DLQ_TOPIC)
@@ -323,7 +326,8 @@ async def redrive(hub: Hub, topics: Topics, subscribers: SubscriberRegistry,
                     serialized_value_size=-1, headers=tuple(headers))
                 out = BatchResult()
                 handling = Handling(hub, topics, subscribers, producer, settings.group,
-                                    max_message_bytes=hub.settings.max_event_bytes)
+                                    max_message_bytes=hub.settings.max_event_bytes,
+                                    formats=EventFormats(registry))
                 await handling.handle(record, out, only=sub)
                 for fut in out.dead:
                     await fut
@@ -343,4 +347,6 @@ async def redrive(hub: Hub, topics: Topics, subscribers: SubscriberRegistry,
                 progress(len(done), len(letters))
     finally:
         await producer.stop()
+        if registry is not None:
+            await registry.aclose()
     return done

@@ -24,7 +24,9 @@ from hub.aio import wait_event
 from hub.engine.events import topic_problem
 from hub.engine.hub import Hub
 from hub.runtime import constants as h
+from hub.runtime.formats import EventFormats
 from hub.runtime.outbox_fate import fate_of
+from hub.runtime.topics import Topics
 from hub.store.store import OutboxFate, RetryPolicy, Row
 
 log = structlog.get_logger("hub.outbox")
@@ -41,8 +43,13 @@ class OutboxRelay:
 
     def __init__(self, hub: Hub, producer: AIOKafkaProducer, *, batch: int = 500,
                  poll_interval: float | None = None, prefix: str = "",
-                 policy: RetryPolicy | None = None) -> None:
+                 policy: RetryPolicy | None = None, topics: Topics | None = None,
+                 formats: EventFormats | None = None) -> None:
         self.hub = hub
+        self.topics = topics
+        """Declared topics: one in a registry format or with ``cloudevents:`` is written
+        that way (``hub.runtime.formats``); others, or all without it, as plain JSON."""
+        self.formats = formats or EventFormats(None)
         self.producer = producer
         self.prefix = prefix
         self.batch = batch
@@ -103,10 +110,17 @@ class OutboxRelay:
                 if tracing.enabled():  # the record carries the send span's trace context
                     spans[row["id"]] = tracing.publishing(topic, headers, str(row["id"]),
                                                           row["key"])
+                spec = self.topics.topics.get(topic) if self.topics is not None else None
+                if spec is not None and EventFormats.applies(spec):
+                    value, wire = await self.formats.encode(spec, row["payload"], headers,
+                                                            str(row["id"]))
+                else:
+                    value = row["payload"].encode()
+                    wire = [(k, str(v).encode()) for k, v in headers.items()]
                 sent.append((row["id"], await self.producer.send(
-                    topic, row["payload"].encode(),
+                    topic, value,
                     key=row["key"].encode() if row["key"] is not None else None,
-                    headers=[(k, str(v).encode()) for k, v in headers.items()],
+                    headers=wire,
                 )))
             except asyncio.CancelledError:
                 raise

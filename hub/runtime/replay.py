@@ -20,7 +20,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from hub.engine.hub import Hub
 from hub.errors import HubError
 from hub.runtime.consumer import BatchResult, Handling
+from hub.runtime.formats import EventFormats
 from hub.runtime.kafka import client_kwargs
+from hub.runtime.schema_registry import SchemaRegistry
 from hub.runtime.subscriber import SubscriberRegistry
 from hub.runtime.topics import Topics
 from hub.settings import KafkaSettings
@@ -94,6 +96,8 @@ async def replay(
         raise HubError(f"no subscriber consumes {topic!r}: nothing to replay to")
     replay_id = uuid.uuid4().hex[:12] if new_runs else None
     report = ReplayReport(replay_id=replay_id, dry_run=dry_run)
+    registry = (SchemaRegistry.from_settings(settings) if topics[topic].registry_subject
+                else None)
     consumer = AIOKafkaConsumer(**client_kwargs(settings, bootstrap), group_id=None,
                                 enable_auto_commit=False)
     await consumer.start()
@@ -115,7 +119,7 @@ async def replay(
             consumer.seek(tp, first[tp])
             report.positions[f"{tp.topic}/{tp.partition}"] = (first[tp], last[tp])
         handling = _ReplayHandling(hub, topics, subscribers, settings.group, report,
-                                   replay_id=replay_id)
+                                   replay_id=replay_id, formats=EventFormats(registry))
         remaining = {tp for tp in tps if first[tp] < last[tp]}
         measured: set[TopicPartition] = set()
         while remaining:
@@ -151,6 +155,8 @@ async def replay(
             await _settle(hub, out, report, dry_run)
     finally:
         await consumer.stop()
+        if registry is not None:
+            await registry.aclose()
     return report
 
 
@@ -187,9 +193,10 @@ class _ReplayHandling(Handling):
     """Replay never dead-letters again: a rejected event is reported instead."""
 
     def __init__(self, hub: Hub, topics: Topics, subscribers: SubscriberRegistry, group: str,
-                 report: ReplayReport, *, replay_id: str | None) -> None:
+                 report: ReplayReport, *, replay_id: str | None,
+                 formats: EventFormats | None = None) -> None:
         super().__init__(hub, topics, subscribers, None, group, replay_id=replay_id,
-                         replaying=True)
+                         replaying=True, formats=formats)
         self.report = report
 
     def dead_letter(self, record: Any, stage: str, exc: BaseException | str,

@@ -13,6 +13,7 @@ from hub.engine.hub import Hub
 from hub.engine.loader import load_modules
 from hub.runtime.admin import reconcile
 from hub.runtime.consumer import ConsumerRuntime
+from hub.runtime.formats import EventFormats
 from hub.runtime.kafka import (
     KafkaUnavailable,
     explained_start,
@@ -20,6 +21,7 @@ from hub.runtime.kafka import (
     without_producer_ids,
 )
 from hub.runtime.outbox import OutboxRelay
+from hub.runtime.schema_registry import SchemaRegistry
 from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
 from hub.runtime.tansu import TansuBroker
 from hub.runtime.topics import Topics, load_topics
@@ -35,8 +37,12 @@ class KafkaRuntime:
     def __init__(self, hub: Hub, settings: KafkaSettings | None = None, *,
                  consume: bool = True, relay: bool = True, create_topics: bool = True,
                  subscribers: SubscriberRegistry = SUBSCRIBERS,
-                 topics: Topics | None = None) -> None:
+                 topics: Topics | None = None,
+                 registry: SchemaRegistry | None = None) -> None:
         self.hub = hub
+        self.registry = registry
+        """The schema registry of the topics in a registry format; None: from the settings
+        (``HUB_SCHEMA_REGISTRY_URL``), built when a topic needs it."""
         self.settings = settings or KafkaSettings()
         self.consume = consume
         self.relay = relay
@@ -48,6 +54,7 @@ class KafkaRuntime:
         self.consumer: ConsumerRuntime | None = None
         self.outbox: OutboxRelay | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._owns_registry = False
 
     async def __aenter__(self) -> KafkaRuntime:
         await self.start()
@@ -106,17 +113,21 @@ class KafkaRuntime:
             for d in report.drift:
                 log.warning("topic_drift", topic=d.topic, setting=d.setting,
                             declared=d.declared, actual=d.actual)
+        if self.registry is None and any(t.registry_subject for t in self.topics):
+            self.registry = SchemaRegistry.from_settings(s)
+            self._owns_registry = self.registry is not None
         if self.relay:
             self._producer = await start_producer(
                 s, self.bootstrap, max_request_size=self.hub.settings.max_event_bytes)
             self.outbox = OutboxRelay(
                 self.hub, self._producer, batch=s.relay_batch, prefix=s.topic_prefix,
                 policy=RetryPolicy(max_attempts=s.relay_max_attempts,
-                                   backoff_max_s=s.relay_backoff_max_s))
+                                   backoff_max_s=s.relay_backoff_max_s),
+                topics=self.topics, formats=EventFormats(self.registry))
             self.outbox.start()
         if self.consume and self.subscribers.topics():
             self.consumer = ConsumerRuntime(self.hub, self.topics, s, self.bootstrap,
-                                            self.subscribers)
+                                            self.subscribers, registry=self.registry)
             await self.consumer.start()
 
     async def stop(self) -> None:
@@ -136,3 +147,7 @@ class KafkaRuntime:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        if self.registry is not None and self._owns_registry:
+            await self.registry.aclose()
+            self.registry = None
+            self._owns_registry = False

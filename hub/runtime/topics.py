@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hub.errors import HubError
 
@@ -36,6 +43,29 @@ def duration_ms(value: str | int) -> int:
     return int(m.group(1)) * _UNIT_MS[m.group(2)]
 
 
+EventFormat = Literal["json", "avro", "json-schema", "protobuf"]
+"""How a topic's values are written: plain JSON (the default), or framed in the schema
+registry's wire format (magic byte 0, a 4-byte schema id, then Avro, JSON or Protobuf)."""
+
+REGISTRY_FORMATS: frozenset[str] = frozenset({"avro", "json-schema", "protobuf"})
+
+
+class CloudEventsSpec(BaseModel):
+    """A topic whose records are CloudEvents (Kafka protocol binding). Both modes are read;
+    ``mode`` is the one the hub writes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["binary", "structured"] = "binary"
+    source: str = Field(default="/hub", min_length=1, description="ce_source of emitted events")
+    type: str | None = Field(default=None, min_length=1,
+                             description="ce_type of emitted events (a step's ce_type header "
+                                         "wins); default: the topic name")
+    routes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="ce_type to the subscribers it goes to; empty: every subscriber")
+
+
 class TopicSpec(BaseModel):
     """One topic's declaration."""
 
@@ -53,6 +83,30 @@ class TopicSpec(BaseModel):
     consumers: list[str] = Field(default_factory=list)
     producers: list[str] = Field(default_factory=list)
     description: str = ""
+    format: EventFormat = "json"
+    subject: str | None = Field(default=None, min_length=1, max_length=500,
+                                description="registry subject; default <topic>-value")
+    cloudevents: CloudEventsSpec | None = None
+
+    @model_validator(mode="after")
+    def _format_fits(self) -> TopicSpec:
+        if self.subject is not None and self.format not in REGISTRY_FORMATS:
+            raise ValueError(f"subject is only for a registry format (avro, json-schema, "
+                             "protobuf); "
+                             f"this topic's format is {self.format!r}")
+        if (self.cloudevents is not None and self.cloudevents.mode == "structured"
+                and self.format in REGISTRY_FORMATS):
+            raise ValueError("a structured CloudEvent carries JSON data: write mode: binary "
+                             f"for a topic in format {self.format!r}")
+        return self
+
+    @property
+    def registry_subject(self) -> str | None:
+        """The subject whose schemas frame this topic's values (the topic-name strategy by
+        default), or None for a plain JSON topic."""
+        if self.format not in REGISTRY_FORMATS:
+            return None
+        return self.subject or f"{self.name}-value"
 
     @field_validator("retention")
     @classmethod

@@ -155,7 +155,9 @@ async def work(bootstrap: str, dsn: str, topics_file: str,
     from hub.runtime.subscriber import SUBSCRIBERS, SubscriberRegistry
     from hub.runtime.topics import load_topics
     from hub.settings import KafkaSettings
+    from hub.tracing import configure_tracing
 
+    configure_tracing("bench-ingest")  # on only when the orchestrator set OTEL_*
     registry = SubscriberRegistry()
     registry.add(SUBSCRIBERS.get("on_order_placed"))
     stop = asyncio.Event()
@@ -419,8 +421,15 @@ async def read_back(bootstrap: str, expected: int) -> tuple[dict[str, tuple[int,
 
 async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
                       topics_file: Path, broker_pid: int | None,
-                      pgdata: Path) -> dict[str, Any]:
+                      pgdata: Path, jaeger: Any = None) -> dict[str, Any]:
     import asyncpg
+
+    trace_env: dict[str, str] = {}
+    if jaeger is not None:  # the worker exports what it samples to a real Jaeger
+        trace_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint,
+                     "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                     "OTEL_TRACES_SAMPLER_ARG": str(args.trace_ratio),
+                     "OTEL_BSP_SCHEDULE_DELAY": "200"}
 
     rate = args.rate or 0.0
     total = int(rate * args.seconds) if rate > 0 else args.events
@@ -439,7 +448,7 @@ async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
                            "--loop", args.loop]
             if args.profile:
                 worker_argv += ["--profile", args.profile]
-            worker = await children.spawn(*worker_argv)
+            worker = await children.spawn(*worker_argv, env=trace_env)
             await read_line(worker, "READY", 90)
         log(f"worker pid {worker.pid} ready (group joined) in "
             f"{time.perf_counter() - t_ready:.2f}s; producing {total} events")
@@ -480,6 +489,7 @@ async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
             stats_line = await read_line(worker, "STATS", 60)
             worker_stats = json.loads(stats_line[len("STATS "):])
             await asyncio.wait_for(worker.wait(), 30)
+        traces = await traces_in(jaeger) if jaeger is not None else None
         final = await committed_offsets(bootstrap)
         offsets = {str(p): [final.get(p, (None, 0))[0], high[p]] for p in sorted(high)}
         ok = len(high) == PARTITIONS and all(c == e for c, e in offsets.values()) and sum(
@@ -548,6 +558,11 @@ async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
         "missing": total - distinct_events,
         "redelivered": handled - total,
         "unmatched_in_topic": unmatched,
+        "tracing": None if jaeger is None else {
+            "sampler": f"parentbased_traceidratio {args.trace_ratio:g}",
+            "backend": "jaeger v1.75.0 (OTLP/HTTP)",
+            "traces_in_backend": traces,
+            "expected_about": round(total * args.trace_ratio)},
         "cpu_s_while_ingesting": cpu,
         # CPU time moves less than wall time on a shared machine: the figure to compare
         "cpu_us_per_event": {k: round(cpu[k] / total * 1e6, 1) for k in (
@@ -558,6 +573,24 @@ async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
         "cpus_usable": len(os.sched_getaffinity(0)),
         "python": sys.version.split()[0],
     }
+
+
+async def traces_in(jaeger: Any) -> int:
+    """How many traces of the worker Jaeger holds once its exports have settled: the proof
+    that tracing was on, and sampling at about the ratio asked for."""
+    import httpx
+
+    seen, stable = -1, 0
+    async with httpx.AsyncClient(base_url=jaeger.query_url, timeout=10) as http:
+        while stable < 3:  # the same count three polls running: the batches have landed
+            reply = await http.get("/api/traces", params={
+                "service": "bench-ingest", "limit": "9999", "lookback": "1h"})  # < max_traces
+            reply.raise_for_status()
+            count = len(reply.json().get("data") or [])
+            stable = stable + 1 if count == seen else 0
+            seen = count
+            await asyncio.sleep(0.5)
+    return seen
 
 
 def print_profile(path: str, top: int) -> None:
@@ -580,6 +613,9 @@ def main() -> None:
                          "instead of this script's --worker mode (no --profile, fewer stats)")
     ap.add_argument("--profile", metavar="FILE", help="cProfile the worker into FILE")
     ap.add_argument("--profile-top", type=int, default=35)
+    ap.add_argument("--trace-ratio", type=float, default=None, metavar="R",
+                    help="trace the worker, sampling R of the events (e.g. 0.01), exported "
+                         "to a Jaeger started for the run (scripts/install-jaeger builds it)")
     ap.add_argument("--log-level", default="warning")
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                     help="the worker's event loop (uvloop: as `hub worker` runs, hub.aio.run)")
@@ -602,6 +638,10 @@ def main() -> None:
         ap.error("--profile needs this script's own worker (drop --cli-worker)")
     if args.profile:
         args.profile = str(Path(args.profile).resolve())
+    if args.trace_ratio is not None and not 0 < args.trace_ratio <= 1:
+        ap.error("--trace-ratio must be in (0, 1]")
+    if args.trace_ratio is not None and args.cli_worker:
+        ap.error("--trace-ratio needs this script's own worker (drop --cli-worker)")
 
     from hub.logging import configure_logging
     from hub.runtime.tansu import TansuBroker
@@ -613,7 +653,13 @@ def main() -> None:
     server: EmbeddedPostgres | None = None
     broker: TansuBroker | None = None
     result: dict[str, Any] | None = None
+    jaeger: Any = None
     try:
+        if args.trace_ratio is not None:
+            from tests.support.jaeger import start_jaeger
+
+            jaeger = start_jaeger(Path(tmp))
+            log(f"jaeger: OTLP {jaeger.otlp_endpoint}, query {jaeger.query_url}")
         topics_file = Path(tmp) / "topics.yaml"
         topics_file.write_text(TOPICS_YAML)
         server = EmbeddedPostgres(Path(tmp) / "pgdata",
@@ -626,8 +672,10 @@ def main() -> None:
         broker.create_topic(DLQ, 1)
         log(f"broker {bootstrap}, topics {TOPIC} ({PARTITIONS} partitions) and {DLQ}")
         result = asyncio.run(orchestrate(args, bootstrap, dsn, topics_file, broker.pid,
-                                         Path(tmp) / "pgdata"))
+                                         Path(tmp) / "pgdata", jaeger))
     finally:
+        if jaeger is not None:
+            jaeger.stop()
         if broker is not None:
             broker.stop()
         if server is not None:

@@ -20,12 +20,14 @@ HubError
   ServiceConfigError     services (connectors) the workflows resolve cannot be built
   LeaseLost              this worker no longer owns the execution
 ```
-Retryability travels as the ``retryable`` attribute, never parsed from text.
+Retryability travels as the ``retryable`` attribute, never parsed from text; the answer an
+HTTP caller gets travels as ``api_status`` and ``api_error``, read by the API and the console
+alike (one mapping, so the two cannot disagree).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from hub.engine.run import Run
@@ -34,7 +36,11 @@ if TYPE_CHECKING:
 class HubError(Exception):
     """Base of every error the hub raises on purpose."""
 
-    retryable: bool = False
+    retryable: ClassVar[bool] = False
+    api_status: ClassVar[int] = 400
+    """What an HTTP caller is answered; 400 unless the class says otherwise."""
+    api_error: ClassVar[str] = "bad_request"
+    """The ``error`` field of the API's problem body."""
 
 
 class DefinitionError(HubError):
@@ -44,6 +50,9 @@ class DefinitionError(HubError):
 class InputValidationError(HubError):
     """The input of a run does not validate; no execution was created."""
 
+    api_status = 422
+    api_error = "validation_error"
+
     def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or []
@@ -52,30 +61,51 @@ class InputValidationError(HubError):
 class PayloadTooLarge(HubError):
     """An input or step output is larger than ``HUB_MAX_PAYLOAD_BYTES``."""
 
+    api_status = 413
+    api_error = "payload_too_large"
+
 
 class UnknownWorkflow(HubError):
     """No workflow with that name (or that version) is registered."""
+
+    api_status = 404
+    api_error = "not_found"
 
 
 class ExecutionNotFound(HubError):
     """No execution matches the id or transaction id."""
 
+    api_status = 404
+    api_error = "not_found"
+
 
 class OutboxEventNotFound(HubError):
     """No outbox row has that id (or it was purged after it was sent)."""
 
+    api_status = 404
+    api_error = "not_found"
+
 
 class InvalidTransition(HubError):
     """The execution or step is not in a state that allows the operation."""
+
+    api_status = 409
+    api_error = "conflict"
 
 
 class DuplicateDelivery(HubError):
     """A signed webhook's id was already accepted for its source, for another request: a
     replay. Nothing was recorded."""
 
+    api_status = 401
+    api_error = "unauthorized"
+
 
 class WorkflowFailed(HubError):
     """A run ended compensated, cancelled or in ``compensation_failed``; ``run`` tells which."""
+
+    api_status = 500
+    api_error = "workflow_failed"
 
     def __init__(self, run: Run) -> None:
         err = run.error or {}
@@ -124,6 +154,9 @@ class PermanentConnectorError(ConnectorError):
 class StoreError(HubError):
     """Postgres refused an operation for a reason other than a passing disconnect."""
 
+    api_status = 503
+    api_error = "unavailable"
+
 
 class ServiceConfigError(HubError):
     """Services the loaded workflows resolve (connectors) cannot be built: their settings
@@ -138,6 +171,9 @@ class ServiceConfigError(HubError):
 class BrokerUnavailable(HubError):
     """A read needs the broker and there is none (not configured, or not answering): the
     API answers 503, as for Postgres."""
+
+    api_status = 503
+    api_error = "unavailable"
 
 
 class LeaseLost(HubError):

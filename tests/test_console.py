@@ -1040,3 +1040,25 @@ async def test_the_housekeeping_purge_removes_ended_console_sessions(hub: Hub) -
         assert kept["token_hash"] == hashlib.sha256(
             live.cookies["hub_console"].encode()).hexdigest()
         assert (await live.get("/ui/")).status_code == 200
+
+
+@pytest.mark.slow
+async def test_the_console_and_the_api_answer_one_failure_with_one_status(hub: Hub) -> None:
+    """Both read the status from the error (``HubError.api_status``): with no broker, a
+    redrive from the page is 503 as the API's dead-letter read is, where the console once
+    said 400."""
+    keys = await _keys(hub)
+    bearer = {"Authorization": f"Bearer {keys['ops']}"}
+    async with _plain(hub) as browser:
+        client = browser()
+        await _log_in(client, keys["ops"])
+        page = await client.post("/ui/dead-letters/redrive", data={
+            "csrf": await _csrf(client), "ref": "orders.dlq/0/0"})
+        api = await client.get("/dead-letters", headers=bearer)
+        missing = await client.get("/ui/executions/00000000-0000-0000-0000-000000000000")
+        api_missing = await client.get("/executions/00000000-0000-0000-0000-000000000000",
+                                       headers=bearer)
+    assert (page.status_code, api.status_code) == (503, 503), (page.text[-600:], api.text)
+    assert api.json()["error"] == "unavailable" and "Unavailable (503)" in page.text
+    assert "no broker configured" in page.text and "no broker configured" in api.text
+    assert (missing.status_code, api_missing.status_code) == (404, 404)

@@ -22,6 +22,9 @@ FastAPI, the workflow's input model or the service refused it.
 | Misconfigured (a broken topics.yaml)     | 500    | misconfigured       |
 | StoreError, BrokerUnavailable            | 503    | unavailable         |
 
+The status and code come from the error itself (``HubError.api_status`` and ``api_error``), the
+one mapping the console reads too.
+
 A run that ends without success is not an error of the API: ``?wait=true`` answers 200 with
 the run, whose ``status`` tells.
 """
@@ -39,20 +42,8 @@ from pydantic_core import to_jsonable_python
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.api.models import ErrorBody
-from hub.api.service import InvalidArgument, Misconfigured
-from hub.errors import (
-    BrokerUnavailable,
-    DuplicateDelivery,
-    ExecutionNotFound,
-    HubError,
-    InputValidationError,
-    InvalidTransition,
-    OutboxEventNotFound,
-    PayloadTooLarge,
-    StoreError,
-    UnknownWorkflow,
-    WorkflowFailed,
-)
+from hub.api.service import InvalidArgument
+from hub.errors import HubError, InputValidationError
 
 log = structlog.get_logger("hub.api")
 
@@ -60,14 +51,6 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
           405: "method_not_allowed", 406: "not_acceptable", 409: "conflict",
           413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_error",
           500: "internal", 503: "unavailable"}
-
-_BY_TYPE: list[tuple[type[HubError], int]] = [
-    (DuplicateDelivery, 401), (ExecutionNotFound, 404), (UnknownWorkflow, 404),
-    (OutboxEventNotFound, 404),
-    (InvalidTransition, 409),
-    (PayloadTooLarge, 413), (WorkflowFailed, 500), (Misconfigured, 500), (StoreError, 503),
-    (BrokerUnavailable, 503),
-]
 
 BROKER_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "no broker configured, or it does not answer"},
@@ -145,13 +128,10 @@ async def _on_hub_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, InvalidArgument):
         return _validation_response(
             [{"type": "value_error", "loc": list(exc.loc), "msg": exc.message}])
-    status = next((code for cls, code in _BY_TYPE if isinstance(exc, cls)), 400)
-    if status >= 500:
+    if exc.api_status >= 500:
         log.error("api_hub_error", path=request.url.path, error=str(exc)[:500],
                   error_type=type(exc).__name__)
-    error = "workflow_failed" if isinstance(exc, WorkflowFailed) else (
-        "misconfigured" if isinstance(exc, Misconfigured) else None)
-    return problem_response(status, str(exc), error=error)
+    return problem_response(exc.api_status, str(exc), error=exc.api_error)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

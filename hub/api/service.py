@@ -72,6 +72,9 @@ and hitting those would fail as a server error instead of naming the field."""
 class InvalidArgument(HubError):
     """A value the service refuses; ``loc`` names the field."""
 
+    api_status = 422
+    api_error = "validation_error"
+
     def __init__(self, loc: Loc, message: str) -> None:
         super().__init__(f"{'.'.join(map(str, loc))}: {message}")
         self.loc = loc
@@ -80,6 +83,9 @@ class InvalidArgument(HubError):
 
 class Misconfigured(HubError):
     """The hub's own configuration is broken (a topics file that does not load)."""
+
+    api_status = 500
+    api_error = "misconfigured"
 
 
 def check_text(value: str | None, loc: Loc) -> None:

@@ -51,13 +51,8 @@ from hub.api.proxies import TrustedProxies
 from hub.api.service import Actor, HubService, InvalidArgument
 from hub.engine.run import RunStatus
 from hub.errors import (
-    ExecutionNotFound,
     HubError,
-    InvalidTransition,
-    OutboxEventNotFound,
-    PayloadTooLarge,
     StoreError,
-    UnknownWorkflow,
 )
 from hub.settings import ApiSettings
 
@@ -69,13 +64,6 @@ WINDOWS: dict[str, tuple[timedelta, int]] = {
 """The overview chart's windows: span and number of bars."""
 
 TRIGGER_KINDS = ("event", "schedule", "api")
-
-_STATUS_OF: list[tuple[type[HubError], int]] = [
-    (ExecutionNotFound, 404), (UnknownWorkflow, 404), (OutboxEventNotFound, 404),
-    (InvalidTransition, 409),
-    (PayloadTooLarge, 413), (InvalidArgument, 422), (StoreError, 503),
-]
-
 
 def _time(value: Any) -> Markup:
     """A time for people: ``<time>`` with the ISO value (UTC) as ``datetime`` and tooltip;
@@ -256,9 +244,9 @@ def create_console(service: HubService, settings: ApiSettings) -> FastAPI:
 
     async def on_hub_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HubError)
-        status = next((code for cls, code in _STATUS_OF if isinstance(exc, cls)), 400)
-        titles = {404: "Not found", 409: "Not possible now", 413: "Too large",
-                  422: "Not accepted", 503: "Database unavailable", 400: "Not accepted"}
+        status = exc.api_status  # the API's mapping too
+        titles = {401: "Refused", 404: "Not found", 409: "Not possible now", 413: "Too large",
+                  422: "Not accepted", 500: "Failed", 503: "Unavailable", 400: "Not accepted"}
         session = None
         if status != 503:
             with contextlib.suppress(LoginRequired, Forbidden):

@@ -330,3 +330,45 @@ def test_a_well_formed_traceparent_is_carried_in_the_events_trigger(hub: Hub) ->
                             event_id=None, attempt=1, replay=False)
     assert ctx.trigger["traceparent"] == TRACEPARENT
     assert tracing.well_formed_traceparent(TRACEPARENT + "\n") is None
+
+
+class _Counting(StatementsInTraces):
+    """The hub's sampler, noting the name of every span it is asked about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    def should_sample(self, parent_context: Any, trace_id: int, name: str,
+                      *args: Any, **kw: Any) -> Any:
+        self.asked.append(name)
+        return super().should_sample(parent_context, trace_id, name, *args, **kw)
+
+
+async def test_below_an_unsampled_trace_no_span_is_made_and_its_context_is_carried_on(
+        hub: Hub) -> None:
+    """An event the sampler left out costs no span per stage (the start, each attempt, each
+    compensation): its trace context is carried on as it is, so all under it stays out."""
+    sampler = _Counting()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        unsampled = f"00-{TRACE_ID}-{UPSTREAM_SPAN}-00"
+        run = await hub.start("otel-rollback", {"id": "o-9"}, raise_on_error=False,
+                              trigger={"kind": "test", "traceparent": unsampled})
+        with tracing.consuming("orders", 0, 7, None, "s", "g", {"traceparent": unsampled},
+                               "e-1") as span:
+            assert not span.is_recording()
+            inside = tracing.starting({"kind": "event"}, "otel-rollback", "x", "t")
+    finally:
+        tracing.uninstall()
+        provider.shutdown()
+    assert run.status == "compensated"
+    assert run.trigger[tracing.TRACE_KEY] == unsampled, "carried on, unchanged"
+    assert inside is not None and inside[tracing.TRACE_KEY].split("-")[1] == TRACE_ID
+    assert inside[tracing.TRACE_KEY].endswith("-00")
+    made = [n for n in sampler.asked if n.split()[0] in ("start", "step", "compensate")]
+    assert made == [], f"spans made below an unsampled trace: {made}"
+    assert exporter.get_finished_spans() == ()

@@ -199,6 +199,19 @@ async def test_a_schema_that_references_others_is_refused_naming_them() -> None:
     await reg.aclose()
 
 
+async def test_a_subjects_latest_schema_with_references_is_refused_for_producing() -> None:
+    body = {"subject": "shop.orders-value", "version": 2, "id": 8, "schemaType": "PROTOBUF",
+            "schema": 'syntax = "proto3"; import "address.proto"; message Order {}',
+            "references": [{"name": "address.proto", "subject": "address", "version": 1}]}
+    reg = SchemaRegistry("http://registry.test", transport=answering(body))
+    with pytest.raises(SchemaUnusable, match=(
+            r"the latest version of subject 'shop.orders-value' references other schemas: "
+            r"'address.proto' \(subject 'address' version 1\)")):
+        await reg.latest("shop.orders-value")
+    assert 8 not in reg._by_id  # nothing cached from a refused answer
+    await reg.aclose()
+
+
 async def test_an_explicit_avro_type_and_no_references_decode_as_usual() -> None:
     body = {"schema": json.dumps(ORDER_AVRO), "schemaType": "AVRO", "references": []}
     formats = EventFormats(SchemaRegistry("http://registry.test", transport=answering(body)))

@@ -39,6 +39,16 @@ AVRO = {"type": "record", "name": "OrderPlaced", "fields": [
     {"name": "total", "type": "long"}]}
 
 
+def recorded_registry(avro_text: str) -> SchemaRegistry:
+    """A registry client whose answer to every schema id is ``avro_text`` (the Confluent API's
+    reply, recorded: no registry runs on this machine, see
+    docs/decisions/schema-registry-testing.md). The client asks once per id, so a bench
+    measures decoding, not the network."""
+    reply = httpx.Response(200, json={"schema": avro_text})
+    return SchemaRegistry("http://registry.recorded",
+                          transport=httpx.MockTransport(lambda _: reply))
+
+
 def order(i: int) -> dict[str, Any]:
     return {"id": f"o{i}", "customer_email": f"c{i}@example.com", "currency": "EUR",
             "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price": 500}], "total": 1000}
@@ -52,9 +62,7 @@ async def main(n: int) -> dict[str, Any]:
         fastavro.schemaless_writer(buf, parsed, order(i))
         return frame(1, buf.getvalue())
 
-    reply = httpx.Response(200, json={"schema": json.dumps(AVRO)})
-    registry = SchemaRegistry("http://registry.recorded",
-                              transport=httpx.MockTransport(lambda _: reply))
+    registry = recorded_registry(json.dumps(AVRO))
     formats = EventFormats(registry)
     plain = [json.dumps(order(i)).encode() for i in range(n)]
     framed = [avro(i) for i in range(n)]

@@ -42,6 +42,15 @@ Logs go to stderr; prints one JSON line on stdout.
     python bench/ingest.py --events 10000 --profile /tmp/worker.prof   # cProfile the worker's
                                                                        # ingestion (to stderr)
     python bench/ingest.py --loop asyncio          # the worker on asyncio's own loop
+    python bench/ingest.py --format avro           # registry-framed Avro instead of JSON
+
+``--format avro``: the topic is declared ``format: avro`` (subject ``order.placed-value``), the
+producer writes each event with fastavro in the model's own Avro form
+(``hub.runtime.schema_of.registry_schema``) framed for schema id 1, and the worker decodes by
+id and validates into ``OrderPlaced``. No registry runs on this machine
+(docs/decisions/schema-registry-testing.md): the worker's registry client gets the schema as
+a recorded reply, asked once per id, so the figure is the Avro decode path after the first
+lookup, as against a real registry.
 
 ``cpu_us_per_event``: the CPU time of the worker, Postgres and the broker per event; on a
 shared machine it moves far less than wall-clock throughput, so compare cuts by it.
@@ -75,16 +84,50 @@ SCHEMA = "hub"
 WORKFLOW = "fulfil-order"
 SENT_AT = "sent-at-ns"
 
-TOPICS_YAML = f"""
+SCHEMA_ID = 1
+"""The id the Avro frames carry (``--format avro``)."""
+
+
+def topics_yaml(fmt: str) -> str:
+    declared = "\n    format: avro" if fmt == "avro" else ""
+    return f"""
 topics:
   {TOPIC}:
     partitions: {PARTITIONS}
     event: workflows.events:OrderPlaced
-    schema_version: 1
+    schema_version: 1{declared}
     dead_letter: {DLQ}
   {DLQ}:
     partitions: 1
 """
+
+
+def avro_text() -> str:
+    """``OrderPlaced``'s Avro form, as ``hub topics check`` and the outbox register it."""
+    from hub.runtime.schema_of import registry_schema
+    from workflows.events import OrderPlaced
+
+    return registry_schema(OrderPlaced, "avro")[0]
+
+
+def encoder(fmt: str) -> Any:
+    """order dict -> the record's value in ``fmt``."""
+    if fmt == "json":
+        return lambda ev: json.dumps(ev).encode()
+    import io
+
+    import fastavro
+
+    from hub.runtime.wireformat import frame
+
+    parsed = fastavro.parse_schema(json.loads(avro_text()))
+
+    def avro(ev: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, parsed, ev)
+        return frame(SCHEMA_ID, buf.getvalue())
+
+    return avro
 
 
 def log(msg: str) -> None:
@@ -116,9 +159,10 @@ def order(i: int) -> dict[str, Any]:
 # --- producer subprocess -----------------------------------------------------------------------
 
 
-async def produce(bootstrap: str, events: int, rate: float) -> None:
+async def produce(bootstrap: str, events: int, rate: float, fmt: str) -> None:
     from aiokafka import AIOKafkaProducer
 
+    encode = encoder(fmt)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await producer.start()
     t0 = time.perf_counter()
@@ -129,7 +173,7 @@ async def produce(bootstrap: str, events: int, rate: float) -> None:
                 if delay > 0:
                     await asyncio.sleep(delay)
             ev = order(i)
-            body = json.dumps(ev).encode()
+            body = encode(ev)
             sent = time.time_ns()
             await producer.send(TOPIC, body, key=ev["id"].encode(),
                                 timestamp_ms=sent // 1_000_000,
@@ -147,7 +191,7 @@ async def produce(bootstrap: str, events: int, rate: float) -> None:
 # --- worker subprocess -------------------------------------------------------------------------
 
 
-async def work(bootstrap: str, dsn: str, topics_file: str,
+async def work(bootstrap: str, dsn: str, topics_file: str, fmt: str,
                profiler: Any = None) -> dict[str, Any]:
     import subscribers.orders  # noqa: F401  (registers on_order_placed)
     from hub.engine.hub import Hub
@@ -165,9 +209,15 @@ async def work(bootstrap: str, dsn: str, topics_file: str,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     settings = KafkaSettings(bootstrap=bootstrap, group=GROUP, topics_file=Path(topics_file))
+    schemas = None
+    if fmt == "avro":
+        from bench.formats import recorded_registry
+
+        schemas = recorded_registry(avro_text())
     async with Hub(dsn, schema=SCHEMA, execute=False) as hub:
         rt = KafkaRuntime(hub, settings, subscribers=registry,
-                          topics=load_topics(topics_file), create_topics=False)
+                          topics=load_topics(topics_file), create_topics=False,
+                          registry=schemas)
         await rt.start()
         try:
             assert rt.consumer is not None
@@ -183,6 +233,9 @@ async def work(bootstrap: str, dsn: str, topics_file: str,
             stats = dict(rt.consumer.stats)
         finally:
             await rt.stop()
+            if schemas is not None:
+                stats["registry_fetches"] = schemas.fetches
+                await schemas.aclose()
         stats["statements"] = hub.store.statements
         stats["settings"] = {k: getattr(settings, k) for k in (
             "fetch_max_wait_ms", "max_poll_records", "max_in_flight_per_partition",
@@ -201,11 +254,11 @@ def worker_main(args: argparse.Namespace) -> None:
 
         prof = cProfile.Profile()
         try:
-            stats = run(work(args.bootstrap, args.dsn, args.topics_file, prof))
+            stats = run(work(args.bootstrap, args.dsn, args.topics_file, args.format, prof))
         finally:
             prof.dump_stats(args.profile)
     else:
-        stats = run(work(args.bootstrap, args.dsn, args.topics_file))
+        stats = run(work(args.bootstrap, args.dsn, args.topics_file, args.format))
     stats["loop"] = args.loop
     print("STATS " + json.dumps(stats), flush=True)
 
@@ -445,7 +498,7 @@ async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
         else:
             worker_argv = ["--worker", "--bootstrap", bootstrap, "--dsn", dsn,
                            "--topics-file", str(topics_file), "--log-level", args.log_level,
-                           "--loop", args.loop]
+                           "--loop", args.loop, "--format", args.format]
             if args.profile:
                 worker_argv += ["--profile", args.profile]
             worker = await children.spawn(*worker_argv, env=trace_env)
@@ -455,7 +508,7 @@ async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
         meter = CpuMeter(worker.pid, broker_pid, pgdata)
         meter.mark()
         producer = await children.spawn("--producer", bootstrap, "--events", str(total),
-                                        "--rate", str(rate))
+                                        "--rate", str(rate), "--format", args.format)
         produced_line = asyncio.create_task(read_line(producer, "PRODUCED", 600))
         count_sql = (f"SELECT count(*) FROM {SCHEMA}.execution WHERE workflow = $1")
         deadline = time.monotonic() + (total / rate if rate > 0 else 0) + args.timeout
@@ -536,6 +589,10 @@ async def orchestrate(args: argparse.Namespace, bootstrap: str, dsn: str,
     return {
         "bench": "ingest",
         "mode": f"rate {rate:g}/s for {args.seconds:g}s" if rate > 0 else "max",
+        "format": args.format,
+        "registry": None if args.format == "json" else (
+            f"schema id {SCHEMA_ID} answered by a recorded reply, asked once per id "
+            "(no registry runs here: docs/decisions/schema-registry-testing.md)"),
         "events": total,
         "starts": len(rows),
         "events_per_s": round(len(rows) / span, 1) if span > 0 else None,
@@ -619,6 +676,8 @@ def main() -> None:
     ap.add_argument("--log-level", default="warning")
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                     help="the worker's event loop (uvloop: as `hub worker` runs, hub.aio.run)")
+    ap.add_argument("--format", choices=("json", "avro"), default="json",
+                    help="the records' format: plain JSON, or Avro framed for the registry")
     # internal modes
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--producer", metavar="BOOTSTRAP", help=argparse.SUPPRESS)
@@ -627,7 +686,7 @@ def main() -> None:
     ap.add_argument("--topics-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.producer:
-        asyncio.run(produce(args.producer, args.events, args.rate or 0.0))
+        asyncio.run(produce(args.producer, args.events, args.rate or 0.0, args.format))
         return
     if args.worker:
         worker_main(args)
@@ -636,6 +695,8 @@ def main() -> None:
         ap.error("--rate must be > 0 (omit it for as-fast-as-possible)")
     if args.profile and args.cli_worker:
         ap.error("--profile needs this script's own worker (drop --cli-worker)")
+    if args.format != "json" and args.cli_worker:
+        ap.error("--format avro needs this script's own worker (drop --cli-worker)")
     if args.profile:
         args.profile = str(Path(args.profile).resolve())
     if args.trace_ratio is not None and not 0 < args.trace_ratio <= 1:
@@ -661,7 +722,7 @@ def main() -> None:
             jaeger = start_jaeger(Path(tmp))
             log(f"jaeger: OTLP {jaeger.otlp_endpoint}, query {jaeger.query_url}")
         topics_file = Path(tmp) / "topics.yaml"
-        topics_file.write_text(TOPICS_YAML)
+        topics_file.write_text(topics_yaml(args.format))
         server = EmbeddedPostgres(Path(tmp) / "pgdata",
                                   settings={"track_commit_timestamp": "on"})
         log(f"starting embedded Postgres in {tmp}")

@@ -177,6 +177,48 @@ async def test_a_huge_schema_from_the_registry_is_refused_after_a_bounded_read()
     await reg.aclose()
 
 
+def answering(body: dict[str, Any]) -> httpx.MockTransport:
+    return httpx.MockTransport(lambda _: httpx.Response(200, json=body))
+
+
+async def test_a_schema_that_references_others_is_refused_naming_them() -> None:
+    # the reply's shape as Confluent's API and Apicurio's ccompat write it
+    addressed = {"type": "record", "name": "Order", "namespace": "shop",
+                 "fields": [{"name": "ship_to", "type": "shop.Address"}]}
+    body = {"schema": json.dumps(addressed), "schemaType": "AVRO",
+            "references": [{"name": "shop.Address", "subject": "address-value", "version": 3}]}
+    reg = SchemaRegistry("http://registry.test", transport=answering(body))
+    with pytest.raises(SchemaUnusable, match=(
+            r"schema id 5 references other schemas: 'shop.Address' \(subject "
+            r"'address-value' version 3\); the hub decodes self-contained schemas only")):
+        await reg.schema(5)
+    formats = EventFormats(reg)
+    with pytest.raises(FormatRejected, match="references other schemas") as caught:
+        await formats.decode([], frame(5, b"\x00"), avro_topic())
+    assert caught.value.stage == "schema"
+    await reg.aclose()
+
+
+async def test_a_subjects_latest_schema_with_references_is_refused_for_producing() -> None:
+    body = {"subject": "shop.orders-value", "version": 2, "id": 8, "schemaType": "PROTOBUF",
+            "schema": 'syntax = "proto3"; import "address.proto"; message Order {}',
+            "references": [{"name": "address.proto", "subject": "address", "version": 1}]}
+    reg = SchemaRegistry("http://registry.test", transport=answering(body))
+    with pytest.raises(SchemaUnusable, match=(
+            r"the latest version of subject 'shop.orders-value' references other schemas: "
+            r"'address.proto' \(subject 'address' version 1\)")):
+        await reg.latest("shop.orders-value")
+    assert 8 not in reg._by_id  # nothing cached from a refused answer
+    await reg.aclose()
+
+
+async def test_an_explicit_avro_type_and_no_references_decode_as_usual() -> None:
+    body = {"schema": json.dumps(ORDER_AVRO), "schemaType": "AVRO", "references": []}
+    formats = EventFormats(SchemaRegistry("http://registry.test", transport=answering(body)))
+    event = await formats.decode([], avro_frame(6, ORDER), avro_topic())
+    assert event.payload == ORDER
+
+
 async def test_basic_auth_is_sent_when_a_user_is_set() -> None:
     auth: list[str] = []
 

@@ -150,6 +150,7 @@ class SchemaRegistry:
         if not isinstance(text, str):
             raise SchemaUnusable(f"the registry's answer for schema id {schema_id} holds no "
                                  "schema text")
+        _self_contained(body, f"schema id {schema_id}")
         return RegisteredSchema(schema_id, _schema_type(body, f"schema id {schema_id}"), text)
 
     async def _get_bounded(self, path: str, what: str) -> dict[str, Any]:
@@ -187,6 +188,7 @@ class SchemaRegistry:
         text, schema_id = body.get("schema"), body.get("id")
         if not isinstance(text, str) or not isinstance(schema_id, int):
             raise SchemaUnusable(f"{what}: the registry's answer holds no schema and id")
+        _self_contained(body, what)
         found = RegisteredSchema(schema_id, _schema_type(body, what), text)
         self._remember(schema_id, found)
         return found
@@ -245,6 +247,30 @@ def _schema_type(body: dict[str, Any], what: str) -> SchemaType:
         if kind == known:
             return known
     raise SchemaUnusable(f"{what} has an unknown schema type {str(kind)[:40]!r}")
+
+
+def _self_contained(body: dict[str, Any], what: str) -> None:
+    """Refuse a schema that names others by reference (Confluent's and Apicurio's
+    ``references``: subject and version of each imported or named type): the hub resolves no
+    references, so such a schema would fail later with a parser's "unknown type" instead of
+    this reason."""
+    refs = body.get("references")
+    if not refs:
+        return
+    if not isinstance(refs, list):
+        raise SchemaUnusable(f"{what}: the registry's 'references' is not a list")
+    named = []
+    for ref in refs[:5]:
+        if isinstance(ref, dict):
+            named.append(f"{str(ref.get('name'))[:100]!r} (subject "
+                         f"{str(ref.get('subject'))[:100]!r} version "
+                         f"{str(ref.get('version'))[:20]})")
+        else:
+            named.append(repr(str(ref)[:100]))
+    more = f" and {len(refs) - 5} more" if len(refs) > 5 else ""
+    raise SchemaUnusable(f"{what} references other schemas: {', '.join(named)}{more}; the hub "
+                         "decodes self-contained schemas only (register it with its types "
+                         "inlined)")
 
 
 def _candidate(text: str, schema_type: SchemaType) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from hub import tracing
+from hub import tracing, wire
 from hub.engine.checkpoint import Batcher
 from hub.engine.context import Container
 from hub.engine.execution import Execution
@@ -296,11 +296,11 @@ class Hub:
         ex: Execution | None = None
         planned = None
         if self._executor is not None and not self._executor.step_events:
-            ex = Execution(fresh, spec)
+            ex = self._executor.new_execution(fresh, spec)
             planned = self._executor.plan_start(ex)
         if ex is not None and planned is not None:
             row = StartRow(exec_id, spec.name, spec.version, tx, input_text, trigger_text,
-                           spec.store, owner, ex.status, json.dumps(ex.steps))
+                           spec.store, owner, ex.status, ex.steps_json())
         else:
             row = StartRow(exec_id, spec.name, spec.version, tx, input_text, trigger_text,
                            spec.store, owner)
@@ -500,23 +500,23 @@ class Hub:
             return
         for fn in list(self._listeners):
             fn(msg)
-        if msg.get("presence") and self._executor is not None:
+        if msg.get(wire.N_PRESENCE) and self._executor is not None:
             self._executor.subscribers_present(_PRESENCE_TTL)
-        exec_id = msg.get("id")
+        exec_id = msg.get(wire.N_ID)
         if self._executor is not None:
-            if msg.get("due"):
+            if msg.get(wire.N_DUE):
                 self._executor.poke()
-            if msg.get("sig") and exec_id:
+            if msg.get(wire.N_SIGNAL) and exec_id:
                 self._executor.wake(uuid.UUID(exec_id))
-        status = msg.get("s")
+        status = msg.get(wire.N_STATUS)
         if exec_id and exec_id in self._waiters and status in _SETTLED_STATUSES:
             owned = self._executor is not None and uuid.UUID(exec_id) in self._executor.owned
             if not owned:  # the owner here resolves its waiters itself, without a read
                 asyncio.get_running_loop().create_task(self._refresh_waiters(exec_id))
         if status and self._subscribers:
-            for kind, step in msg.get("ev", []):
-                event = ExecutionEvent(kind, exec_id, msg.get("w"), msg.get("t"), status,
-                                       step or None)
+            for kind, step in msg.get(wire.N_EVENTS, []):
+                event = ExecutionEvent(kind, exec_id, msg.get(wire.N_WORKFLOW),
+                                       msg.get(wire.N_TRANSACTION), status, step or None)
                 for queue, wf, tx in self._subscribers:
                     if (wf is None or wf == event.workflow) and (
                         tx is None or tx == event.transaction_id
@@ -550,7 +550,7 @@ class Hub:
             self._presence = asyncio.create_task(self._announce_presence())
         if self._executor is not None:
             self._executor.subscribers_present(_PRESENCE_TTL)
-        await self.store.notify(json.dumps({"presence": True}))
+        await self.store.notify(json.dumps({wire.N_PRESENCE: True}))
         try:
             while True:
                 event = await queue.get()
@@ -569,7 +569,7 @@ class Hub:
         while True:
             await asyncio.sleep(_PRESENCE_TTL / 3)
             with contextlib.suppress(Exception):
-                await self.store.notify(json.dumps({"presence": True}))
+                await self.store.notify(json.dumps({wire.N_PRESENCE: True}))
 
     # -- acting on executions ------------------------------------------------------------
     async def _signal(self, ref: str, workflow: str | None, step: str | None, kind: str,
@@ -605,7 +605,7 @@ class Hub:
                                            once):
             raise DuplicateDelivery(f"webhook-id {once.id if once else ''!r} was already "
                                     "accepted from this source")
-        await self.store.notify(json.dumps({"id": run.id, "sig": True}))
+        await self.store.notify(json.dumps({wire.N_ID: run.id, wire.N_SIGNAL: True}))
         return run
 
     async def set_step_success(self, transaction_id: str, step: str, output: Any = None, *,
@@ -693,7 +693,7 @@ class Hub:
         """Make a parked execution due again (after deploying the version it needs)."""
         row = await self._resolve_row(ref, workflow)
         await self.store.add_signal(row["id"], None, "resume", None, audit)
-        await self.store.notify(json.dumps({"id": str(row["id"]), "due": True}))
+        await self.store.notify(json.dumps({wire.N_ID: str(row["id"]), wire.N_DUE: True}))
 
     async def purge(self, *, grace_seconds: float = 0.0,
                     progress: Callable[[int], None] | None = None) -> int:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from hub import tracing, wire
 from hub.engine.checkpoint import Batcher
+from hub.engine.clock import SYSTEM_CLOCK, Clock
 from hub.engine.context import Container
 from hub.engine.execution import Execution
 from hub.engine.executor import Executor
@@ -119,6 +120,7 @@ class Hub:
         settings: HubSettings | None = None,
         registry: Registry | None = None,
         services: dict[str, Any] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         **overrides: Any,
     ) -> None:
         base = settings or HubSettings()
@@ -131,6 +133,8 @@ class Hub:
         self.registry = registry or REGISTRY
         self.container = Container(services)
         self.execute = execute
+        self.clock = clock
+        """Where the executor reads time (a ``ManualClock`` lets a test drive its timers)."""
         self._embedded: EmbeddedPostgres | None = None
         self._store: Store | None = None
         self._listener: Listener | None = None
@@ -177,7 +181,8 @@ class Hub:
         self.container.register("locks", LockService(self._store))
         if self.execute:
             self._executor = Executor(
-                self._store, self.registry, self.container, s, self._on_settled
+                self._store, self.registry, self.container, s, self._on_settled,
+                clock=self.clock,
             )
             self._executor.start()
             self._executor.poke()

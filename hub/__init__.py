@@ -34,6 +34,8 @@ from hub.sdk.events import emit_event_step as emit_event_step
 from hub.sdk.hooks import create_hook as create_hook
 from hub.sdk.locks import acquire_lock_step as acquire_lock_step
 from hub.sdk.locks import release_lock_step as release_lock_step
+from hub.sdk.sleep import sleep as sleep
+from hub.sdk.sleep import sleep_until as sleep_until
 from hub.sdk.step import StepDefinition as StepDefinition
 from hub.sdk.step import create_step as create_step
 from hub.sdk.workflow import WorkflowDefinition as WorkflowDefinition
@@ -79,6 +81,8 @@ __all__ = [
     "provides",
     "release_lock_step",
     "scheduled",
+    "sleep",
+    "sleep_until",
     "subscriber",
     "transform",
     "when",

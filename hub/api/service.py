@@ -989,7 +989,11 @@ class HubService:
         safe = detail  # redacted by execution()
         return ExecutionView(detail=safe, steps=steps, graph=graph, graph_note=note,
                              timeline=_timeline(safe, steps, audit), audit=audit,
-                             unapplied_signal=_unapplied_signal(row))
+                             # two reads: if the status moved between them (a worker
+                             # applied the signal meanwhile), the view is not settled yet
+                             unapplied_signal=(_unapplied_signal(row)
+                                               or row.get("status", detail.status)
+                                               != detail.status))
 
     async def status_chart(self, window: timedelta, buckets: int) -> StatusChart:
         """Executions created in the last ``window`` per workflow, split into ``buckets``

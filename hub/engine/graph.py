@@ -63,6 +63,14 @@ class StepOptions:
         return float(min(delay, self.max_retry_interval))
 
 
+SLEEP_KIND = "sleep"
+"""The kind of a durable sleep's node: no code, a due time (``hub.sdk.sleep``)."""
+SLEEP_FOR = "seconds"
+"""A sleep's input key: how long to wait, in seconds."""
+SLEEP_UNTIL = "until"
+"""A sleep's input key: when to wake (epoch seconds, or ISO 8601 text with an offset)."""
+
+
 @dataclass(frozen=True, slots=True)
 class StepNode:
     """One step of the graph. ``after`` are the steps that must finish first; ``when`` the
@@ -76,7 +84,7 @@ class StepNode:
     options: StepOptions
     invoke: Invoke = field(compare=False, repr=False)
     compensate: Invoke | None = field(compare=False, repr=False)
-    kind: str = "step"  # "step" | "hook"
+    kind: str = "step"  # "step" | "hook" | "sleep"
     input_model: Any = field(default=None, compare=False, repr=False)
 
 

@@ -29,6 +29,7 @@ from hub.engine.clock import SYSTEM_CLOCK, Clock
 from hub.engine.context import Container
 from hub.engine.execution import Execution
 from hub.engine.executor import Executor
+from hub.engine.graph import SLEEP_KIND
 from hub.engine.payload import Unserializable, encode, to_json
 from hub.engine.registry import REGISTRY, Registry, WorkflowSpec
 from hub.engine.run import FINAL_STATUSES, Run, RunStatus
@@ -623,6 +624,17 @@ class Hub:
         id is recorded with it (a second use raises DuplicateDelivery)."""
         await self._signal(transaction_id, workflow, step, "success", to_json(output, "output"),
                            ("waiting",), audit, once)
+
+    async def wake(self, ref: str, step: str, *, workflow: str | None = None,
+                   audit: AuditRecord | None = None) -> None:
+        """End a durable sleep now (an operator's "don't wait any longer"), from any process:
+        the steps after it run at once."""
+        run = await self.get_run(ref, workflow=workflow)
+        node = self.registry.get(run.workflow, run.version).graph.steps.get(step)
+        if node is not None and node.kind != SLEEP_KIND:
+            raise InvalidTransition(f"step {step!r} of execution {run.id} is not a sleep; "
+                                    "only sleeps can be woken")
+        await self._signal(run.id, run.workflow, step, "wake", None, ("waiting",), audit)
 
     async def set_step_failure(self, transaction_id: str, step: str, error: str = "failed", *,
                                workflow: str | None = None, audit: AuditRecord | None = None,

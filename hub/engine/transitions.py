@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hub.engine.graph import Graph, StepNode
+from hub.engine.graph import SLEEP_KIND, Graph, StepNode
 from hub.engine.payload import Unserializable, encode, to_json
-from hub.engine.run import FINAL_STATUSES, RunStatus, StepState
-from hub.engine.state import ExecState, Failure, Phase, StepRecord
+from hub.engine.run import FINAL_STATUSES, SETTLED_STEP_STATES, RunStatus, StepState
+from hub.engine.sleeps import SleepValueError, wake_time
+from hub.engine.state import NOT_STARTED, ExecState, Failure, Phase, StepRecord
 from hub.engine.values import ResolveError, Values
 from hub.errors import PayloadTooLarge
 from hub.types import JSON
@@ -235,8 +236,7 @@ class _Draft:
         self.notes: list[Note] = []
 
     def rec(self, step_id: str) -> StepRecord:
-        st = self.steps.get(step_id)
-        return StepRecord() if st is None else st
+        return self.steps.get(step_id, NOT_STARTED)
 
     def set(self, step_id: str, event: str | None = None, **fields: Any) -> StepRecord:
         st = self.rec(step_id).but(**fields)
@@ -246,7 +246,7 @@ class _Draft:
         return st
 
     def settled(self, step_id: str) -> bool:
-        return self.rec(step_id).settled
+        return self.steps.get(step_id, NOT_STARTED).state in SETTLED_STEP_STATES
 
     def complete(self, step_id: str, output: JSON, compensate_input: JSON) -> None:
         self.set(step_id, "step_success", state=StepState.DONE, output=output,
@@ -364,6 +364,19 @@ def _plan_forward(d: _Draft, running: set[str]) -> None:
                     d.set(node.id, "step_skipped", state=StepState.SKIPPED, finished_at=now)
                     changed = True
                     continue
+                if node.kind == SLEEP_KIND:
+                    try:
+                        due = wake_time(values.resolve(node.input), now)
+                    except (ResolveError, SleepValueError) as exc:
+                        d.fail(Failure.of(node.id, f"sleep {node.id!r}: {exc}", 1))
+                        _plan_compensation(d, running)
+                        return
+                    # no code runs: the record's due time is the sleep (a row with a due
+                    # time like every timer, so a restart loses none)
+                    d.set(node.id, "step_sleeping", state=StepState.WAITING, attempts=1,
+                          started_at=now, due=due)
+                    changed = changed or due <= now
+                    continue
                 _launch(d, node, running, state=StepState.INVOKING, due=None)
             elif state == StepState.INVOKING:
                 # held by us but not running: the previous owner died mid-step
@@ -371,6 +384,10 @@ def _plan_forward(d: _Draft, running: set[str]) -> None:
             elif state == StepState.TEMP_FAILURE:
                 if st.due is not None and st.due <= now:
                     _launch(d, node, running, state=StepState.INVOKING, due=None)
+            elif (state == StepState.WAITING and node.kind == SLEEP_KIND
+                  and st.due is not None and st.due <= now):
+                d.complete(node.id, None, None)  # its time has come
+                changed = True
             elif state == StepState.WAITING and st.due is not None and st.due <= now:
                 error = Failure.of(node.id, "async step timed out after "
                                    f"{node.options.timeout}s", st.attempts or 1)
@@ -413,6 +430,10 @@ def _plan_compensation(d: _Draft, running: set[str]) -> None:
     if any(d.rec(s).state == StepState.INVOKING for s in running):
         d.set_status(RunStatus.RUNNING)
         return  # let in-flight steps land first: a success must be compensated too
+    for step_id, st in list(d.steps.items()):
+        if st.state == StepState.WAITING and d.graph.steps[step_id].kind == SLEEP_KIND:
+            # a cancel (or a failure elsewhere) wakes a sleep: it never ran, so it is skipped
+            d.set(step_id, "step_skipped", state=StepState.SKIPPED, finished_at=d.now, due=None)
     for step_id, st in list(d.steps.items()):
         # waiting for the outside (a payment authorised, awaiting its confirmation), or
         # left mid-call by a worker that died: undone too, latest first
@@ -557,6 +578,7 @@ def _on_compensated(d: _Draft, event: CompensationSucceeded | CompensationFailed
 
 # -- signals -------------------------------------------------------------------------------
 _EXPECTED = {"success": StepState.WAITING, "failure": StepState.WAITING,
+             "wake": StepState.WAITING,
              "compensation_success": StepState.WAITING_TO_COMPENSATE,
              "compensation_failure": StepState.WAITING_TO_COMPENSATE}
 
@@ -581,7 +603,11 @@ def _on_signal(d: _Draft, event: SignalReceived) -> None:
         # first): it changes nothing, and says so
         d.note("warning", "signal_ignored", step=step_id, kind=kind, state=str(st.state))
         return
-    if kind == "success":
+    if kind == "wake":
+        if node.kind == SLEEP_KIND:  # an operator ends a sleep early
+            d.note("info", "sleep_woken", step=step_id)
+            d.complete(step_id, None, None)
+    elif kind == "success":
         d.complete(step_id, event.payload, event.payload)
     elif kind == "compensation_success":
         d.set(step_id, "compensate_step_success", state=StepState.REVERTED,

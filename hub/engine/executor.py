@@ -24,7 +24,7 @@ import structlog
 from hub import metrics, wire
 from hub.aio import wait_event
 from hub.engine.checkpoint import Batcher
-from hub.engine.clock import SYSTEM_CLOCK, Clock
+from hub.engine.clock import SYSTEM_CLOCK, Clock, SystemClock
 from hub.engine.context import Container, StepContext
 from hub.engine.execution import Execution
 from hub.engine.graph import StepNode
@@ -300,6 +300,11 @@ class Executor:
     async def _wait(self, waiters: set[asyncio.Future[Any]], timeout: float | None) -> set[
             asyncio.Future[Any]]:
         """Wait for the first of ``waiters``, or ``timeout`` seconds of the clock."""
+        if timeout is None or type(self.clock) is SystemClock:
+            # the machine's time: asyncio's own timeout, no sleeper task per wait
+            done, _ = await asyncio.wait(waiters, timeout=None if timeout is None else
+                                         max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+            return done
         sleeper = None
         if timeout is not None:
             sleeper = asyncio.ensure_future(self.clock.sleep(max(0.0, timeout)))

@@ -66,6 +66,8 @@ class Execution:
         self.steps_outlived = False
         """A cut step still ran when its drive task ended: the lease is kept until it expires."""
         self.status_dirty = False
+        self.early: dict[str, tuple[str, Any]] = {}
+        """A child's outcome that arrived while its step was still being started."""
 
     # -- state ---------------------------------------------------------------------------
     def step(self, step_id: str) -> dict[str, Any]:

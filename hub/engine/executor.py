@@ -18,8 +18,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -29,8 +28,11 @@ from hub.aio import wait_event
 from hub.engine.checkpoint import Batcher
 from hub.engine.context import Container, StepContext
 from hub.engine.execution import Execution, ResolveError
+from hub.engine.fanout import FanoutRunner
 from hub.engine.graph import StepNode
-from hub.engine.payload import Unserializable, clean_json, encode, tail_lines, to_json
+from hub.engine.outcome import Outcome
+from hub.engine.outcome import error_record as _error
+from hub.engine.payload import Unserializable, encode, tail_lines, to_json
 from hub.engine.registry import Registry
 from hub.engine.response import StepResponse
 from hub.engine.run import Run, RunStatus, StepState
@@ -43,31 +45,10 @@ from hub.types import JSON
 log = structlog.get_logger("hub.executor")
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one invocation (or compensation) of a step came to."""
-
-    kind: str  # ok | skip | retryable | permanent | timeout | cut (cancelled by us)
-    output: JSON = None
-    compensate_input: JSON = None
-    error: dict[str, Any] | None = None
-    outbox: tuple[dict[str, Any], ...] = ()
-
-
-def _error(step: str, exc: BaseException | str, attempt: int, **extra: Any) -> dict[str, Any]:
-    """A stored failure; its text comes from outside systems, so it is cleaned for jsonb."""
-    if isinstance(exc, str):
-        failure = {"step": step, "message": exc, "type": "StepFailure", "attempt": attempt}
-    else:
-        failure = {"step": step, "message": (str(exc) or repr(exc))[:4000],
-                   "type": type(exc).__name__, "attempt": attempt,
-                   "traceback": _traceback_tail(exc, 4000)}
-    return cast(dict[str, Any], clean_json(failure | extra))
-
-
-def _traceback_tail(exc: BaseException, limit: int) -> str:
-    """The end of a traceback, cut at a line boundary so it reads from a whole line."""
-    return tail_lines("".join(traceback.format_exception(exc)), limit)
+def _failed_map(node: StepNode, state: str) -> bool:
+    """A map step that failed may have completed items: it is undone like a step cut."""
+    return node.fanout is not None and state in (StepState.PERMANENT_FAILURE,
+                                                 StepState.TIMEOUT)
 
 
 def _record_landing(landed: list[str], step_id: str, _task: object) -> None:
@@ -107,6 +88,7 @@ class Executor:
         self.checkpoints: Batcher[CheckpointRow, uuid.UUID] = Batcher(
             store.checkpoint_batch, lambda r: r.id, isolate=is_data_error
         )
+        self.fanouts = FanoutRunner(store, settings, self)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -530,8 +512,9 @@ class Executor:
         for step_id, st in list(ex.steps.items()):
             # waiting for the outside (a payment authorised, awaiting its confirmation), or
             # left mid-call by a worker that died: undone too, latest first
-            if (st.get("seq") is None and st["state"] in (StepState.WAITING, StepState.INVOKING)
-                    and self._compensable(ex.graph.steps[step_id])):
+            if (st.get("seq") is None and self._compensable(ex.graph.steps[step_id])
+                    and (st["state"] in (StepState.WAITING, StepState.INVOKING)
+                         or _failed_map(ex.graph.steps[step_id], st["state"]))):
                 ex.interrupt(step_id, st.get("compensate_input"))
         now = time.time()
         order = sorted(
@@ -598,6 +581,9 @@ class Executor:
                 ex.set_step(node.id, "step_awaiting", state=StepState.WAITING, due=due,
                             compensate_input=outcome.compensate_input)
                 log.info("step_awaiting", execution_id=ex.sid, step=node.id)
+                early = ex.early.pop(node.id, None)
+                if early is not None:
+                    self._apply_signal(ex, early[0], node.id, early[1], {})
             else:
                 ex.complete(node.id, outcome.output, outcome.compensate_input)
                 log.debug("step_succeeded", execution_id=ex.sid, step=node.id, attempt=attempts)
@@ -699,6 +685,19 @@ class Executor:
             max_calls=self.settings.max_calls_per_step, redaction=self._redaction,
         )
 
+    def item_ctx(self, ex: Execution, node: StepNode, attempt: int, *, compensating: bool,
+                 output_recorded: bool = True, step_input: Any = None) -> StepContext:
+        """The context of one attempt of a fan-out item (``node`` under the item's id)."""
+        return StepContext.make(
+            execution_id=ex.sid, transaction_id=ex.transaction_id, workflow=ex.workflow,
+            step=node.id, attempt=attempt, container=self.container,
+            compensating=compensating, trigger=ex.trigger,
+            failure=ex.error if compensating else None,
+            output_recorded=output_recorded, step_input=step_input,
+            max_event_bytes=self.settings.max_event_bytes,
+            max_calls=self.settings.max_calls_per_step, redaction=self._redaction,
+        )
+
     async def _call(self, fn: Any, value: Any, ctx: StepContext, timeout: float | None) -> Any:
         with tracing.step_attempt(ctx) as span:  # one span per attempt, when tracing is on
             result = fn(value, ctx)
@@ -713,6 +712,8 @@ class Executor:
             return result
 
     async def _invoke(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
+        if node.fanout is not None:  # its items are run (and stored) by the fan-out runner
+            return await self.fanouts.run(ex, node)
         t0 = time.perf_counter()
         ctx = ex.attempts[node.id] = self._ctx(ex, node, attempt, False)
         outcome = await self._invoke_once(ex, node, attempt, ctx)
@@ -724,13 +725,19 @@ class Executor:
                            ctx: StepContext) -> Outcome:
         try:
             value = ex.resolve(node.input)
-            if node.input_model is not None:
+        except ResolveError as exc:
+            return Outcome("permanent", error=_error(node.id, str(exc), attempt))
+        return await self.invoke_value(node, value, ctx, attempt)
+
+    async def invoke_value(self, node: StepNode, value: Any, ctx: StepContext,
+                           attempt: int) -> Outcome:
+        """One invocation of ``node`` with its input resolved (a step's, or an item's)."""
+        try:
+            if node.input_model is not None and not isinstance(value, node.input_model):
                 value = node.input_model.model_validate(value)
         except ValidationError as exc:
             return Outcome("permanent", error=_error(
                 node.id, f"input of step {node.id!r} does not validate: {exc}", attempt))
-        except ResolveError as exc:
-            return Outcome("permanent", error=_error(node.id, str(exc), attempt))
         try:
             result = await self._call(node.invoke, value, ctx, node.options.timeout)
         except TimeoutError as exc:
@@ -768,19 +775,21 @@ class Executor:
         return Outcome("ok", out_json, comp_json, outbox=outbox)
 
     async def _compensate(self, ex: Execution, node: StepNode, attempt: int) -> Outcome:
+        if node.fanout is not None:
+            return await self.fanouts.compensate(ex, node)
         ctx = ex.attempts[node.id] = self._ctx(ex, node, attempt, True)
-        outcome = await self._compensate_once(ex, node, ctx)
+        outcome = await self.compensate_value(node, ex.step(node.id).get("compensate_input"),
+                                              ctx)
         metrics.COMPENSATIONS.labels(ex.workflow, node.step_name, outcome.kind).inc()
         return outcome
 
-    async def _compensate_once(self, ex: Execution, node: StepNode,
+    async def compensate_value(self, node: StepNode, compensate_input: Any,
                                ctx: StepContext) -> Outcome:
+        """One compensation of ``node`` (a step's, or an item's) with its input."""
         assert node.compensate is not None
-        st = ex.step(node.id)
         attempt = ctx.attempt
         try:
-            await self._call(node.compensate, st.get("compensate_input"), ctx,
-                             node.options.timeout)
+            await self._call(node.compensate, compensate_input, ctx, node.options.timeout)
             outbox = tuple(
                 {**o, "payload": to_json(o["payload"], f"event emitted by step {node.id!r}")}
                 for o in ctx.outbox
@@ -826,6 +835,11 @@ class Executor:
         expected = {"success": StepState.WAITING, "failure": StepState.WAITING,
                     "compensation_success": StepState.WAITING_TO_COMPENSATE,
                     "compensation_failure": StepState.WAITING_TO_COMPENSATE}.get(kind)
+        if (node.child is not None and state == StepState.INVOKING
+                and kind in ("success", "failure")):
+            # a child that ended before its start was checkpointed: applied once it waits
+            ex.early[step_id] = (kind, payload)
+            return
         if expected is not None and state != expected:
             # accepted while the step waited, applied after it moved on (a cancel landed
             # first): it changes nothing, and says so

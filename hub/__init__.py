@@ -27,10 +27,10 @@ from hub.errors import WorkflowFailed as WorkflowFailed
 from hub.runtime.scheduler import scheduled as scheduled
 from hub.runtime.subscriber import SubscriberContext as SubscriberContext
 from hub.runtime.subscriber import subscriber as subscriber
+from hub.sdk.children import run_child as run_child
 from hub.sdk.compose import parallelize as parallelize
 from hub.sdk.compose import transform as transform
 from hub.sdk.compose import when as when
-from hub.sdk.children import run_child as run_child
 from hub.sdk.events import emit_event_step as emit_event_step
 from hub.sdk.fanout import map_each as map_each
 from hub.sdk.hooks import create_hook as create_hook

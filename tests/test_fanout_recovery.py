@@ -13,6 +13,7 @@ import pytest
 from hub import Hub
 from tests.conftest import worker_env
 from tests.support.workers import workers
+from tests.workflows import fanout_flows  # noqa: F401  (registers fx-crash-map)
 from tests.workflows.crash_flows import EFFECTS_DDL
 
 pytestmark = pytest.mark.slow

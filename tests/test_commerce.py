@@ -353,7 +353,7 @@ async def test_each_order_line_is_reserved_on_its_own_and_released_once_on_rollb
         shop: Shop, sandbox: SandboxControl) -> None:
     skus = ("SKU-001", "SKU-002", "SKU-003")
     lines = [{"sku": sku, "quantity": 1, "unit_price": 1000} for sku in skus]
-    order = shop.order(400, lines=lines, total=3000, payment_method="pm_card_chargeDeclined")
+    order = shop.order(410, lines=lines, total=3000, payment_method="pm_card_chargeDeclined")
     await shop.publish("order.placed", order, order["id"])
     run = await shop.run(f"order.placed:{order['id']}", "fulfil-order")
     assert run.status == "compensated", run.error
@@ -377,7 +377,7 @@ async def test_a_line_out_of_stock_releases_the_lines_already_reserved(
         shop: Shop, sandbox: SandboxControl) -> None:
     lines = [{"sku": "SKU-004", "quantity": 1, "unit_price": 500},
              {"sku": "SKU-OOS", "quantity": 1, "unit_price": 500}]
-    order = shop.order(401, lines=lines, total=1000)
+    order = shop.order(411, lines=lines, total=1000)
     await shop.publish("order.placed", order, order["id"])
     run = await shop.run(f"order.placed:{order['id']}", "fulfil-order")
     assert run.status == "compensated", run.error
@@ -387,3 +387,16 @@ async def test_a_line_out_of_stock_releases_the_lines_already_reserved(
     live = [ref for ref, p in odoo["pickings"].items()
             if ref.startswith(f"{order['id']}/") and p["state"] != "cancel"]
     assert live == [], "no line keeps a hold on stock"
+
+
+async def test_a_catalogue_page_publishes_each_entry_and_skips_unknown_skus(
+        shop: Shop, sandbox: SandboxControl) -> None:
+    skus = [f"SKU-00{i}" for i in range(1, 9)] + ["SKU-NOT-IN-ERP"]
+    run = await shop.hub.start("sync-catalogue-page", {"skus": skus},
+                               transaction_id=f"page-{shop.tag}")
+    assert run.status == "succeeded", run.error
+    assert [entry and entry["sku"] for entry in run.result] == [*skus[:-1], None]
+    entries = (await sandbox.state("contentful"))["entries"]
+    assert all(entries[f"product-{sku}"]["status"] == "published" for sku in skus[:-1])
+    rows = await shop.hub.store.fanout_items(uuid.UUID(run.id), "publish-entries")
+    assert [r["state"] for r in rows] == ["done"] * 8 + ["skipped"]

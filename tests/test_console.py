@@ -1040,3 +1040,44 @@ async def test_the_housekeeping_purge_removes_ended_console_sessions(hub: Hub) -
         assert kept["token_hash"] == hashlib.sha256(
             live.cookies["hub_console"].encode()).hexdigest()
         assert (await live.get("/ui/")).status_code == 200
+
+
+async def test_a_map_step_shows_its_item_counts_and_opens_each_item(hub: Hub) -> None:
+    from tests.workflows.fanout_flows import Ledger, fx_map
+
+    hub.container.register("ledger", Ledger())
+    items = [{"sku": f"S{i}"} for i in range(3)] + [{"sku": "S3", "fail": True}]
+    run = await fx_map(hub).run(input={"items": items}, raise_on_error=False)
+    assert run.status == "compensated"
+    async with _plain(hub) as browser:
+        client = browser()
+        await _log_in(client, (await _keys(hub))["viewer"])
+        page = await client.get(f"/ui/executions/{run.id}")
+        assert page.status_code == 200
+        assert '<span class="badge">map</span>' in page.text
+        assert "Items (4)" in page.text
+        link = f"/ui/executions/{run.id}/steps/each-fx-apply/items"
+        assert f'href="{link}"' in page.text
+        listing = await client.get(link)
+        assert listing.status_code == 200
+        for i in range(4):
+            assert f"{run.id}:each-fx-apply[S{i}]" in listing.text
+        assert "S3 is refused" in listing.text
+        assert listing.text.count("↩</span> compensated") == 3, "three items undone"
+
+
+async def test_parent_and_child_executions_link_to_each_other(hub: Hub) -> None:
+    from tests.workflows.fanout_flows import Ledger, fx_parent
+
+    hub.container.register("ledger", Ledger())
+    run = await hub.wait((await fx_parent(hub).run(input={"child": {}})).id, timeout=30)
+    assert run.status == "succeeded", run.error
+    async with _plain(hub) as browser:
+        client = browser()
+        await _log_in(client, (await _keys(hub))["viewer"])
+        parent = await client.get(f"/ui/executions/{run.id}")
+        found = re.search(r'href="/ui/executions/([0-9a-f-]{36})"><code>', parent.text)
+        assert found is not None, "the parent lists its child"
+        child = await client.get(f"/ui/executions/{found.group(1)}")
+        assert f'href="/ui/executions/{run.id}"' in child.text, "the child links its parent"
+        assert "child-fx-child" in child.text

@@ -5,9 +5,9 @@ Cost stays flat per item: an item's transition rewrites one small ``fanout_item`
 which learns the map's outcome once, at its end. Each item calls with its own idempotency
 key (``<execution>:<map>[<item key>]``), so a re-run or recovered map makes each item's
 effect once; the items that completed are found done and are not run again.
-Compensation undoes the items that completed, latest first (their ``seq`` shares the
-execution's completion counter), then the ones left mid-call (told their output was not
-recorded), as the executor does for steps.
+Compensation undoes the ones left mid-call first (told their output was not recorded), then
+the items that completed, latest first (``seq`` numbers the map's completions); the map
+itself takes its place among the workflow's steps by its own completion (or failure).
 """
 
 from __future__ import annotations
@@ -75,6 +75,17 @@ class Item:
                     row["error"])
 
 
+@dataclass(slots=True)
+class _Counter:
+    """The map's completion order (resumed after the highest stored ``seq``)."""
+
+    next: int
+
+    def take(self) -> int:
+        self.next += 1
+        return self.next - 1
+
+
 class FanoutError(Exception):
     """The list cannot be fanned out (not a list, over the bound, keys clash): the map step
     fails before any item starts."""
@@ -129,7 +140,7 @@ class FanoutRunner:
         state = await self._load(ex, node, keys)
         if isinstance(state, Outcome):
             return state
-        ex.seq = max(ex.seq, 1 + max((it.seq or 0 for it in state), default=0))
+        order = _Counter(1 + max((it.seq or 0 for it in state), default=0))
         queue = collections.deque(it for it in state if it.state in _RUN_AGAIN)
         failures: list[dict[str, Any]] = []
         outbox: list[dict[str, Any]] = []
@@ -137,7 +148,7 @@ class FanoutRunner:
         async def work() -> None:
             while queue and not failures:
                 it = queue.popleft()
-                error = await self._run_item(ex, node, it, items[it.idx], outbox)
+                error = await self._run_item(ex, node, it, items[it.idx], outbox, order)
                 if error is not None:
                     failures.append(error)
 
@@ -177,7 +188,8 @@ class FanoutRunner:
         return state
 
     async def _run_item(self, ex: Execution, node: StepNode, it: Item, value: Any,
-                        outbox: list[dict[str, Any]]) -> dict[str, Any] | None:
+                        outbox: list[dict[str, Any]], order: _Counter,
+                        ) -> dict[str, Any] | None:
         """Run one item to an end; the error that fails the map, if it does."""
         item_node = _item_node(node, it)
         opts = item_node.options
@@ -190,7 +202,7 @@ class FanoutRunner:
             if outcome.kind == "ok":
                 it.state, it.output, it.compensate_input = (
                     StepState.DONE, outcome.output, outcome.compensate_input)
-                it.seq, ex.seq = ex.seq, ex.seq + 1
+                it.seq = order.take()
                 it.error = None
                 outbox.extend(outcome.outbox)
                 await self._save(ex, node, it)

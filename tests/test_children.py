@@ -67,3 +67,21 @@ async def test_a_map_over_a_workflow_runs_each_item_as_a_child(hub: Hub) -> None
     kids = await _children(hub, run.id)
     assert sorted(str(k["parent_step"]) for k in kids) == [
         "each-fx-child[0]", "each-fx-child[1]", "each-fx-child[2]"]
+
+
+async def test_cancelling_the_parent_cancels_its_live_child(hub: Hub) -> None:
+    from tests.workflows.fanout_flows import fx_parent_waits
+
+    led = _ledger(hub)
+    run = await fx_parent_waits(hub).run(input={})
+    assert run.status == "waiting", "the parent waits for its child without a lease"
+    row = await hub.store.get(uuid.UUID(run.id))
+    assert row is not None and row["lease_owner"] is None
+    (child,) = await _children(hub, run.id)
+    child_run = await hub.start("fx-child-waits", {}, transaction_id=str(child["transaction_id"]))
+    assert child_run.status == "waiting", "found, not started again: it waits for its answer"
+    cancelled = await hub.cancel(run.id, reason="customer changed their mind")
+    assert cancelled.status == "cancelled", cancelled.error
+    child_run = await hub.wait(str(child["id"]), timeout=30)
+    assert child_run.status == "cancelled"
+    assert sorted(led.undone) == ["fx-before", "fx-wait"], "the child undid its steps once"

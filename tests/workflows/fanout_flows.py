@@ -133,3 +133,20 @@ async def fx_crash_item(item: dict[str, Any], ctx: StepContext) -> dict[str, Any
 @create_workflow("fx-crash-map")
 def fx_crash_map(inp: dict[str, Any]) -> WorkflowResponse:
     return WorkflowResponse(map_each(inp["items"], fx_crash_item, max_concurrency=2))
+
+
+@create_step("fx-wait", compensate=_undo, is_async=True)
+async def fx_wait(inp: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """Asks the outside and waits for its answer (an approval)."""
+    return {"asked": True}
+
+
+@create_workflow("fx-child-waits")
+def fx_child_waits(inp: dict[str, Any]) -> WorkflowResponse:
+    fx_before(inp)
+    return WorkflowResponse(fx_wait(inp))
+
+
+@create_workflow("fx-parent-waits")
+def fx_parent_waits(inp: dict[str, Any]) -> WorkflowResponse:
+    return WorkflowResponse(run_child(fx_child_waits, inp))

@@ -675,19 +675,13 @@ class Executor:
         if unrecorded:
             with contextlib.suppress(ResolveError):
                 step_input = ex.resolve(node.input)
-        return StepContext.make(
-            execution_id=ex.sid, transaction_id=ex.transaction_id, workflow=ex.workflow,
-            step=node.id, attempt=attempt, container=self.container,
-            compensating=compensating, trigger=ex.trigger,
-            failure=ex.error if compensating else None,
-            output_recorded=not unrecorded, step_input=step_input,
-            max_event_bytes=self.settings.max_event_bytes,
-            max_calls=self.settings.max_calls_per_step, redaction=self._redaction,
-        )
+        return self.item_ctx(ex, node, attempt, compensating=compensating,
+                             output_recorded=not unrecorded, step_input=step_input)
 
     def item_ctx(self, ex: Execution, node: StepNode, attempt: int, *, compensating: bool,
                  output_recorded: bool = True, step_input: Any = None) -> StepContext:
-        """The context of one attempt of a fan-out item (``node`` under the item's id)."""
+        """The context of one attempt of ``node`` (a step, or a fan-out item under its own
+        id), with what its compensation is told."""
         return StepContext.make(
             execution_id=ex.sid, transaction_id=ex.transaction_id, workflow=ex.workflow,
             step=node.id, attempt=attempt, container=self.container,

@@ -25,7 +25,7 @@ from hub.engine.context import StepContext
 from hub.engine.execution import Execution, ResolveError
 from hub.engine.graph import FanoutSpec, StepNode
 from hub.engine.outcome import Outcome, error_record
-from hub.engine.payload import Unserializable, encode
+from hub.engine.payload import Unserializable, clean_text, encode
 from hub.engine.run import StepState
 from hub.errors import LeaseLost, PayloadTooLarge
 from hub.settings import HubSettings
@@ -298,7 +298,7 @@ def _key(spec: FanoutSpec, node: StepNode, idx: int, item: JSON) -> str:
     if isinstance(key, bool) or not isinstance(key, str | int) or key == "":
         raise FanoutError(f"map step {node.id!r}: key(...) gave {key!r} for item {idx}; a "
                           "key is a non-empty str or an int")
-    return str(key)[:200]
+    return clean_text(str(key)[:200])  # a key from outside data: bounded, storable
 
 
 def _item_node(node: StepNode, it: Item) -> StepNode:

@@ -678,6 +678,12 @@ class Executor:
         return self.item_ctx(ex, node, attempt, compensating=compensating,
                              output_recorded=not unrecorded, step_input=step_input)
 
+    def map_input(self, ex: Execution, node: StepNode) -> tuple[JSON, str | None]:
+        try:
+            return ex.resolve(node.input), None
+        except ResolveError as exc:
+            return None, str(exc)
+
     def item_ctx(self, ex: Execution, node: StepNode, attempt: int, *, compensating: bool,
                  output_recorded: bool = True, step_input: Any = None) -> StepContext:
         """The context of one attempt of ``node`` (a step, or a fan-out item under its own

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any, Protocol
 
 from hub.engine.checkpoint import Batcher
 from hub.engine.context import StepContext
-from hub.engine.execution import Execution, ResolveError
+from hub.engine.execution import Execution
 from hub.engine.graph import FanoutSpec, StepNode
 from hub.engine.outcome import Outcome, error_record
 from hub.engine.payload import Unserializable, clean_text, encode
@@ -41,8 +40,12 @@ _UNDO = frozenset({StepState.DONE, StepState.INVOKING, StepState.COMPENSATING,
 
 
 class ItemSteps(Protocol):
-    """What the runner needs of the executor: a step's invocation and compensation with a
-    given value, and an item's context."""
+    """What the runner needs of the executor: the map's list, a step's invocation and
+    compensation with a given value, and an item's context."""
+
+    def map_input(self, ex: Execution, node: StepNode) -> tuple[JSON, str | None]:
+        """The map step's list, or the error that stops resolving it."""
+        ...
 
     def item_ctx(self, ex: Execution, node: StepNode, attempt: int, *, compensating: bool,
                  output_recorded: bool = True, step_input: Any = None) -> StepContext: ...
@@ -131,10 +134,12 @@ class FanoutRunner:
     async def run(self, ex: Execution, node: StepNode) -> Outcome:
         spec = node.fanout
         assert spec is not None
+        items, problem = self._steps.map_input(ex, node)
         try:
-            items = ex.resolve(node.input)
+            if problem is not None:
+                raise FanoutError(problem)
             keys = self.keys(node, items)
-        except (ResolveError, FanoutError) as exc:
+        except FanoutError as exc:
             return Outcome("permanent", error=error_record(node.id, str(exc), 1))
         assert isinstance(items, list)
         state = await self._load(ex, node, keys)
@@ -231,9 +236,7 @@ class FanoutRunner:
     async def compensate(self, ex: Execution, node: StepNode) -> Outcome:
         """Undo the items: those left mid-call first (the latest), then the completed ones
         in reverse order of completion, one at a time."""
-        items: JSON = None
-        with contextlib.suppress(ResolveError):
-            items = ex.resolve(node.input)
+        items, _ = self._steps.map_input(ex, node)
         state = [Item.from_row(r) for r in await self._store.fanout_items(ex.id, node.id)]
         todo = [it for it in state if it.state in _UNDO]
         order = [it for it in todo if it.seq is None] + sorted(

@@ -694,6 +694,15 @@ def test_the_graph_is_drawn_in_layers_with_parallel_steps_side_by_side() -> None
     assert "✗ invoice" in svg and "failed" in svg, "state told in an icon and a word too"
 
 
+def test_a_fan_out_is_drawn_as_one_node_saying_what_runs_per_item() -> None:
+    from hub.api.console._graph import render_graph
+    from tests.workflows.fanout_flows import fx_map
+
+    svg = str(render_graph(fx_map.graph.to_dict(), None))
+    assert svg.count("each-fx-apply") >= 1 and "each: fx-apply, 3 at once" in svg
+    assert "fx-apply[" not in svg, "no node per item: the list is known only at run time"
+
+
 @pytest.mark.parametrize(("status", "step", "parked", "unapplied", "settled"), [
     ("running", "invoking", None, False, False),
     ("pending", "not_started", None, False, False),

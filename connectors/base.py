@@ -80,9 +80,9 @@ class RetryableHttpError(TransientConnectorError):
 
     def __init__(self, message: str, *, status: int | None, retry_after_s: float | None = None,
                  sent: bool = True) -> None:
-        super().__init__(message)
+        super().__init__(message, retry_after=retry_after_s)
         self.status = status
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = self.retry_after
         self.sent = sent
 
 
@@ -488,15 +488,21 @@ def retry_after_s(response: httpx.Response) -> float | None:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """A ``Retry-After`` value (seconds or HTTP-date) in seconds; None if absent or bad."""
+    """A ``Retry-After`` value (delta-seconds or HTTP-date) in seconds; None if absent or not
+    one of the two forms (garbage is ignored: the step's own backoff applies). The error that
+    carries it bounds it (``hub.errors.RETRY_AFTER_MAX_S``)."""
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if not value or len(value) > 64:
+        return None
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

@@ -20,11 +20,14 @@ HubError
   ServiceConfigError     services (connectors) the workflows resolve cannot be built
   LeaseLost              this worker no longer owns the execution
 ```
-Retryability travels as the ``retryable`` attribute, never parsed from text.
+Retryability travels as the ``retryable`` attribute, never parsed from text; so does the wait
+a retry should keep (``retry_after``, seconds, on ``StepError`` and ``TransientConnectorError``:
+a 429's ``Retry-After`` reaches the engine's retry timer this way).
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -35,6 +38,31 @@ class HubError(Exception):
     """Base of every error the hub raises on purpose."""
 
     retryable: bool = False
+
+
+RETRY_AFTER_MAX_S = 3600.0
+"""The longest wait a retry delay may ask for; a longer one is cut to it (an outside system's
+header is not trusted to park a step for a week)."""
+
+
+def bounded_retry_after(value: object) -> float | None:
+    """A retry delay as the engine uses it: seconds in [0, ``RETRY_AFTER_MAX_S``], or None
+    for anything else (absent, negative, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0:
+        return None
+    return min(seconds, RETRY_AFTER_MAX_S)
+
+
+class _RetryAfter(HubError):
+    """An error that may say how long to wait before the next attempt."""
+
+    def __init__(self, *args: object, retry_after: float | None = None) -> None:
+        super().__init__(*args)
+        self.retry_after = bounded_retry_after(retry_after)
+        """Seconds to wait before the next attempt; None: the step's own backoff."""
 
 
 class DefinitionError(HubError):
@@ -87,8 +115,9 @@ class WorkflowFailed(HubError):
         self.run = run
 
 
-class StepError(HubError):
-    """Raised by step code; retried up to the step's ``max_retries`` unless permanent."""
+class StepError(_RetryAfter):
+    """Raised by step code; retried up to the step's ``max_retries`` unless permanent,
+    after ``retry_after`` seconds when given (else the step's backoff)."""
 
     retryable = True
 
@@ -109,8 +138,9 @@ class ConnectorError(HubError):
     """A call to an outside system failed."""
 
 
-class TransientConnectorError(ConnectorError):
-    """The system may accept the same call later (connection error, 5xx, 429)."""
+class TransientConnectorError(_RetryAfter, ConnectorError):
+    """The system may accept the same call later (connection error, 5xx, 429);
+    ``retry_after``: when it said to try again."""
 
     retryable = True
 

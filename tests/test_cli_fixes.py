@@ -15,10 +15,10 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from hub import Hub, StepContext, WorkflowResponse, create_step, create_workflow
+from hub import wire as h
 from hub.api.service import HubService
 from hub.cli.progress import ProgressLine
 from hub.engine.payload import tail_lines
-from hub.runtime import constants as h
 from hub.runtime.consumer import dead_letter_context
 from hub.runtime.oversize import CUT_STACK_CHARS, fitted_headers, record_size
 from tests.conftest import ROOT, worker_env

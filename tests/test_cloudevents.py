@@ -23,8 +23,8 @@ from hub import (
     subscriber,
     transform,
 )
+from hub import wire as h
 from hub.runtime import cloudevents as ce
-from hub.runtime import constants as h
 from hub.runtime.formats import EventFormats
 from hub.runtime.service import KafkaRuntime
 from hub.runtime.subscriber import SubscriberRegistry

@@ -340,3 +340,30 @@ def test_secret_and_secret_file_together_are_refused(
     monkeypatch.setenv("HUB_TESTERP_API_KEY_FILE", str(secret_file))
     with pytest.raises(ConnectorConfigError, match="not both"):
         load_settings(ErpSettings)
+
+
+@pytest.mark.parametrize("garbage", ["soon", "-5", "1.5", "", "  ", "12abc", "١٢",
+                                     "Mon, 99 Foo 2026 25:61:00 GMT", "9" * 200])
+def test_a_garbage_retry_after_is_ignored(garbage: str) -> None:
+    from connectors.base import parse_retry_after
+
+    assert parse_retry_after(garbage) is None
+
+
+async def test_a_retry_after_reaches_the_engine_bounded() -> None:
+    from hub.errors import RETRY_AFTER_MAX_S
+
+    handler, _ = scripted(httpx.Response(429, headers={"Retry-After": "86400000"}))
+    async with connector(handler, retry_after_max_s=30) as erp:
+        with pytest.raises(TransientConnectorError) as info:
+            await erp.request("GET", "/stock", ctx=None)
+    assert info.value.retry_after == RETRY_AFTER_MAX_S
+
+
+async def test_an_http_date_retry_after_reaches_the_engine_in_seconds() -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    handler, _ = scripted(httpx.Response(503, headers={"Retry-After": when}))
+    async with connector(handler, retry_after_max_s=30) as erp:
+        with pytest.raises(TransientConnectorError) as info:
+            await erp.request("GET", "/stock", ctx=None)
+    assert info.value.retry_after is not None and 115 < info.value.retry_after <= 120

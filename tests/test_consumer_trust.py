@@ -18,8 +18,8 @@ from pydantic import BaseModel
 from structlog.testing import capture_logs
 
 from hub import Hub, SubscriberContext, subscriber
+from hub import wire as h
 from hub.metrics import REGISTRY
-from hub.runtime import constants as h
 from hub.runtime.admin import consumer_lag, reconcile
 from hub.runtime.consumer import DeadLetterTopicMissing
 from hub.runtime.deadletters import read_dead_letters

@@ -16,9 +16,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from hub import Hub
+from hub import wire as h
 from hub.api import ApiSettings, create_app, create_key
 from hub.metrics import REGISTRY
-from hub.runtime import constants as h
 from hub.runtime.admin import reconcile
 from hub.runtime.deadletters import (
     PAGE_BYTES,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from hub import Hub, StepContext, WorkflowResponse, create_step, create_workflow
-from hub.runtime import constants as h
+from hub import wire as h
 from hub.runtime.service import KafkaRuntime
 from hub.runtime.topics import load_topics
 from hub.settings import KafkaSettings

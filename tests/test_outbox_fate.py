@@ -18,9 +18,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from hub import Hub, StepContext, WorkflowResponse, create_step, create_workflow
+from hub import wire as h
 from hub.api import ApiSettings, create_app, create_key
 from hub.engine.events import topic_problem
-from hub.runtime import constants as h
 from hub.runtime.kafka import start_producer
 from hub.runtime.outbox import OutboxRelay
 from hub.runtime.service import KafkaRuntime

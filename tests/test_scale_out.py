@@ -26,7 +26,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from hub import Hub
-from hub.runtime import constants as h
+from hub import wire as h
 from hub.runtime.admin import reconcile
 from hub.runtime.topics import load_topics
 from hub.settings import KafkaSettings

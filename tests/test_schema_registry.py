@@ -20,7 +20,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from hub import Hub, SubscriberContext, subscriber
-from hub.runtime import constants as h
+from hub import wire as h
 from hub.runtime.admin import consumer_lag
 from hub.runtime.schema_registry import SchemaRegistry
 from hub.runtime.service import KafkaRuntime

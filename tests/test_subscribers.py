@@ -20,7 +20,7 @@ from hub import (
     create_workflow,
     subscriber,
 )
-from hub.runtime import constants as h
+from hub import wire as h
 from hub.runtime.service import KafkaRuntime
 from hub.runtime.subscriber import SubscriberRegistry
 from hub.runtime.topics import Topics, load_topics

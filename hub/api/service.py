@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import structlog
 
+from hub import wire
 from hub.api.keys import ApiKey
 from hub.api.models import (
     ConnectorCallOut,
@@ -893,7 +894,7 @@ class HubService:
         for i in done:
             self._audited(dataclasses.replace(audit, target=f"outbox:{i}"), None)
         if done:
-            await self.hub.store.notify(json.dumps({"ob": True}))  # wake the relays
+            await self.hub.store.notify(json.dumps({wire.N_OUTBOX: True}))  # wake the relays
         return OutboxRetried(ids=[str(i) for i in done])
 
     # -- health, metrics, contracts ------------------------------------------------------
@@ -1205,7 +1206,7 @@ class HubService:
         return topic
 
     async def _letter_views(self, letters: list[Any]) -> list[DeadLetterView]:
-        from hub.runtime import constants as h
+        from hub import wire as h
 
         actions: dict[str, list[AuditEntry]] = {}
         for r in await self.hub.store.audit_for_targets([d.ref for d in letters]):
@@ -1283,9 +1284,9 @@ class HubService:
         async def read() -> dict[str, Any] | None:
             from aiokafka import AIOKafkaConsumer, TopicPartition
 
-            from hub.runtime.constants import REDRIVEN_FROM
             from hub.runtime.consumer import decode_headers
             from hub.runtime.kafka import client_kwargs
+            from hub.wire import REDRIVEN_FROM
 
             settings, bootstrap = self._kafka()
             tp = TopicPartition(str(trigger["topic"]), int(trigger["partition"]))

@@ -196,7 +196,7 @@ def add_kafka_commands(app: typer.Typer) -> None:
         topic's format (framed for the schema registry, or as CloudEvents)."""
         import uuid
 
-        from hub.runtime import constants as h
+        from hub import wire as h
         from hub.runtime.formats import EventFormats
         from hub.runtime.kafka import start_producer
         from hub.runtime.schema_registry import SchemaRegistry

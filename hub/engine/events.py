@@ -20,7 +20,7 @@ DEFAULT_MAX_EVENT_BYTES = 1_048_576
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 _EVENT_ID_BYTES = len("event-id") + 36 + 2
-"""The header the relay adds to every record (``hub.runtime.constants.EVENT_ID``: a uuid)."""
+"""The header the relay adds to every record (``hub.wire.EVENT_ID``: a uuid)."""
 
 RECORD_OVERHEAD = 128
 """Bytes a record costs beyond its key, value and headers: the record batch header (61) and

@@ -23,8 +23,9 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from hub import tracing
+from hub import tracing, wire
 from hub.engine.checkpoint import Batcher
+from hub.engine.clock import SYSTEM_CLOCK, Clock
 from hub.engine.context import Container
 from hub.engine.execution import Execution
 from hub.engine.executor import Executor
@@ -119,6 +120,7 @@ class Hub:
         settings: HubSettings | None = None,
         registry: Registry | None = None,
         services: dict[str, Any] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         **overrides: Any,
     ) -> None:
         base = settings or HubSettings()
@@ -131,6 +133,8 @@ class Hub:
         self.registry = registry or REGISTRY
         self.container = Container(services)
         self.execute = execute
+        self.clock = clock
+        """Where the executor reads time (a ``ManualClock`` lets a test drive its timers)."""
         self._embedded: EmbeddedPostgres | None = None
         self._store: Store | None = None
         self._listener: Listener | None = None
@@ -177,7 +181,8 @@ class Hub:
         self.container.register("locks", LockService(self._store))
         if self.execute:
             self._executor = Executor(
-                self._store, self.registry, self.container, s, self._on_settled
+                self._store, self.registry, self.container, s, self._on_settled,
+                clock=self.clock,
             )
             self._executor.start()
             self._executor.poke()
@@ -296,11 +301,11 @@ class Hub:
         ex: Execution | None = None
         planned = None
         if self._executor is not None and not self._executor.step_events:
-            ex = Execution(fresh, spec)
+            ex = self._executor.new_execution(fresh, spec)
             planned = self._executor.plan_start(ex)
         if ex is not None and planned is not None:
             row = StartRow(exec_id, spec.name, spec.version, tx, input_text, trigger_text,
-                           spec.store, owner, ex.status, json.dumps(ex.steps))
+                           spec.store, owner, ex.status, ex.steps_json())
         else:
             row = StartRow(exec_id, spec.name, spec.version, tx, input_text, trigger_text,
                            spec.store, owner)
@@ -500,23 +505,23 @@ class Hub:
             return
         for fn in list(self._listeners):
             fn(msg)
-        if msg.get("presence") and self._executor is not None:
+        if msg.get(wire.N_PRESENCE) and self._executor is not None:
             self._executor.subscribers_present(_PRESENCE_TTL)
-        exec_id = msg.get("id")
+        exec_id = msg.get(wire.N_ID)
         if self._executor is not None:
-            if msg.get("due"):
+            if msg.get(wire.N_DUE):
                 self._executor.poke()
-            if msg.get("sig") and exec_id:
+            if msg.get(wire.N_SIGNAL) and exec_id:
                 self._executor.wake(uuid.UUID(exec_id))
-        status = msg.get("s")
+        status = msg.get(wire.N_STATUS)
         if exec_id and exec_id in self._waiters and status in _SETTLED_STATUSES:
             owned = self._executor is not None and uuid.UUID(exec_id) in self._executor.owned
             if not owned:  # the owner here resolves its waiters itself, without a read
                 asyncio.get_running_loop().create_task(self._refresh_waiters(exec_id))
         if status and self._subscribers:
-            for kind, step in msg.get("ev", []):
-                event = ExecutionEvent(kind, exec_id, msg.get("w"), msg.get("t"), status,
-                                       step or None)
+            for kind, step in msg.get(wire.N_EVENTS, []):
+                event = ExecutionEvent(kind, exec_id, msg.get(wire.N_WORKFLOW),
+                                       msg.get(wire.N_TRANSACTION), status, step or None)
                 for queue, wf, tx in self._subscribers:
                     if (wf is None or wf == event.workflow) and (
                         tx is None or tx == event.transaction_id
@@ -550,7 +555,7 @@ class Hub:
             self._presence = asyncio.create_task(self._announce_presence())
         if self._executor is not None:
             self._executor.subscribers_present(_PRESENCE_TTL)
-        await self.store.notify(json.dumps({"presence": True}))
+        await self.store.notify(json.dumps({wire.N_PRESENCE: True}))
         try:
             while True:
                 event = await queue.get()
@@ -569,7 +574,7 @@ class Hub:
         while True:
             await asyncio.sleep(_PRESENCE_TTL / 3)
             with contextlib.suppress(Exception):
-                await self.store.notify(json.dumps({"presence": True}))
+                await self.store.notify(json.dumps({wire.N_PRESENCE: True}))
 
     # -- acting on executions ------------------------------------------------------------
     async def _signal(self, ref: str, workflow: str | None, step: str | None, kind: str,
@@ -605,7 +610,7 @@ class Hub:
                                            once):
             raise DuplicateDelivery(f"webhook-id {once.id if once else ''!r} was already "
                                     "accepted from this source")
-        await self.store.notify(json.dumps({"id": run.id, "sig": True}))
+        await self.store.notify(json.dumps({wire.N_ID: run.id, wire.N_SIGNAL: True}))
         return run
 
     async def set_step_success(self, transaction_id: str, step: str, output: Any = None, *,
@@ -693,7 +698,7 @@ class Hub:
         """Make a parked execution due again (after deploying the version it needs)."""
         row = await self._resolve_row(ref, workflow)
         await self.store.add_signal(row["id"], None, "resume", None, audit)
-        await self.store.notify(json.dumps({"id": str(row["id"]), "due": True}))
+        await self.store.notify(json.dumps({wire.N_ID: str(row["id"]), wire.N_DUE: True}))
 
     async def purge(self, *, grace_seconds: float = 0.0,
                     progress: Callable[[int], None] | None = None) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hub.runtime import constants as h
+from hub import wire as h
 from hub.runtime.subscriber import SubscriberRegistry
 from hub.runtime.topics import Topics, TopicSpec
 

@@ -37,11 +37,11 @@ from pydantic_core import from_json
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from hub import metrics, tracing
+from hub import wire as h
 from hub.engine.checkpoint import Batcher
 from hub.engine.hub import Hub
 from hub.engine.payload import tail_lines
 from hub.errors import HubError
-from hub.runtime import constants as h
 from hub.runtime.admin import existing_topics
 from hub.runtime.formats import EventFormats, FormatRejected, route
 from hub.runtime.kafka import client_kwargs, explained_start, start_producer

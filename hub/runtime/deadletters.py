@@ -22,9 +22,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from hub import metrics
+from hub import wire as h
 from hub.engine.hub import Hub
 from hub.errors import HubError
-from hub.runtime import constants as h
 from hub.runtime.consumer import BatchResult, Handling, decode_headers
 from hub.runtime.dlq_cursor import decode_cursor, encode_cursor
 from hub.runtime.formats import EventFormats

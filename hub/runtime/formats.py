@@ -19,8 +19,8 @@ from typing import Any
 import fastavro
 import jsonschema
 
+from hub import wire as h
 from hub.runtime import cloudevents as ce
-from hub.runtime import constants as h
 from hub.runtime import protobuf_format as pb
 from hub.runtime.schema_of import UnsupportedSchema, registry_schema
 from hub.runtime.schema_registry import (

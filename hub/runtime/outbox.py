@@ -19,11 +19,11 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from hub import metrics, tracing
+from hub import metrics, tracing, wire
+from hub import wire as h
 from hub.aio import wait_event
 from hub.engine.events import topic_problem
 from hub.engine.hub import Hub
-from hub.runtime import constants as h
 from hub.runtime.formats import EventFormats
 from hub.runtime.outbox_fate import fate_of
 from hub.runtime.topics import Topics
@@ -67,7 +67,7 @@ class OutboxRelay:
         self._task = asyncio.create_task(self._loop(), name="hub-outbox-relay")
 
     def _on_message(self, msg: dict[str, Any]) -> None:
-        if msg.get("ob"):
+        if msg.get(wire.N_OUTBOX):
             self._wake.set()
 
     async def _check_topics(self, rows: list[Row]) -> dict[str, BaseException]:

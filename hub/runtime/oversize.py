@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from hub import wire as h
 from hub.engine.payload import tail_lines
-from hub.runtime import constants as h
 
 Headers = list[tuple[str, bytes]]
 """Kafka record headers as the producer takes them."""

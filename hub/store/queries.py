@@ -4,6 +4,8 @@
 as text (the executor encodes them once, which is also where sizes are checked).
 """
 
+from hub.wire import DUE_PAYLOAD
+
 MIGRATION_LOCK = """-- serialises concurrent migrators of one schema (transaction-scoped)
 SELECT pg_advisory_xact_lock(hashtext('hub-migrate:' || $1))"""
 
@@ -40,7 +42,7 @@ ON CONFLICT (workflow, transaction_id) WHERE NOT archived DO NOTHING
 RETURNING e.id, e.lease_owner
 )
 SELECT ins.id,
-       CASE WHEN ins.lease_owner IS NULL THEN pg_notify($12, '{"due": true}')::text END AS n
+       CASE WHEN ins.lease_owner IS NULL THEN pg_notify($12, '""" + DUE_PAYLOAD + """')::text END AS n
 FROM ins"""
 
 NOTIFY = """SELECT pg_notify($1, $2)"""

@@ -83,7 +83,7 @@ class Executor:
         self._on_settled = on_settled
         self.leases = Leases(store, self.owner, self.lease, clock)
         self.invoker = Invoker(settings, container)
-        self.fanouts = FanoutRunner(store, settings, CoreItemSteps(self.invoker))
+        self.fanouts = FanoutRunner(store, settings, CoreItemSteps(self.invoker), clock)
         self._timers: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._poke = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hub.engine.checkpoint import Batcher
+from hub.engine.clock import SYSTEM_CLOCK, Clock
 from hub.engine.context import StepContext
 from hub.engine.execution import Execution
 from hub.engine.graph import FanoutSpec, StepNode
@@ -101,10 +102,13 @@ def _text(value: JSON) -> str | None:
 class FanoutRunner:
     """Runs and compensates the map steps of the executions one executor drives."""
 
-    def __init__(self, store: Store, settings: HubSettings, steps: ItemSteps) -> None:
+    def __init__(self, store: Store, settings: HubSettings, steps: ItemSteps,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._store = store
         self._settings = settings
         self._steps = steps
+        self._clock = clock
+        """An item's retry waits on the executor's clock (a test's ManualClock drives it)."""
         self.writes: Batcher[ItemRow, tuple[Any, str, int]] = Batcher(
             store.fanout_write, lambda r: r.key, isolate=is_data_error)
 
@@ -221,7 +225,7 @@ class FanoutRunner:
             if outcome.kind == "retryable" and it.attempts <= opts.max_retries:
                 it.state = StepState.TEMP_FAILURE
                 await self._save(ex, node, it)
-                await asyncio.sleep(opts.retry_delay(it.attempts))
+                await self._clock.sleep(opts.retry_delay(it.attempts))
                 continue
             if opts.skip_on_permanent_failure and not opts.continue_on_permanent_failure:
                 it.state = StepState.SKIPPED
@@ -275,7 +279,7 @@ class FanoutRunner:
             it.error = error
             if outcome.kind == "retryable" and it.comp_attempts <= item_node.options.max_retries:
                 await self._save(ex, node, it)
-                await asyncio.sleep(item_node.options.retry_delay(it.comp_attempts))
+                await self._clock.sleep(item_node.options.retry_delay(it.comp_attempts))
                 continue
             it.state = StepState.FAILED
             await self._save(ex, node, it)

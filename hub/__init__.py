@@ -27,10 +27,12 @@ from hub.errors import WorkflowFailed as WorkflowFailed
 from hub.runtime.scheduler import scheduled as scheduled
 from hub.runtime.subscriber import SubscriberContext as SubscriberContext
 from hub.runtime.subscriber import subscriber as subscriber
+from hub.sdk.children import run_child as run_child
 from hub.sdk.compose import parallelize as parallelize
 from hub.sdk.compose import transform as transform
 from hub.sdk.compose import when as when
 from hub.sdk.events import emit_event_step as emit_event_step
+from hub.sdk.fanout import map_each as map_each
 from hub.sdk.hooks import create_hook as create_hook
 from hub.sdk.locks import acquire_lock_step as acquire_lock_step
 from hub.sdk.locks import release_lock_step as release_lock_step
@@ -77,9 +79,11 @@ __all__ = [
     "create_step",
     "create_workflow",
     "emit_event_step",
+    "map_each",
     "parallelize",
     "provides",
     "release_lock_step",
+    "run_child",
     "scheduled",
     "sleep",
     "sleep_until",

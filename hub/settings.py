@@ -96,6 +96,10 @@ class HubSettings(BaseSettings):
         default=1_048_576, ge=1024,
         description="largest event a step may emit (value, key and headers, as Kafka "
                     "counts them); the relay's producer accepts up to this")
+    max_fanout_items: int = Field(
+        default=10_000, ge=1, le=1_000_000,
+        description="items one map_each step may fan out over; a longer list fails the step "
+                    "before any item starts (map_each(max_items=...) overrides it per map)")
     max_calls_per_step: int = Field(
         default=50, ge=1, le=10_000,
         description="connector calls recorded per step attempt in the lineage; further ones "

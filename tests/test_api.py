@@ -647,3 +647,38 @@ async def test_readyz_checks_the_broker_when_one_is_configured(hub: Hub) -> None
     ready = await HubService(hub, kafka_bootstrap=dead).readiness()
     assert ready.status == "not_ready" and ready.checks["broker"].startswith(dead)
     assert (await HubService(hub).readiness()).status == "ready"
+
+
+async def test_a_map_step_s_items_are_read_a_page_at_a_time(api: Api) -> None:
+    from tests.workflows.fanout_flows import Ledger, fx_map
+
+    api.hub.container.register("ledger", Ledger())
+    items = [{"sku": f"S{i}"} for i in range(5)]
+    run = await fx_map(api.hub).run(input={"items": items})
+    detail = (await api.client.get(f"/executions/{run.id}", headers=api.auth("read"))).json()
+    assert detail["fanouts"] == [{"step": "each-fx-apply", "counts": {"done": 5}, "total": 5}]
+    assert detail["parent"] is None and detail["children"] == []
+    url = f"/executions/{run.id}/steps/each-fx-apply/items"
+    first = (await api.client.get(url, params={"limit": 3}, headers=api.auth("read"))).json()
+    assert [i["key"] for i in first["items"]] == ["S0", "S1", "S2"]
+    assert first["items"][0]["step"] == "each-fx-apply[S0]"
+    assert first["items"][0]["output"] == {"sku": "S0", "reserved": 1}
+    rest = (await api.client.get(url, params={"start": first["next_start"]},
+                                 headers=api.auth("read"))).json()
+    assert [i["key"] for i in rest["items"]] == ["S3", "S4"] and rest["next_start"] is None
+    missing = await api.client.get(f"/executions/{run.id}/steps/nope/items",
+                                   headers=api.auth("read"))
+    assert missing.status_code == 404
+
+
+async def test_the_execution_detail_shows_parent_and_children(api: Api) -> None:
+    from tests.workflows.fanout_flows import Ledger, fx_parent
+
+    api.hub.container.register("ledger", Ledger())
+    run = await api.hub.wait((await fx_parent(api.hub).run(input={"child": {}})).id,
+                             timeout=30)
+    detail = (await api.client.get(f"/executions/{run.id}", headers=api.auth("read"))).json()
+    (child,) = detail["children"]
+    assert child["step"] == "child-fx-child" and child["status"] == "succeeded"
+    seen = (await api.client.get(f"/executions/{child['id']}", headers=api.auth("read"))).json()
+    assert seen["parent"]["id"] == run.id and seen["parent"]["step"] == "child-fx-child"

@@ -116,10 +116,18 @@ def effects(stripe: dict[str, Any], odoo: dict[str, Any], crm: dict[str, Any],
         "refunds": sum(c.get("refunds", 0) for c in counts),
         "sale_order": (odoo["sale_orders"].get(order_id) or {}).get("state"),
         "sale_orders_created": odoo["creates"].get("sale.order", {}).get(order_id, 0),
-        "picking": (odoo["pickings"].get(order_id) or {}).get("state"),
+        "picking": _picking_state(odoo, order_id),
         "deal": (crm["deals"].get(order_id) or {}).get("stage"),
         "deals_created": crm["creates"]["deals"].get(order_id, 0),
     }
+
+
+def _picking_state(odoo: dict[str, Any], order_id: str) -> str | None:
+    """The state of the order's pickings (one per line, origin "<order>/<sku>"), when they
+    agree; else all of them."""
+    found = sorted({p["state"] for ref, p in odoo["pickings"].items()
+                    if ref.startswith(f"{order_id}/")})
+    return None if not found else found[0] if len(found) == 1 else ",".join(found)
 
 
 async def states(sandbox: SandboxControl) -> tuple[dict[str, Any], ...]:
@@ -339,3 +347,56 @@ async def test_a_cancel_while_the_payment_is_authorised_releases_the_hold(
     seen = effects(*await states(sandbox), order["id"])
     assert seen["intents"] and all(s == "canceled" for s in seen["intents"]), seen
     assert seen["picking"] in (None, "cancel"), seen
+
+
+async def test_each_order_line_is_reserved_on_its_own_and_released_once_on_rollback(
+        shop: Shop, sandbox: SandboxControl) -> None:
+    skus = ("SKU-001", "SKU-002", "SKU-003")
+    lines = [{"sku": sku, "quantity": 1, "unit_price": 1000} for sku in skus]
+    order = shop.order(410, lines=lines, total=3000, payment_method="pm_card_chargeDeclined")
+    await shop.publish("order.placed", order, order["id"])
+    run = await shop.run(f"order.placed:{order['id']}", "fulfil-order")
+    assert run.status == "compensated", run.error
+    assert run.error is not None and run.error["step"] == "authorize-payment"
+
+    odoo = await sandbox.state("odoo")
+    pickings = {ref: p["state"] for ref, p in odoo["pickings"].items()
+                if ref.startswith(f"{order['id']}/")}
+    assert pickings == {f"{order['id']}/{sku}": "cancel" for sku in skus}, pickings
+    creates = odoo["creates"].get("stock.picking", {})
+    assert all(creates.get(f"{order['id']}/{sku}") == 1 for sku in skus), creates
+    calls = await shop.hub.store.api_calls_for_execution(uuid.UUID(run.id), 500)
+    releases = [c["step"] for c in calls
+                if c["compensating"] and "action_cancel" in c["operation"]]
+    assert sorted(releases) == [f"reserve-stock[{sku}]" for sku in skus], releases
+    rows = await shop.hub.store.fanout_items(uuid.UUID(run.id), "reserve-stock")
+    assert [(r["key"], r["state"]) for r in rows] == [(sku, "reverted") for sku in skus]
+
+
+async def test_a_line_out_of_stock_releases_the_lines_already_reserved(
+        shop: Shop, sandbox: SandboxControl) -> None:
+    lines = [{"sku": "SKU-004", "quantity": 1, "unit_price": 500},
+             {"sku": "SKU-OOS", "quantity": 1, "unit_price": 500}]
+    order = shop.order(411, lines=lines, total=1000)
+    await shop.publish("order.placed", order, order["id"])
+    run = await shop.run(f"order.placed:{order['id']}", "fulfil-order")
+    assert run.status == "compensated", run.error
+    assert run.error is not None and run.error["step"] == "reserve-stock"
+    assert run.error["item"] == "reserve-stock[SKU-OOS]"
+    odoo = await sandbox.state("odoo")
+    live = [ref for ref, p in odoo["pickings"].items()
+            if ref.startswith(f"{order['id']}/") and p["state"] != "cancel"]
+    assert live == [], "no line keeps a hold on stock"
+
+
+async def test_a_catalogue_page_publishes_each_entry_and_skips_unknown_skus(
+        shop: Shop, sandbox: SandboxControl) -> None:
+    skus = [f"SKU-00{i}" for i in range(1, 9)] + ["SKU-NOT-IN-ERP"]
+    run = await shop.hub.start("sync-catalogue-page", {"skus": skus},
+                               transaction_id=f"page-{shop.tag}")
+    assert run.status == "succeeded", run.error
+    assert [entry and entry["sku"] for entry in run.result] == [*skus[:-1], None]
+    entries = (await sandbox.state("contentful"))["entries"]
+    assert all(entries[f"product-{sku}"]["status"] == "published" for sku in skus[:-1])
+    rows = await shop.hub.store.fanout_items(uuid.UUID(run.id), "publish-entries")
+    assert [r["state"] for r in rows] == ["done"] * 8 + ["skipped"]

@@ -694,6 +694,15 @@ def test_the_graph_is_drawn_in_layers_with_parallel_steps_side_by_side() -> None
     assert "✗ invoice" in svg and "failed" in svg, "state told in an icon and a word too"
 
 
+def test_a_fan_out_is_drawn_as_one_node_saying_what_runs_per_item() -> None:
+    from hub.api.console._graph import render_graph
+    from tests.workflows.fanout_flows import fx_map
+
+    svg = str(render_graph(fx_map.graph.to_dict(), None))
+    assert svg.count("each-fx-apply") >= 1 and "each: fx-apply, 3 at once" in svg
+    assert "fx-apply[" not in svg, "no node per item: the list is known only at run time"
+
+
 @pytest.mark.parametrize(("status", "step", "parked", "unapplied", "settled"), [
     ("running", "invoking", None, False, False),
     ("pending", "not_started", None, False, False),
@@ -1062,3 +1071,44 @@ async def test_the_console_and_the_api_answer_one_failure_with_one_status(hub: H
     assert api.json()["error"] == "unavailable" and "Unavailable (503)" in page.text
     assert "no broker configured" in page.text and "no broker configured" in api.text
     assert (missing.status_code, api_missing.status_code) == (404, 404)
+
+
+async def test_a_map_step_shows_its_item_counts_and_opens_each_item(hub: Hub) -> None:
+    from tests.workflows.fanout_flows import Ledger, fx_map
+
+    hub.container.register("ledger", Ledger())
+    items = [{"sku": f"S{i}"} for i in range(3)] + [{"sku": "S3", "fail": True}]
+    run = await fx_map(hub).run(input={"items": items}, raise_on_error=False)
+    assert run.status == "compensated"
+    async with _plain(hub) as browser:
+        client = browser()
+        await _log_in(client, (await _keys(hub))["viewer"])
+        page = await client.get(f"/ui/executions/{run.id}")
+        assert page.status_code == 200
+        assert '<span class="badge">map</span>' in page.text
+        assert "Items (4)" in page.text
+        link = f"/ui/executions/{run.id}/steps/each-fx-apply/items"
+        assert f'href="{link}"' in page.text
+        listing = await client.get(link)
+        assert listing.status_code == 200
+        for i in range(4):
+            assert f"{run.id}:each-fx-apply[S{i}]" in listing.text
+        assert "S3 is refused" in listing.text
+        assert listing.text.count("↩</span> compensated") == 3, "three items undone"
+
+
+async def test_parent_and_child_executions_link_to_each_other(hub: Hub) -> None:
+    from tests.workflows.fanout_flows import Ledger, fx_parent
+
+    hub.container.register("ledger", Ledger())
+    run = await hub.wait((await fx_parent(hub).run(input={"child": {}})).id, timeout=30)
+    assert run.status == "succeeded", run.error
+    async with _plain(hub) as browser:
+        client = browser()
+        await _log_in(client, (await _keys(hub))["viewer"])
+        parent = await client.get(f"/ui/executions/{run.id}")
+        found = re.search(r'href="/ui/executions/([0-9a-f-]{36})"><code>', parent.text)
+        assert found is not None, "the parent lists its child"
+        child = await client.get(f"/ui/executions/{found.group(1)}")
+        assert f'href="/ui/executions/{run.id}"' in child.text, "the child links its parent"
+        assert "child-fx-child" in child.text

@@ -12,8 +12,8 @@ PUBLIC = [
     "StepDefinition", "StepError", "StepResponse", "StepRun", "StepState", "SubscriberContext",
     "TransientConnectorError", "UnknownWorkflow", "WorkflowDefinition", "WorkflowFailed",
     "WorkflowResponse", "acquire_lock_step", "create_hook", "create_step", "create_workflow",
-    "emit_event_step", "parallelize", "provides", "release_lock_step", "scheduled", "sleep",
-    "sleep_until", "subscriber",
+    "emit_event_step", "map_each", "parallelize", "provides", "release_lock_step", "run_child",
+    "scheduled", "sleep", "sleep_until", "subscriber",
     "transform", "when",
 ]
 

@@ -26,9 +26,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(3600)]
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 UPSTREAM_SPAN = "b7ad6b7169203331"
 
-STEPS = ("open-fulfilment", "validate-order", "reserve-stock", "authorize-payment",
+# reserve-stock is a map over the order's lines: its one line's spans carry the item's id
+STEPS = ("open-fulfilment", "validate-order", "reserve-stock[SKU-008]", "authorize-payment",
          "create-sales-order", "sync-crm", "capture-payment", "publish-order-confirmed")
-CALLS = {"reserve-stock": "odoo", "authorize-payment": "stripe",
+CALLS = {"reserve-stock[SKU-008]": "odoo", "authorize-payment": "stripe",
          "create-sales-order": "odoo", "sync-crm": "hubspot", "capture-payment": "stripe"}
 
 

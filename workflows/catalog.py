@@ -1,5 +1,6 @@
 """The catalogue: ``sync-product`` copies a product from the ERP (the source of truth) to the
-CMS when it changes; ``stock-reconcile`` compares stock between the two every night."""
+CMS when it changes; ``sync-catalogue-page`` does so for a whole page of products, a bounded
+number at a time; ``stock-reconcile`` compares stock between the two every night."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from hub import (
     WorkflowResponse,
     create_step,
     create_workflow,
+    map_each,
     scheduled,
+    transform,
 )
-from workflows.events import ProductUpdated
+from workflows.events import CataloguePage, ProductUpdated
 from workflows.systems import CONNECTOR_STEP, cms, erp
 
 log = structlog.get_logger("workflows.catalog")
@@ -52,6 +55,37 @@ async def write_cms_entry(fields: dict[str, Any], ctx: StepContext,
 def sync_product(event: ProductUpdated) -> WorkflowResponse:
     fields = read_erp_product(event)
     return WorkflowResponse(write_cms_entry(fields))
+
+
+@create_step("publish-entry", **CONNECTOR_STEP, no_compensation=True,
+             skip_on_permanent_failure=True)
+async def publish_entry(item: dict[str, Any], ctx: StepContext,
+                        ) -> StepResponse[dict[str, Any]]:
+    """One product of a page: read from the ERP, published in the CMS. A SKU the ERP does
+    not know is skipped (its result is None), not a reason to fail the page."""
+    product = await erp(ctx).get_product(ctx, item["sku"])
+    if product is None:
+        return StepResponse.permanent_failure(f"product {item['sku']!r} is not in the ERP")
+    fields = cms_fields(product)
+    entry = await cms(ctx).upsert_product(ctx, sku=fields["sku"], fields=fields)
+    return StepResponse({"sku": fields["sku"], **entry})
+
+
+def _page_items(page: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"sku": sku} for sku in page["skus"]]
+
+
+def _item_sku(item: dict[str, Any]) -> str:
+    return str(item["sku"])
+
+
+@create_workflow("sync-catalogue-page")
+def sync_catalogue_page(page: CataloguePage) -> WorkflowResponse:
+    """A page of the catalogue (up to 1,000 SKUs), published at most 8 entries at a time,
+    so the CMS's rate limit is respected and one slow entry does not hold the others."""
+    entries = map_each(transform(page, _page_items, name="page-items"), publish_entry,
+                       key=_item_sku, max_concurrency=8, name="publish-entries")
+    return WorkflowResponse(entries)
 
 
 @create_step("compare-stock", **CONNECTOR_STEP)

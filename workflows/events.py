@@ -89,6 +89,12 @@ class ProductUpdated(Event):
     stock: int | None = None
 
 
+class CataloguePage(Event):
+    """A page of the catalogue to publish (an operator's or a scheduled bulk sync)."""
+
+    skus: list[str] = Field(min_length=1, max_length=1000)
+
+
 class CustomerCreated(Event):
     """``customer.created``: a customer registered in the shop."""
 

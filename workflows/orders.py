@@ -3,7 +3,7 @@
 ```
 open-fulfilment      (rollback: publish order.failed with the reason)
 validate-order
-reserve-stock        ERP stock.picking reserved        (rollback: release it)
+reserve-stock        per order line (map_each), an ERP stock.picking each (rollback: release each)
 authorize-payment    Stripe PaymentIntent, manual capture (rollback: cancel it)
 create-sales-order   ERP sale.order, confirmed         (rollback: cancel it)
 sync-crm             HubSpot contact upserted, deal    (rollback: mark the deal lost)
@@ -27,6 +27,7 @@ from hub import (
     create_step,
     create_workflow,
     emit_event_step,
+    map_each,
     transform,
 )
 from workflows.events import OrderConfirmed, OrderFailed, OrderPlaced
@@ -68,19 +69,36 @@ def _order(ctx: StepContext) -> OrderPlaced:
     return OrderPlaced.model_validate(ctx.step_input)
 
 
-async def _release_stock(picking_id: int | None, ctx: StepContext) -> None:
+def _line_ref(line: dict[str, Any]) -> str:
+    """A line's reservation's natural key in the ERP (the picking's origin)."""
+    return f"{line['order_id']}/{line['sku']}"
+
+
+async def _release_line(picking_id: int | None, ctx: StepContext) -> None:
     if picking_id is None:  # cut mid-call (a cancel): release what the call made, if it did
-        picking_id = await erp(ctx).find_picking(ctx, _order(ctx).id)
+        picking_id = await erp(ctx).find_picking(ctx, _line_ref(ctx.step_input))
         if picking_id is None:
             return
     await erp(ctx).release_stock(ctx, picking_id)
 
 
-@create_step("reserve-stock", compensate=_release_stock, **CONNECTOR_STEP)
-async def reserve_stock(order: OrderPlaced, ctx: StepContext) -> StepResponse[dict[str, Any]]:
+@create_step("reserve-line", compensate=_release_line, **CONNECTOR_STEP)
+async def reserve_line(line: dict[str, Any], ctx: StepContext) -> StepResponse[dict[str, Any]]:
+    """One order line's stock, on a picking of its own: a line that cannot be had fails
+    the order, and the lines reserved so far are released, each once."""
     reservation = await erp(ctx).reserve_stock(
-        ctx, order_ref=order.id, lines=[(line.sku, line.quantity) for line in order.lines])
-    return StepResponse(reservation, compensate_input=reservation["picking_id"])
+        ctx, order_ref=_line_ref(line), lines=[(line["sku"], line["quantity"])])
+    return StepResponse({"sku": line["sku"], **reservation},
+                        compensate_input=reservation["picking_id"])
+
+
+def _lines(order: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"order_id": order["id"], "sku": line["sku"], "quantity": line["quantity"]}
+            for line in order["lines"]]
+
+
+def _sku(line: dict[str, Any]) -> str:
+    return str(line["sku"])
 
 
 async def _cancel_payment(payment_intent_id: str | None, ctx: StepContext) -> None:
@@ -201,7 +219,8 @@ def _confirmation(v: dict[str, Any]) -> dict[str, Any]:
 def fulfil_order(order: OrderPlaced) -> WorkflowResponse:
     open_fulfilment(order)
     validate_order(order)
-    reservation = reserve_stock(order)
+    reservation = map_each(transform(order, _lines, name="order-lines"), reserve_line,
+                           key=_sku, max_concurrency=4, name="reserve-stock")
     payment = authorize_payment(order)
     sales = create_sales_order(order)
     deal = sync_crm(order)
@@ -211,7 +230,7 @@ def fulfil_order(order: OrderPlaced) -> WorkflowResponse:
     emit_event_step.config(name="publish-order-confirmed")(confirmation)
     return WorkflowResponse(transform(
         {"r": reservation, "p": captured, "s": sales, "c": deal},
-        lambda v: {"picking_id": v["r"]["picking_id"],
+        lambda v: {"picking_ids": [line["picking_id"] for line in v["r"]],
                    "payment_intent_id": v["p"]["payment_intent_id"],
                    "sales_order_id": v["s"]["sales_order_id"],
                    "partner_id": v["s"]["partner_id"],

@@ -185,6 +185,48 @@ class ConnectorCallOut(BaseModel):
     at: datetime
 
 
+class FanoutOut(BaseModel):
+    """A map step's items counted per state (the items themselves: ``.../items``)."""
+
+    step: str
+    counts: dict[str, int] = Field(description="items per state (not_started, done, ...)")
+    total: int
+
+
+class FanoutItemOut(BaseModel):
+    """One item of a map step: its key (in its idempotency key), state and outcome."""
+
+    idx: int
+    key: str
+    step: str = Field(description="the item's step id: <map step>[<key>]")
+    state: str
+    attempts: int
+    compensation_attempts: int
+    completed_order: int | None = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    updated_at: datetime | None = None
+
+
+class FanoutItemPage(BaseModel):
+    """A page of a map step's items, in item order."""
+
+    step: str
+    items: list[FanoutItemOut]
+    next_start: int | None = Field(default=None, description="the next page's start")
+
+
+class LineageLink(BaseModel):
+    """A parent or child execution (run_child, or an item of a map over a workflow)."""
+
+    id: str
+    workflow: str | None = None
+    status: str | None = None
+    step: str | None = Field(default=None, description="the parent's step that started it")
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
 class ExecutionDetail(RunOut):
     """An execution with the events it published and the connector calls it made."""
 
@@ -192,6 +234,12 @@ class ExecutionDetail(RunOut):
     calls: list[ConnectorCallOut] = Field(
         default_factory=list,
         description="connector calls in the order they were made (the first 1000)")
+    fanouts: list[FanoutOut] = Field(default_factory=list,
+                                     description="its map steps' item counts per state")
+    parent: LineageLink | None = Field(default=None,
+                                       description="the execution that started it, if any")
+    children: list[LineageLink] = Field(default_factory=list,
+                                        description="the child executions its steps started")
 
 
 class ExecutionSummary(BaseModel):

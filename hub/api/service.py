@@ -31,6 +31,10 @@ from hub.api.models import (
     ExecutionDetail,
     ExecutionPage,
     ExecutionSummary,
+    FanoutItemOut,
+    FanoutItemPage,
+    FanoutOut,
+    LineageLink,
     OutboxEventOut,
     OutboxPage,
     OutboxRetried,
@@ -43,6 +47,7 @@ from hub.api.models import (
     WorkflowDefinitionOut,
     WorkflowSummary,
 )
+from hub.engine.children import PARENT_ID, PARENT_STEP
 from hub.engine.context import Container, StepContext
 from hub.engine.hub import Hub
 from hub.engine.payload import storable_text
@@ -682,8 +687,46 @@ class HubService:
                 state=e["state"], failed_at=e["failed_at"])
                 for e in events],
             calls=[ConnectorCallOut(**c) for c in calls],
+            **await self._lineage(run),
         )
         return detail if raw else self._redacted(detail)
+
+    async def _lineage(self, run: Run) -> dict[str, Any]:
+        """Its map steps' item counts, its parent and its children (two indexed reads)."""
+        exec_id = uuid.UUID(run.id)
+        counts: dict[str, dict[str, int]] = {}
+        for r in await self.hub.store.fanout_counts(exec_id):
+            counts.setdefault(r["step"], {})[r["state"]] = r["n"]
+        trigger = run.trigger or {}
+        parent = None
+        if isinstance(trigger.get(PARENT_ID), str):
+            parent = LineageLink(id=trigger[PARENT_ID], workflow=trigger.get("parent_workflow"),
+                                 step=trigger.get(PARENT_STEP))
+        children = [LineageLink(id=str(c["id"]), workflow=c["workflow"], status=c["status"],
+                                step=c["parent_step"], created_at=c["created_at"],
+                                finished_at=c["finished_at"])
+                    for c in await self.hub.store.children_of(exec_id)]
+        return {"fanouts": [FanoutOut(step=k, counts=v, total=sum(v.values()))
+                            for k, v in counts.items()],
+                "parent": parent, "children": children}
+
+    async def fanout_items(self, ref: str, step: str, *, start: int = 0, limit: int = 100,
+                           workflow: str | None = None) -> FanoutItemPage:
+        """A page of one map step's items, in item order; outputs and errors redacted."""
+        run = await self._run(ref, workflow)
+        spec_steps = run.steps
+        if step not in spec_steps:
+            raise ExecutionNotFound(f"execution {run.id} has no step {step!r}")
+        rows = await self.hub.store.fanout_page(uuid.UUID(run.id), step, start, limit + 1)
+        items = [FanoutItemOut(
+            idx=r["idx"], key=r["key"], step=f"{step}[{r['key']}]", state=r["state"],
+            attempts=r["attempts"], compensation_attempts=r["comp_attempts"],
+            completed_order=r["seq"], output=self.redaction.value(r["output"]),
+            error=self.redaction.value(r["error"]), updated_at=r["updated_at"])
+            for r in rows[:limit]]
+        more = len(rows) > limit
+        return FanoutItemPage(step=step, items=items,
+                              next_start=rows[limit]["idx"] if more else None)
 
     def _redacted(self, detail: ExecutionDetail) -> ExecutionDetail:
         """``detail`` as anyone without the ``raw`` scope sees it: every payload it carries

@@ -17,7 +17,7 @@ from hub.engine.graph import Graph
 from hub.engine.registry import WorkflowSpec
 from hub.engine.run import Run, RunStatus, StepRun
 from hub.engine.state import ExecState, Phase
-from hub.engine.transitions import Change, Context, Event, advance, unchanged
+from hub.engine.transitions import Change, Context, Event, SignalReceived, advance, unchanged
 from hub.engine.values import Values
 from hub.types import JSON
 
@@ -52,6 +52,8 @@ class Execution:
         """A release or finish is being written: the lease is let go on purpose."""
         self.steps_outlived = False
         """A cut step still ran when its drive task ended: the lease is kept until it expires."""
+        self.early: dict[str, SignalReceived] = {}
+        """A child's end that arrived while its step was still being started."""
 
     def advance(self, event: Event, now: float) -> Change:
         """Apply ``event``: the state moves on, the change joins ``pending``."""

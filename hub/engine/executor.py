@@ -27,6 +27,8 @@ from hub.engine.checkpoint import Batcher
 from hub.engine.clock import SYSTEM_CLOCK, Clock, SystemClock
 from hub.engine.context import Container, StepContext
 from hub.engine.execution import Execution
+from hub.engine.fanout import FanoutRunner
+from hub.engine.fanout_steps import CoreItemSteps, event_of
 from hub.engine.graph import StepNode
 from hub.engine.invoke import Invoker
 from hub.engine.leases import Held, Leases
@@ -49,6 +51,9 @@ from hub.settings import HubSettings
 from hub.store.store import CheckpointRow, Store, is_data_error, is_disconnect
 
 log = structlog.get_logger("hub.executor")
+
+_OUTCOMES = ("success", "failure")
+"""Signal kinds that end a waiting step (a child's end is one)."""
 
 _LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
@@ -78,6 +83,7 @@ class Executor:
         self._on_settled = on_settled
         self.leases = Leases(store, self.owner, self.lease, clock)
         self.invoker = Invoker(settings, container)
+        self.fanouts = FanoutRunner(store, settings, CoreItemSteps(self.invoker), clock)
         self._timers: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._poke = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -389,8 +395,13 @@ class Executor:
                     ex.calls.extend(done_ctx.calls.rows(done_ctx.step, done_ctx.attempt,
                                                         done_ctx.compensating))
                 self._advance(ex, outcome, running)
+                early = ex.early.pop(step_id, None)
+                if early is not None and ex.state.step(step_id).state == StepState.WAITING:
+                    self._advance(ex, early, running)
 
     async def _invoke(self, ex: Execution, node: StepNode, ctx: StepContext) -> Event:
+        if node.fanout is not None:  # its items are run (and stored) by the fan-out runner
+            return event_of(node, await self.fanouts.run(ex, node), compensating=False)
         t0 = time.perf_counter()
         event = await self.invoker.invoke(ex, node, ctx)
         metrics.STEP_DURATION.labels(ex.workflow, node.step_name, _kind(event)).observe(
@@ -398,6 +409,8 @@ class Executor:
         return event
 
     async def _compensate(self, ex: Execution, node: StepNode, ctx: StepContext) -> Event:
+        if node.fanout is not None:
+            return event_of(node, await self.fanouts.compensate(ex, node), compensating=True)
         event = await self.invoker.compensate(ex, node, ctx)
         metrics.COMPENSATIONS.labels(ex.workflow, node.step_name, _kind(event)).inc()
         return event
@@ -409,8 +422,14 @@ class Executor:
         for sig in rows:
             ex.signals_upto = max(ex.signals_upto, int(sig["id"]))
             ex.signals_seen = max(ex.signals_seen, ex.signals_upto)
-            self._advance(ex, SignalReceived(sig["kind"], sig["step"], sig["payload"]),
-                          running)
+            signal = SignalReceived(sig["kind"], sig["step"], sig["payload"])
+            node = ex.graph.steps.get(sig["step"] or "")
+            if (node is not None and node.child is not None and sig["kind"] in _OUTCOMES
+                    and ex.state.step(node.id).state == StepState.INVOKING):
+                # a child that ended before its start was checkpointed: applied once it waits
+                ex.early[node.id] = signal
+                continue
+            self._advance(ex, signal, running)
 
     # -- checkpoints ---------------------------------------------------------------------
     def _row(self, ex: Execution, *, lease: bool, due_s: float | None, finished: bool) -> (

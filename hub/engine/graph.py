@@ -72,6 +72,20 @@ SLEEP_UNTIL = "until"
 
 
 @dataclass(frozen=True, slots=True)
+class FanoutSpec:
+    """How a map step runs its item step once per item of a run-time list.
+
+    ``key`` names an item (default: its index); it goes into each call's idempotency key, so
+    a re-run or recovered fan-out makes each item's effect once. ``max_items`` overrides the
+    hub's bound (``HUB_MAX_FANOUT_ITEMS``)."""
+
+    item: StepNode
+    max_concurrency: int
+    max_items: int | None = None
+    key: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class StepNode:
     """One step of the graph. ``after`` are the steps that must finish first; ``when`` the
     conditions that must all hold, else the step is skipped."""
@@ -84,8 +98,12 @@ class StepNode:
     options: StepOptions
     invoke: Invoke = field(compare=False, repr=False)
     compensate: Invoke | None = field(compare=False, repr=False)
-    kind: str = "step"  # "step" | "hook" | "sleep"
+    kind: str = "step"  # "step" | "hook" | "sleep" | "map" | "child"
     input_model: Any = field(default=None, compare=False, repr=False)
+    fanout: FanoutSpec | None = None
+    """Set on a map step: the step run per item."""
+    child: str | None = None
+    """Set on a child step: the workflow it starts as a child execution."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +162,7 @@ class Graph:
                 "reads": sorted({r.source for r in iter_refs(node.input)}),
                 "options": _options_dict(node.options),
                 "compensates": node.compensate is not None and not node.options.no_compensation,
+                **_extra(node),
             })
         return {
             "workflow": self.workflow,
@@ -163,13 +182,32 @@ class Graph:
         """The graph as a Mermaid flowchart, for docs and the console."""
         lines = ["flowchart TD"]
         for node in self.steps.values():
-            label = node.id + (" (hook)" if node.kind == "hook" else "")
-            lines.append(f'  {_mid(node.id)}["{label}"]')
+            label = node.id + {"hook": " (hook)", "child": f" (child {node.child})"}.get(
+                node.kind, "")
+            if node.fanout is not None:  # one node, drawn as a stack: each item runs the step
+                label = f"{node.id} (each: {node.fanout.item.step_name})"
+                lines.append(f'  {_mid(node.id)}[["{label}"]]')
+            else:
+                lines.append(f'  {_mid(node.id)}["{label}"]')
             for dep in node.after or ():
                 lines.append(f"  {_mid(dep)} --> {_mid(node.id)}")
             if not node.after:
                 lines.append(f"  start((start)) --> {_mid(node.id)}")
         return "\n".join(lines)
+
+
+def _extra(node: StepNode) -> dict[str, JSON]:
+    """What a map or child step adds to its drawable description."""
+    out: dict[str, JSON] = {}
+    if node.fanout is not None:
+        f = node.fanout
+        out["map"] = {"step": f.item.step_name, "max_concurrency": f.max_concurrency,
+                      "max_items": f.max_items, "options": _options_dict(f.item.options),
+                      "compensates": f.item.compensate is not None
+                      and not f.item.options.no_compensation}
+    if node.child is not None:
+        out["child"] = node.child
+    return out
 
 
 def _mid(node_id: str) -> str:
@@ -215,6 +253,23 @@ def iter_refs(expr: Expr) -> list[Ref]:
     return []
 
 
+def _shape_extra(n: StepNode) -> dict[str, JSON]:
+    """A map's item step and a child's workflow shape the run, so they are in the hash (a
+    step without either hashes as before: existing versions do not move)."""
+    out: dict[str, JSON] = {}
+    if n.fanout is not None:
+        f, item = n.fanout, n.fanout.item
+        key = f.key
+        out["map"] = {"step": item.step_name, "options": _options_dict(item.options),
+                      "compensate": item.compensate is not None,
+                      "max_concurrency": f.max_concurrency, "max_items": f.max_items,
+                      "key": None if key is None
+                      else f"{getattr(key, '__module__', '')}.{key.__qualname__}"}
+    if n.child is not None:
+        out["child"] = n.child
+    return out
+
+
 def _shape(
     workflow: str,
     steps: Mapping[str, StepNode],
@@ -237,6 +292,7 @@ def _shape(
                 "when": list(n.when),
                 "options": _options_dict(n.options),
                 "compensate": n.compensate is not None,
+                **_shape_extra(n),
             }
             for n in steps.values()
         ],

@@ -59,13 +59,20 @@ class Invoker:
         if unrecorded:
             with contextlib.suppress(ResolveError):
                 step_input = ex.values().resolve(node.input)
+        return self.item_context(ex, node, attempt, compensating=compensating,
+                                 output_recorded=not unrecorded, step_input=step_input)
+
+    def item_context(self, ex: Execution, node: StepNode, attempt: int, *, compensating: bool,
+                     output_recorded: bool = True, step_input: Any = None) -> StepContext:
+        """The context of one attempt of ``node`` (a step, or a fan-out item under its own
+        id), with what its compensation is told."""
         error = ex.state.error
         return StepContext.make(
             execution_id=ex.sid, transaction_id=ex.transaction_id, workflow=ex.workflow,
             step=node.id, attempt=attempt, container=self.container,
             compensating=compensating, trigger=ex.trigger,
             failure=error.to_json() if compensating and error is not None else None,
-            output_recorded=not unrecorded, step_input=step_input,
+            output_recorded=output_recorded, step_input=step_input,
             max_event_bytes=self.settings.max_event_bytes,
             max_calls=self.settings.max_calls_per_step, redaction=self._redaction,
         )
@@ -93,14 +100,20 @@ class Invoker:
         attempt = ctx.attempt
         try:
             value = ex.values().resolve(node.input)
+        except ResolveError as exc:
+            return StepFailed(node.id, Failure.of(node.id, str(exc), attempt), retryable=False)
+        return await self.invoke_value(node, value, ctx)
+
+    async def invoke_value(self, node: StepNode, value: Any, ctx: StepContext) -> Event:
+        """One invocation of ``node`` with its input resolved (a step's, or an item's)."""
+        attempt = ctx.attempt
+        try:
             if node.input_model is not None:
                 value = node.input_model.model_validate(value)
         except ValidationError as exc:
             return StepFailed(node.id, Failure.of(
                 node.id, f"input of step {node.id!r} does not validate: {exc}", attempt),
                 retryable=False)
-        except ResolveError as exc:
-            return StepFailed(node.id, Failure.of(node.id, str(exc), attempt), retryable=False)
         try:
             result = await self._call(node.invoke, value, ctx, node.options.timeout)
         except TimeoutError as exc:
@@ -136,10 +149,14 @@ class Invoker:
         return StepSucceeded(node.id, out_json, comp_json, outbox)
 
     async def compensate(self, ex: Execution, node: StepNode, ctx: StepContext) -> Event:
+        return await self.compensate_value(node, ex.state.step(node.id).compensate_input, ctx)
+
+    async def compensate_value(self, node: StepNode, compensate_input: Any,
+                               ctx: StepContext) -> Event:
+        """One compensation of ``node`` (a step's, or an item's) with its input."""
         assert node.compensate is not None
         try:
-            await self._call(node.compensate, ex.state.step(node.id).compensate_input, ctx,
-                             node.options.timeout)
+            await self._call(node.compensate, compensate_input, ctx, node.options.timeout)
             outbox = self._outbox(node, ctx)
         except asyncio.CancelledError:
             raise

@@ -437,8 +437,12 @@ def _plan_compensation(d: _Draft, running: set[str]) -> None:
     for step_id, st in list(d.steps.items()):
         # waiting for the outside (a payment authorised, awaiting its confirmation), or
         # left mid-call by a worker that died: undone too, latest first
-        if (st.seq is None and st.state in (StepState.WAITING, StepState.INVOKING)
-                and compensable(d.graph.steps[step_id])):
+        # and a map step that failed: the items it completed are undone
+        node = d.graph.steps[step_id]
+        if (st.seq is None and compensable(node)
+                and (st.state in (StepState.WAITING, StepState.INVOKING)
+                     or (node.fanout is not None
+                         and st.state in (StepState.PERMANENT_FAILURE, StepState.TIMEOUT)))):
             d.interrupt(step_id, st.compensate_input)
     order = sorted(
         (s for s, st in d.steps.items()

@@ -26,12 +26,15 @@ START_BATCH = """-- 1 round trip for every start of a batch; the partial unique 
 -- one left for any worker wakes the workers on commit: identical notifications collapse)
 WITH ins AS (
 INSERT INTO {s}.execution AS e (id, workflow, version, transaction_id, status, input, trigger,
-                                keep, lease_owner, lease_until, due_at, epoch, steps)
+                                keep, lease_owner, lease_until, due_at, epoch, steps,
+                                parent_id, parent_step)
 SELECT c.id, c.workflow, c.version, c.transaction_id, c.status, c.input::jsonb,
        c.trigger::jsonb, c.keep, c.owner,
        CASE WHEN c.owner IS NULL THEN NULL ELSE now() + make_interval(secs => $8) END,
        CASE WHEN c.owner IS NULL THEN now() ELSE now() + make_interval(secs => $8) END,
-       1, c.steps::jsonb
+       1, c.steps::jsonb,
+       -- a child execution's lineage, which only the hub's run_child puts in a trigger
+       (c.trigger::jsonb ->> 'parent_execution_id')::uuid, c.trigger::jsonb ->> 'parent_step'
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::bool[], $9::text[], $10::text[], $11::text[])
      AS c(id, workflow, version, transaction_id, input, trigger, keep, owner, status, steps)
@@ -644,3 +647,53 @@ BEGIN READ ONLY; SET LOCAL plan_cache_mode = force_custom_plan"""
 
 CUSTOM_PLAN_END = """-- ends it (a rollback if the statement failed)
 COMMIT"""
+
+# -- fan-out items (map_each) and child executions -------------------------------------------
+FANOUT_ITEMS = """-- 1 round trip: every item of one map step, in item order (primary key range)
+SELECT idx, key, state, attempts, comp_attempts, seq, output, compensate_input, error
+FROM {s}.fanout_item WHERE execution_id = $1 AND step = $2 ORDER BY idx"""
+
+FANOUT_INSERT = """-- 1 round trip: a fan-out's items, all at once, only while the epoch still holds (a
+-- worker whose lease was taken over inserts nothing); a second insert of the same items
+-- (a re-run map) changes nothing
+INSERT INTO {s}.fanout_item (execution_id, step, idx, key, state)
+SELECT $1, $2, i.idx, i.key, 'not_started'
+FROM unnest($4::int[], $5::text[]) AS i(idx, key)
+WHERE EXISTS (SELECT 1 FROM {s}.execution WHERE id = $1 AND epoch = $3)
+ON CONFLICT DO NOTHING"""
+
+FANOUT_WRITE = """-- 1 round trip, 1 commit for the transitions of many items (of many executions): each
+-- rewrites one small row in place (HOT: no indexed column changes), never a document that
+-- grows with the list; a row whose execution's epoch moved on is not written
+UPDATE {s}.fanout_item f SET
+    state = c.state, attempts = c.attempts, comp_attempts = c.comp_attempts, seq = c.seq,
+    output = c.output::jsonb, compensate_input = c.comp::jsonb, error = c.error::jsonb,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[], $5::text[], $6::int[],
+            $7::int[], $8::bigint[], $9::text[], $10::text[], $11::text[])
+     AS c(execution_id, step, idx, epoch, state, attempts, comp_attempts, seq, output, comp,
+          error)
+JOIN {s}.execution e ON e.id = c.execution_id AND e.epoch = c.epoch
+WHERE f.execution_id = c.execution_id AND f.step = c.step AND f.idx = c.idx
+RETURNING f.execution_id, f.step, f.idx"""
+
+FANOUT_COUNTS = """-- the execution page: each map step's item counts per state (primary key range)
+SELECT step, state, count(*)::int AS n FROM {s}.fanout_item WHERE execution_id = $1
+GROUP BY step, state ORDER BY step, state"""
+
+FANOUT_PAGE = """-- the console's item list of one map step, a page at a time, in item order
+SELECT idx, key, state, attempts, comp_attempts, seq, output, error, updated_at
+FROM {s}.fanout_item WHERE execution_id = $1 AND step = $2 AND idx >= $3
+ORDER BY idx LIMIT $4"""
+
+CHILDREN_OF = """-- lineage: the child executions a parent's steps started (execution_parent index)
+SELECT id, workflow, status, transaction_id, parent_step, created_at, finished_at
+FROM {s}.execution WHERE parent_id = $1 ORDER BY created_at, id"""
+
+REOPEN_FOR_COMPENSATION = """-- a parent rolls back: its child that succeeded is undone too, by reopening it in the
+-- compensating phase and making it due (any worker claims it and compensates its steps);
+-- only a succeeded child is reopened, so a second call changes nothing
+UPDATE {s}.execution SET status = 'running', phase = 'compensating', finished_at = NULL,
+    retain_until = NULL, due_at = now(), error = $2::jsonb, updated_at = now()
+WHERE id = $1 AND status = 'succeeded' AND lease_owner IS NULL
+RETURNING id"""

@@ -130,6 +130,27 @@ class CheckpointRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemRow:
+    """One fan-out item's state as written (jsonb values already encoded as text)."""
+
+    execution_id: uuid.UUID
+    step: str
+    idx: int
+    epoch: int
+    state: str
+    attempts: int
+    comp_attempts: int
+    seq: int | None
+    output: str | None
+    compensate_input: str | None
+    error: str | None
+
+    @property
+    def key(self) -> tuple[uuid.UUID, str, int]:
+        return (self.execution_id, self.step, self.idx)
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxFate:
     """What publishing one claimed row came to: ``sent``; ``retry`` (worth another attempt
     later); ``failed`` (no attempt can succeed: it waits for an operator). ``error`` says
@@ -447,6 +468,40 @@ class Store:
 
     async def forget_finished(self, execution_id: uuid.UUID, keep_s: float) -> None:
         await self._execute(q.FORGET_EXECUTION, execution_id, keep_s)
+
+    # -- fan-out items and child executions ------------------------------------------------
+    async def fanout_items(self, execution_id: uuid.UUID, step: str) -> list[Row]:
+        return [_decode_row(r) for r in await self._fetch(q.FANOUT_ITEMS, execution_id, step)]
+
+    async def fanout_insert(self, execution_id: uuid.UUID, epoch: int, step: str,
+                            keys: Sequence[str]) -> bool:
+        """Store a fan-out's items; False when the epoch no longer holds (nothing stored)."""
+        status = await self._execute(q.FANOUT_INSERT, execution_id, step, epoch,
+                                     list(range(len(keys))), list(keys))
+        return status != "INSERT 0 0" or not keys
+
+    async def fanout_write(self, rows: Sequence[ItemRow]) -> set[tuple[uuid.UUID, str, int]]:
+        recs = await self._fetch(
+            q.FANOUT_WRITE, [r.execution_id for r in rows], [r.step for r in rows],
+            [r.idx for r in rows], [r.epoch for r in rows], [r.state for r in rows],
+            [r.attempts for r in rows], [r.comp_attempts for r in rows],
+            [r.seq for r in rows], [r.output for r in rows],
+            [r.compensate_input for r in rows], [r.error for r in rows])
+        return {(r["execution_id"], r["step"], r["idx"]) for r in recs}
+
+    async def fanout_counts(self, execution_id: uuid.UUID) -> list[Row]:
+        return [_decode_row(r) for r in await self._fetch(q.FANOUT_COUNTS, execution_id)]
+
+    async def fanout_page(self, execution_id: uuid.UUID, step: str, start: int,
+                          limit: int) -> list[Row]:
+        return [_decode_row(r) for r in
+                await self._fetch(q.FANOUT_PAGE, execution_id, step, start, limit)]
+
+    async def children_of(self, execution_id: uuid.UUID) -> list[Row]:
+        return [_decode_row(r) for r in await self._fetch(q.CHILDREN_OF, execution_id)]
+
+    async def reopen_for_compensation(self, execution_id: uuid.UUID, error: str) -> bool:
+        return bool(await self._fetch(q.REOPEN_FOR_COMPENSATION, execution_id, error))
 
     async def notify(self, payload: str) -> None:
         await self._execute(q.NOTIFY, self.channel, payload)

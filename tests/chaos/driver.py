@@ -1002,7 +1002,9 @@ def check_systems(audit: Audit, orders: list[Order], stripe: dict[str, Any],
         ex = ",".join(r["id"] for r in rows) or "-"
         who = f"{o.id} ({o.kind}, execution {ex})"
         pis = stripe["by_order"].get(o.id, [])
-        pickings = erp["pickings"].get(o.id, [])
+        # a picking per order line (its origin: "<order>/<sku>")
+        pickings = [pk for ref, pks in erp["pickings"].items()
+                    if ref == o.id or ref.startswith(f"{o.id}/") for pk in pks]
         live = [pk for pk in pickings if pk["state"] != "cancel"]
         sales = erp["sale_orders"].get(o.id, [])
         if len(rows) > 1:

@@ -391,7 +391,17 @@ def create_console(service: HubService, settings: ApiSettings) -> FastAPI:
     async def execution_ctx(ref: str, workflow: str | None) -> dict[str, Any]:
         view = await service.execution_view(ref, workflow=workflow)
         states = {s.out.id: s.out.state for s in view.steps}
-        return {"view": view, "d": view.detail, "states": states}
+        fanouts = {f.step: f for f in view.detail.fanouts}
+        return {"view": view, "d": view.detail, "states": states, "fanouts": fanouts}
+
+    @app.get("/executions/{ref}/steps/{step}/items", response_class=HTMLResponse)
+    async def fanout_items(request: Request, ref: str, step: str,
+                           start: int = 0) -> Response:
+        """A map step's items, a page at a time, each with its key, state and outcome."""
+        session = await need(request, Scope.READ)
+        page = await service.fanout_items(ref, step, start=max(0, start), limit=100)
+        detail = await service.execution(ref)
+        return render(request, "fanout_items.html", session=session, d=detail, page=page)
 
     @app.get("/executions/{ref}", response_class=HTMLResponse)
     async def execution(request: Request, ref: str, workflow: str | None = None,

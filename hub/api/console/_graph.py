@@ -183,7 +183,12 @@ def _definition_label(step: Mapping[str, Any]) -> str:
     bits = []
     if step.get("kind") == "hook":
         bits.append("hook")
-    if options.get("is_async"):
+    fanout = step.get("map")
+    if isinstance(fanout, Mapping):  # one node for the whole fan-out
+        bits.append(f"each: {fanout.get('step')}, {fanout.get('max_concurrency')} at once")
+    if step.get("child"):
+        bits.append(f"child {step['child']}")
+    if options.get("is_async") and not step.get("child"):
         bits.append("async")
     if options.get("max_retries"):
         bits.append(f"retries {options['max_retries']}")

@@ -19,6 +19,7 @@ from hub.api.models import (
     ErrorBody,
     ExecutionDetail,
     ExecutionPage,
+    FanoutItemPage,
     OperateBody,
     RunOut,
     SignalAccepted,
@@ -101,6 +102,20 @@ async def get_execution(execution: ExecutionRef, service: ServiceDep, key: ReadK
     (``HUB_REDACT_FIELDS``) read ``***`` unless the key also has the ``raw`` scope."""
     return await service.execution(execution, workflow=workflow,
                                    raw=key.has(Scope.RAW))
+
+
+@router.get("/executions/{id}/steps/{step}/items", response_model=FanoutItemPage,
+            responses={**ERROR_RESPONSES, **_NOT_FOUND}, summary="A map step's items")
+async def get_fanout_items(
+    execution: ExecutionRef, step: StepId, service: ServiceDep, key: ReadKey,
+    start: Annotated[int, Query(ge=0, le=10_000_000, description="first item index")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100, workflow: WorkflowFilter = None,
+) -> FanoutItemPage:
+    """The items of a ``map_each`` step in item order, a page at a time: each item's key
+    (its idempotency key is ``<execution>:<step>[<key>]``), state, attempts, output and
+    error. Secret fields read ``***``."""
+    return await service.fanout_items(execution, step, start=start, limit=limit,
+                                      workflow=workflow)
 
 
 @router.post("/executions/{id}/steps/{step}/success", response_model=SignalAccepted,

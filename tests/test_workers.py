@@ -39,7 +39,7 @@ def wk_retry(inp: Item) -> WorkflowResponse:
 
 async def _long(inp: Item, ctx: StepContext) -> str:
     CALLS.append((ctx.execution_id, ctx.attempt, "long"))
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(1.5 * LONG_LEASE_S)  # outlives its lease by half
     return "slow but fine"
 
 
@@ -48,8 +48,15 @@ def wk_long(inp: Item) -> WorkflowResponse:
     return WorkflowResponse(create_step("wk-long-step", _long)(inp))
 
 
+LONG_LEASE_S = 3.0
+"""The lease of the renewal test: a heartbeat every 0.75 s and a fence 0.75 s before expiry
+leave a worker 1.5 s of stall (a loaded machine) before it must cut its step; a 1 s lease
+left it 0.5 s, and a busy machine's CI saw the step cut and run twice."""
+
+
 def _hub(dsn: str, schema: str, name: str, **kw: Any) -> Hub:
-    return Hub(dsn, schema=schema, worker_id=name, lease_seconds=1.0, poll_interval=0.1, **kw)
+    kw.setdefault("lease_seconds", 1.0)
+    return Hub(dsn, schema=schema, worker_id=name, poll_interval=0.1, **kw)
 
 
 async def test_retries_fire_once_each_with_two_workers(dsn: str, schema: str) -> None:
@@ -69,7 +76,8 @@ async def test_retries_fire_once_each_with_two_workers(dsn: str, schema: str) ->
 
 async def test_lease_is_renewed_while_a_step_outlives_it(dsn: str, schema: str) -> None:
     CALLS.clear()
-    async with _hub(dsn, schema, "w1") as w1, _hub(dsn, schema, "w2"):
+    async with _hub(dsn, schema, "w1", lease_seconds=LONG_LEASE_S) as w1, \
+            _hub(dsn, schema, "w2", lease_seconds=LONG_LEASE_S):
         run = await wk_long(w1).run(input={"id": "long"})
     assert run.result == "slow but fine"
     assert [c for c in CALLS if c[2] == "long"] == [(run.id, 1, "long")]

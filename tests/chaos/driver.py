@@ -1002,10 +1002,14 @@ def check_systems(audit: Audit, orders: list[Order], stripe: dict[str, Any],
         ex = ",".join(r["id"] for r in rows) or "-"
         who = f"{o.id} ({o.kind}, execution {ex})"
         pis = stripe["by_order"].get(o.id, [])
-        # a picking per order line (its origin: "<order>/<sku>")
-        pickings = [pk for ref, pks in erp["pickings"].items()
-                    if ref == o.id or ref.startswith(f"{o.id}/") for pk in pks]
+        # a picking per order line (its origin: "<order>/<sku>"): a double is two live
+        # pickings for one line, never one each for two lines
+        by_line = {ref: pks for ref, pks in erp["pickings"].items()
+                   if ref == o.id or ref.startswith(f"{o.id}/")}
+        pickings = [pk for pks in by_line.values() for pk in pks]
         live = [pk for pk in pickings if pk["state"] != "cancel"]
+        live_by_line = {ref: [pk for pk in pks if pk["state"] != "cancel"]
+                        for ref, pks in by_line.items()}
         sales = erp["sale_orders"].get(o.id, [])
         if len(rows) > 1:
             doubles.append(f"{who}: {len(rows)} fulfil-order executions")
@@ -1020,9 +1024,10 @@ def check_systems(audit: Audit, orders: list[Order], stripe: dict[str, Any],
         if sales_created.get(o.id, 0) > 1:
             doubles.append(f"{who}: {sales_created[o.id]} sale orders created "
                            f"{[(so['name'], so['state']) for so in sales]}")
-        if len(live) > 1:
-            doubles.append(f"{who}: {len(live)} pickings reserve its stock "
-                           f"{[(pk['name'], pk['state']) for pk in live]}")
+        for ref, line_live in live_by_line.items():
+            if len(line_live) > 1:
+                doubles.append(f"{who}: {len(line_live)} pickings reserve the stock of "
+                               f"{ref} {[(pk['name'], pk['state']) for pk in line_live]}")
         if deals_created.get(o.id, 0) > 1:
             doubles.append(f"{who}: {deals_created[o.id]} deals created")
 
@@ -1061,10 +1066,11 @@ def check_systems(audit: Audit, orders: list[Order], stripe: dict[str, Any],
                 wrong.append(f"{who}: succeeded, sale orders "
                              f"{[(so['name'], so['state']) for so in sales]} are not one "
                              "confirmed order")
-            if [pk["state"] for pk in live] != ["assigned"]:
+            if not live_by_line or any([pk["state"] for pk in line_live] != ["assigned"]
+                                       for line_live in live_by_line.values()):
                 wrong.append(f"{who}: succeeded, pickings "
                              f"{[(pk['name'], pk['state']) for pk in pickings]} are not one "
-                             "reservation")
+                             "reservation per line")
             if deal is None or deal["stage"] == "closedlost":
                 wrong.append(f"{who}: succeeded, deal is "
                              f"{deal['stage'] if deal else 'missing'}")

@@ -54,6 +54,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -605,6 +606,28 @@ def remove_socket_dir(dsn: str) -> None:
     if host.startswith("/tmp/hub-pg-"):
         with contextlib.suppress(OSError):
             os.rmdir(host)
+
+
+@contextlib.contextmanager
+def own_postgres(dsn: str | None, prefix: str) -> Iterator[str]:
+    """``dsn`` as given, else an embedded Postgres of the bench's own in a temporary
+    folder, stopped and removed at the end."""
+    if dsn:
+        yield dsn
+        return
+    tmp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    os.chmod(tmp, 0o755)
+    server = EmbeddedPostgres(Path(tmp) / "pgdata")
+    log(f"starting embedded Postgres in {tmp}")
+    started = ""
+    try:
+        started = server.start()
+        yield started
+    finally:
+        server.stop()
+        if started:
+            remove_socket_dir(started)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:

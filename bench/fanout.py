@@ -26,11 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -42,10 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.engine import remove_socket_dir  # noqa: E402
+from bench.engine import own_postgres  # noqa: E402
 from hub import Hub, WorkflowDefinition, create_step, create_workflow, map_each  # noqa: E402
 from hub.logging import configure_logging  # noqa: E402
-from hub.store.embedded import EmbeddedPostgres  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -119,23 +115,8 @@ def main() -> None:
     args = ap.parse_args()
     configure_logging(args.log_level)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    tmp: str | None = None
-    server: EmbeddedPostgres | None = None
-    dsn = args.database_url or ""
-    try:
-        if not dsn:
-            tmp = tempfile.mkdtemp(prefix="bench_fanout_", dir="/tmp")
-            os.chmod(tmp, 0o755)
-            server = EmbeddedPostgres(Path(tmp) / "pgdata")
-            log(f"starting embedded Postgres in {tmp}")
-            dsn = server.start()
+    with own_postgres(args.database_url, "bench_fanout_") as dsn:
         result = asyncio.run(bench(dsn, args))
-    finally:
-        if server is not None:
-            server.stop()
-            remove_socket_dir(dsn)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result), flush=True)
 
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
@@ -277,6 +279,28 @@ class CallGuard:
                     delay_s=state.next_action.sleep if state.next_action else None)
 
 
+IDEMPOTENCY_KEY_MAX = 255
+"""The longest idempotency key a header carries (Stripe's bound; others allow less or
+the same)."""
+
+
+def header_key(key: str) -> str:
+    """``key`` as an ``Idempotency-Key`` header can carry it, the same on every attempt.
+
+    A key is made of outside data (a map's item key is a SKU, "Müsli-500g"), and a header
+    value is visible ASCII: a key that is not, or that holds a ``%``, is sent
+    percent-encoded (so no two keys meet), and one still longer than the bound as its start
+    and a digest of the whole.
+    """
+    if len(key) <= IDEMPOTENCY_KEY_MAX and all(33 <= ord(c) <= 126 and c != "%" for c in key):
+        return key
+    sent = urllib.parse.quote(key.encode("utf-8", "surrogatepass"), safe="-._~:[]/@!$&'()*+,;=")
+    if len(sent) > IDEMPOTENCY_KEY_MAX:
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        sent = f"{sent[:IDEMPOTENCY_KEY_MAX - 41]}~{digest}"
+    return sent
+
+
 class HttpConnector:
     """One ``httpx.AsyncClient`` per outside system, behind a concurrency limit, a rate limit,
     a circuit breaker and bounded retries (its ``CallGuard``).
@@ -397,7 +421,7 @@ class HttpConnector:
         hdrs = dict(headers or {})
         if ctx is not None:
             if self.idempotency_header:
-                hdrs[self.idempotency_header] = ctx.idempotency_key
+                hdrs[self.idempotency_header] = header_key(ctx.idempotency_key)
             if ctx.traceparent:
                 hdrs["traceparent"] = ctx.traceparent
         method = method.upper()

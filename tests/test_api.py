@@ -10,7 +10,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,9 @@ from hub.api import (
 )
 from hub.sandbox import SandboxControl
 from tests.conftest import ROOT, worker_env
+from tests.support.polling import until
 from tests.workflows.async_flows import tw_approval  # noqa: F401  (registers tw-approval)
+from tests.workflows.sleep_flows import sleep_between  # noqa: F401  (registers sleep-between)
 from workflows.hello_world import hello_world
 
 SECRET = b"warehouse-shared-secret"
@@ -116,15 +119,6 @@ async def api(hub: Hub) -> AsyncIterator[Api]:
         await asyncio.wait_for(task, 10)
 
 
-async def until(probe: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
-    """Poll ``probe`` until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def status_of(api: Api, ref: str, wanted: str) -> dict[str, Any] | None:
@@ -409,6 +403,31 @@ async def test_retry_re_runs_a_step_left_for_a_manual_retry(api: Api) -> None:
     assert retried.status_code == 202 and retried.json()["signal"] == "retry"
     done = await until(lambda: status_of(api, r.json()["id"], "succeeded"))
     assert done["steps"][0]["attempts"] == 2
+
+
+async def test_an_operator_wakes_a_sleep_over_http_and_a_non_sleep_is_refused(
+        api: Api) -> None:
+    r = await start(api, "sleep-between", {"seconds": 3 * 86400}, wait=False)
+    ref = r.json()["id"]
+
+    async def sleeping() -> bool:
+        body = (await api.client.get(f"/executions/{ref}", headers=api.auth("read"))).json()
+        return any(s["id"] == "sleep" and s["state"] == "waiting" for s in body["steps"])
+
+    await until(sleeping)
+    path = f"/executions/{ref}/steps/%s/wake"
+    assert (await api.client.post(path % "sleep", headers=api.auth("run"))).status_code == 403
+    refused = await api.client.post(path % "sl-before", headers=api.auth("operate"))
+    assert refused.status_code == 409 and "not a sleep" in refused.json()["detail"]
+    woken = await api.client.post(path % "sleep", headers=api.auth("operate"))
+    assert woken.status_code == 202, woken.text
+    assert woken.json()["signal"] == "wake" and woken.json()["step"] == "sleep"
+    done = await until(lambda: status_of(api, ref, "succeeded"), timeout=30)
+    assert [s["state"] for s in done["steps"]] == ["done", "done", "done"]
+    again = await api.client.post(path % "sleep", headers=api.auth("operate"))
+    assert again.status_code == 409, "a sleep that ended cannot be woken"
+    actions = [e["action"] for e in await api.hub.store.audit_for_execution(uuid.UUID(ref))]
+    assert "wake" in actions and "wake_refused" in actions
 
 
 async def test_cancel_with_wait_answers_the_cancelled_run(api: Api) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from hub import Hub
 from tests.conftest import ROOT, worker_env
+from tests.support.polling import until
 from tests.workflows.async_flows import tw_approval
 
 pytestmark = pytest.mark.slow
@@ -37,6 +38,26 @@ async def test_list_show_and_cancel_from_the_cli(hub: Hub, dsn: str, schema: str
                                         "customer called")
     assert cancelled.returncode == 0, cancelled.stderr
     assert (await hub.wait("approval:cli", timeout=20)).status == "cancelled"
+
+
+async def test_wake_a_sleep_from_the_cli(hub: Hub, dsn: str, schema: str) -> None:
+    from tests.workflows import sleep_flows
+
+    assert sleep_flows  # registers sleep-between
+    await hub.start("sleep-between", {"seconds": 3 * 86400}, transaction_id="cli-sleep",
+                    wait=False)
+
+    async def sleeping() -> bool:
+        return (await hub.get_run("cli-sleep")).steps["sleep"].state == "waiting"
+
+    await until(sleeping, 30, what="the run sleeps")
+    env = worker_env(dsn, schema, "tests.workflows.sleep_flows")
+    refused = await asyncio.to_thread(cli, env, "wake", "cli-sleep", "sl-before")
+    assert refused.returncode == 1 and "not a sleep" in refused.stderr
+    woken = await asyncio.to_thread(cli, env, "wake", "cli-sleep", "sleep")
+    assert woken.returncode == 0, woken.stderr
+    assert json.loads(woken.stdout)["signal"] == "wake"
+    assert (await hub.wait("cli-sleep", timeout=20)).status == "succeeded"
 
 
 async def test_jobs_list_pause_resume_from_the_cli(hub: Hub, dsn: str, schema: str) -> None:

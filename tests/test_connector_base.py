@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -122,6 +123,34 @@ async def test_idempotency_key_and_traceparent_are_the_same_on_every_attempt() -
         await erp.request("POST", "/invoices", ctx=step_ctx(), json={})
     assert {r.headers["Idempotency-Key"] for r in seen} == {"ex-1:create_invoice"}
     assert {r.headers["traceparent"] for r in seen} == {TRACEPARENT}
+
+
+@pytest.mark.parametrize("key", [
+    "ex-1:each-reserve[Müsli-500g]", "ex-1:each[\u20ac 5 off]", "ex-1:each[a%C3%BCb]",
+    "ex-1:each[\udcff\udcfe]", "ex-1:each[" + "x" * 400 + "]", "ex-1:each[\n\r\t ]"])
+async def test_an_idempotency_key_of_outside_text_is_sent_as_a_header_can_carry_it(
+        key: str) -> None:
+    """A map item's key is outside data: before, a SKU with a 'ü' made httpx raise
+    UnicodeEncodeError on every call of the item, and a 400-character key went out whole."""
+    handler, seen = scripted(httpx.Response(500), httpx.Response(200))
+    ctx = StepContext.make(execution_id="ex-1", transaction_id="tx-1", workflow="order",
+                           step=key.removeprefix("ex-1:"), attempt=1, container=Container())
+    async with connector(handler) as erp:
+        await erp.request("POST", "/invoices", ctx=ctx, json={})
+    sent = {r.headers["Idempotency-Key"] for r in seen}
+    assert len(sent) == 1, "the same header on every attempt"
+    (value,) = sent
+    assert len(value) <= 255 and all(33 <= ord(c) <= 126 for c in value)
+
+
+def test_distinct_idempotency_keys_stay_distinct_as_headers() -> None:
+    from connectors.base import header_key
+
+    keys = ["e:m[ü]", "e:m[%C3%BC]", "e:m[%25C3%25BC]", "e:m[ü ]", "e:m[ü\t]",
+            "e:m[" + "x" * 300 + "1]", "e:m[" + "x" * 300 + "2]", "e:m[plain-SKU_1]"]
+    assert len({header_key(k) for k in keys}) == len(keys)
+    assert header_key("e:m[plain-SKU_1]") == "e:m[plain-SKU_1]", "a plain key goes as it is"
+    assert urllib.parse.unquote(header_key("e:m[ü]")) == "e:m[ü]"
 
 
 async def test_429_retry_after_seconds_is_honoured() -> None:

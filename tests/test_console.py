@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from hub.runtime.subscriber import SubscriberRegistry
 from hub.runtime.topics import load_topics
 from hub.settings import KafkaSettings
 from tests.support.console import CHROMIUM_ARGS, Shots, ensure_chromium, serve
+from tests.support.polling import until
 
 SECRET = "sk_live_do-not-show-me"
 
@@ -221,14 +222,6 @@ async def kafka_console(hub: Hub, browser: Browser, kafka_bootstrap: str, prefix
         await runtime.stop()
 
 
-async def until(probe: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
 
 
 async def _status(page: Page, status: str, timeout: float = 20_000) -> None:
@@ -1112,3 +1105,33 @@ async def test_parent_and_child_executions_link_to_each_other(hub: Hub) -> None:
         child = await client.get(f"/ui/executions/{found.group(1)}")
         assert f'href="/ui/executions/{run.id}"' in child.text, "the child links its parent"
         assert "child-fx-child" in child.text
+
+
+async def test_an_operator_wakes_a_sleep_from_the_page_and_a_viewer_gets_no_button(
+        hub: Hub) -> None:
+    from tests.workflows import sleep_flows
+
+    assert sleep_flows  # registers sleep-between
+    run = await hub.start("sleep-between", {"seconds": 3 * 86400}, wait=False)
+
+    async def sleeping() -> bool:
+        return (await hub.get_run(run.id)).steps["sleep"].state == "waiting"
+
+    await until(sleeping, 30)
+    keys = await _keys(hub)
+    async with _plain(hub) as browser:
+        ops, viewer = browser(), browser()
+        await _log_in(ops, keys["ops"])
+        await _log_in(viewer, keys["viewer"])
+        seen = await viewer.get(f"/ui/executions/{run.id}")
+        assert "Wake sleep now" not in seen.text
+        page = await ops.get(f"/ui/executions/{run.id}")
+        assert "Wake sleep now…" in page.text
+        assert "Complete sleep…" not in page.text, "a sleep is woken, not completed"
+        woke = await ops.post(f"/ui/executions/{run.id}/steps/sleep/wake",
+                              data={"csrf": await _csrf(ops)}, follow_redirects=True)
+        assert woke.status_code == 200 and "Wake-up recorded" in woke.text
+    done = await hub.wait(run.id, timeout=30)
+    assert done.status == "succeeded" and done.steps["sl-after"].state == "done"
+    actions = [r["action"] for r in await hub.store.audit_for_execution(uuid.UUID(run.id))]
+    assert actions == ["wake"]

@@ -298,7 +298,7 @@ class SignalAccepted(BaseModel):
     transaction_id: str
     step: str | None = None
     signal: Literal["success", "failure", "compensation_success", "compensation_failure",
-                    "retry", "cancel", "compensate"]
+                    "retry", "cancel", "compensate", "wake"]
     duplicate: bool = Field(
         default=False, description="a signed delivery already accepted (the sender's retry): "
                                    "answered as before, nothing recorded again")

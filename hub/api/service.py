@@ -49,6 +49,7 @@ from hub.api.models import (
 )
 from hub.engine.children import PARENT_ID, PARENT_STEP
 from hub.engine.context import Container, StepContext
+from hub.engine.graph import SLEEP_KIND
 from hub.engine.hub import Hub
 from hub.engine.payload import storable_text
 from hub.engine.run import FINAL_STATUSES, Run, RunStatus, shown_phase
@@ -421,8 +422,14 @@ class ExecutionView:
     @property
     def awaiting(self) -> list[str]:
         """Async steps (or compensations) waiting for an outcome from outside."""
+        sleeps = set(self.sleeping)
         return [s.id for s in self.detail.steps
-                if s.state in ("waiting", "waiting_to_compensate")]
+                if s.state in ("waiting", "waiting_to_compensate") and s.id not in sleeps]
+
+    @property
+    def sleeping(self) -> list[str]:
+        """Sleeps that wait for their time: an operator may wake them (``Hub.wake``)."""
+        return [s.out.id for s in self.steps if s.kind == SLEEP_KIND and s.out.state == "waiting"]
 
 
 def _unapplied_signal(row: dict[str, Any]) -> bool:
@@ -826,6 +833,25 @@ class HubService:
         self._audited(audit, run.id)
         return SignalAccepted(execution_id=run.id, workflow=run.workflow,
                               transaction_id=run.transaction_id, signal="retry")
+
+    async def wake(self, ref: str, step: str, *, workflow: str | None = None,
+                   actor: Actor | None = None) -> SignalAccepted:
+        """End a durable sleep now: the steps after it run at once. Refused for a step
+        that is not a sleep, or a sleep that does not wait (InvalidTransition), and audited
+        as refused, like a late outcome."""
+        run = await self._run(ref, workflow)
+        check_text(step, ("path", "step"))
+        detail = {"step": step}
+        audit = self._record(actor, "wake", step, detail)
+        try:
+            await self.hub.wake(run.id, step, workflow=run.workflow, audit=audit)
+        except InvalidTransition as exc:
+            await self._audit(actor, "wake_refused", run.id, step,
+                              {**detail, "refused": str(exc)})
+            raise
+        self._audited(audit, run.id)
+        return SignalAccepted(execution_id=run.id, workflow=run.workflow,
+                              transaction_id=run.transaction_id, step=step, signal="wake")
 
     async def stop(
         self, ref: str, kind: Literal["cancel", "compensate"], *, reason: str | None,

@@ -53,7 +53,7 @@ def _dump(model: Any) -> Any:
 
 
 def add_execution_commands(app: typer.Typer) -> None:
-    ex_app = typer.Typer(help="Executions: list, show, retry, compensate, cancel.",
+    ex_app = typer.Typer(help="Executions: list, show, retry, wake, compensate, cancel.",
                          no_args_is_help=True)
     app.add_typer(ex_app, name="executions")
 
@@ -99,6 +99,15 @@ def add_execution_commands(app: typer.Typer) -> None:
               workflow: Annotated[str | None, typer.Option("--workflow")] = None) -> None:
         """Re-run what stopped: a manual-retry step, a failed compensation, a parked run."""
         out = _with_service(lambda svc: svc.retry(ref, workflow=workflow, actor=_cli_actor()))
+        typer.echo(json.dumps(_dump(out)))
+
+    @ex_app.command("wake")
+    def wake(ref: Annotated[str, typer.Argument(help="execution id or transaction id")],
+             step: Annotated[str, typer.Argument(help="the sleep step's id")],
+             workflow: Annotated[str | None, typer.Option("--workflow")] = None) -> None:
+        """End a sleep now: the steps after it run at once (refused for any other step)."""
+        out = _with_service(lambda svc: svc.wake(ref, step, workflow=workflow,
+                                                 actor=_cli_actor()))
         typer.echo(json.dumps(_dump(out)))
 
     def _stop(kind: Literal["cancel", "compensate"], ref: str, reason: str | None,

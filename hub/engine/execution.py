@@ -46,14 +46,18 @@ class Execution:
         """Connector calls of attempts that landed, written with the next checkpoint."""
         self.attempts: dict[str, StepContext] = {}
         """The context of each step attempt in flight: its calls are taken when it lands."""
-        self.signals_upto = 0  # applied and not yet deleted
+        self.applied: list[int] = []
+        """Signals applied (or found moot) and not yet deleted: the next checkpoint deletes
+        exactly these, never a row by id range (one with a lower id may commit later)."""
         self.signals_seen = 0  # the highest id applied by this drive (never reset)
         self.leaving = False
         """A release or finish is being written: the lease is let go on purpose."""
         self.steps_outlived = False
         """A cut step still ran when its drive task ended: the lease is kept until it expires."""
-        self.early: dict[str, SignalReceived] = {}
-        """A child's end that arrived while its step was still being started."""
+        self.early: dict[str, tuple[int, SignalReceived]] = {}
+        """A child's end (signal id, signal) that arrived before its step waited for it: its
+        row stays in the table until the step waits and takes it, so a crash meanwhile loses
+        nothing (the next drive reads it again)."""
 
     def advance(self, event: Event, now: float) -> Change:
         """Apply ``event``: the state moves on, the change joins ``pending``."""

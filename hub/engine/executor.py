@@ -53,6 +53,8 @@ from hub.store.store import CheckpointRow, Store, is_data_error, is_disconnect
 log = structlog.get_logger("hub.executor")
 
 _OUTCOMES = ("success", "failure")
+_BEFORE_WAITING = frozenset({StepState.NOT_STARTED, StepState.INVOKING, StepState.TEMP_FAILURE})
+"""The states of a child step that will still wait for its child's end."""
 """Signal kinds that end a waiting step (a child's end is one)."""
 
 _LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -395,9 +397,8 @@ class Executor:
                     ex.calls.extend(done_ctx.calls.rows(done_ctx.step, done_ctx.attempt,
                                                         done_ctx.compensating))
                 self._advance(ex, outcome, running)
-                early = ex.early.pop(step_id, None)
-                if early is not None and ex.state.step(step_id).state == StepState.WAITING:
-                    self._advance(ex, early, running)
+                if ex.early:
+                    self._take_early(ex, running)
 
     async def _invoke(self, ex: Execution, node: StepNode, ctx: StepContext) -> Event:
         if node.fanout is not None:  # its items are run (and stored) by the fan-out runner
@@ -419,17 +420,38 @@ class Executor:
     async def _apply_signals(self, ex: Execution,
                              running: dict[str, asyncio.Task[Event]]) -> None:
         rows = await self.store.read_signals(ex.id)
+        # rows stay until the checkpoint after they were applied: a second read skips them
+        done = set(ex.applied).union(sid for sid, _ in ex.early.values())
         for sig in rows:
-            ex.signals_upto = max(ex.signals_upto, int(sig["id"]))
-            ex.signals_seen = max(ex.signals_seen, ex.signals_upto)
+            sid = int(sig["id"])
+            if sid in done:
+                continue
+            ex.signals_seen = max(ex.signals_seen, sid)
             signal = SignalReceived(sig["kind"], sig["step"], sig["payload"])
             node = ex.graph.steps.get(sig["step"] or "")
             if (node is not None and node.child is not None and sig["kind"] in _OUTCOMES
-                    and ex.state.step(node.id).state == StepState.INVOKING):
-                # a child that ended before its start was checkpointed: applied once it waits
-                ex.early[node.id] = signal
+                    and ex.state.step(node.id).state in _BEFORE_WAITING):
+                # a child that ended before its step waited (its start not yet checkpointed,
+                # or to be retried): taken once the step waits for it
+                ex.early[node.id] = (sid, signal)
                 continue
+            ex.applied.append(sid)
             self._advance(ex, signal, running)
+        if ex.early:
+            self._take_early(ex, running)
+
+    def _take_early(self, ex: Execution, running: dict[str, asyncio.Task[Event]]) -> None:
+        """Child ends that came before their steps waited: each is applied once its step
+        waits, kept while the step is still to be (re)started, or dropped as moot once the
+        step moved on otherwise (a cancel undoes the child through the compensation)."""
+        for step_id, (sid, signal) in list(ex.early.items()):
+            state = ex.state.step(step_id).state
+            if state in _BEFORE_WAITING:
+                continue
+            del ex.early[step_id]
+            ex.applied.append(sid)
+            if state == StepState.WAITING:
+                self._advance(ex, signal, running)
 
     # -- checkpoints ---------------------------------------------------------------------
     def _row(self, ex: Execution, *, lease: bool, due_s: float | None, finished: bool) -> (
@@ -476,9 +498,9 @@ class Executor:
         if not ok:
             raise LeaseLost(f"execution {ex.sid}: epoch {ex.epoch} is no longer current")
         ex.checkpointed()
-        if ex.signals_upto:
-            upto, ex.signals_upto = ex.signals_upto, 0
-            await self.store.delete_signals(ex.id, upto)
+        if ex.applied:
+            ids, ex.applied = ex.applied, []
+            await self.store.delete_signals(ex.id, ids)
 
     async def _checkpoint(self, ex: Execution) -> None:
         await self._write(ex, self._row(ex, lease=True, due_s=None, finished=False))

@@ -223,7 +223,8 @@ DELETE FROM {s}.audit WHERE id IN (
 
 READ_SIGNALS = """SELECT id, step, kind, payload FROM {s}.signal WHERE execution_id = $1 ORDER BY id"""
 
-DELETE_SIGNALS = """DELETE FROM {s}.signal WHERE execution_id = $1 AND id <= $2"""
+DELETE_SIGNALS = """-- exactly the rows applied: one with a lower id may have committed after the read
+DELETE FROM {s}.signal WHERE execution_id = $1 AND id = ANY($2::bigint[])"""
 
 PARK = """-- the execution cannot go on here (its version is unknown): visible, not retried
 UPDATE {s}.execution SET parked = $3, lease_owner = NULL, lease_until = NULL, due_at = NULL,

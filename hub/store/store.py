@@ -459,8 +459,8 @@ class Store:
     async def read_signals(self, execution_id: uuid.UUID) -> list[Row]:
         return [_decode_row(r) for r in await self._fetch(q.READ_SIGNALS, execution_id)]
 
-    async def delete_signals(self, execution_id: uuid.UUID, upto: int) -> None:
-        await self._execute(q.DELETE_SIGNALS, execution_id, upto)
+    async def delete_signals(self, execution_id: uuid.UUID, ids: list[int]) -> None:
+        await self._execute(q.DELETE_SIGNALS, execution_id, ids)
 
     async def purge_finished(self, grace_s: float = 0.0, limit: int = 1000) -> int:
         status = await self._execute(q.PURGE_FINISHED, grace_s, limit)

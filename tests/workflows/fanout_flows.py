@@ -19,6 +19,7 @@ from hub import (
     create_step,
     create_workflow,
     map_each,
+    parallelize,
     run_child,
 )
 from tests.workflows.crash_flows import apply_effect
@@ -150,3 +151,16 @@ def fx_child_waits(inp: dict[str, Any]) -> WorkflowResponse:
 @create_workflow("fx-parent-waits")
 def fx_parent_waits(inp: dict[str, Any]) -> WorkflowResponse:
     return WorkflowResponse(run_child(fx_child_waits, inp))
+
+
+@create_step("fx-gate")
+async def fx_gate(inp: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """Lands when the test opens the gate (an ``asyncio.Event`` registered as ``gate``)."""
+    await ctx.container.resolve("gate").wait()
+    return {"gated": True}
+
+
+@create_workflow("fx-parent-gated")
+def fx_parent_gated(inp: dict[str, Any]) -> WorkflowResponse:
+    child, gate = parallelize(run_child(fx_child, inp["child"]), fx_gate(inp))
+    return WorkflowResponse({"child": child, "gate": gate})

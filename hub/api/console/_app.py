@@ -467,6 +467,12 @@ def create_console(service: HubService, settings: ApiSettings) -> FastAPI:
                                                actor=actor(session))
         return back(request, f"/executions/{accepted.execution_id}", done="fail_step")
 
+    @app.post("/executions/{ref}/steps/{step}/wake")
+    async def step_wake(request: Request, ref: str, step: str) -> Response:
+        session, _ = await acting(request, Scope.OPERATE)
+        accepted = await service.wake(ref, step, actor=actor(session))
+        return back(request, f"/executions/{accepted.execution_id}", done="wake")
+
     # -- workflows ---------------------------------------------------------------------------
     @app.get("/workflows", response_class=HTMLResponse)
     async def workflows(request: Request) -> Response:

@@ -169,6 +169,18 @@ async def compensation_failure(
         compensation=True, actor=Actor.of_key(key, "api")))
 
 
+@router.post("/executions/{id}/steps/{step}/wake", response_model=SignalAccepted,
+             status_code=202, responses=_SIGNAL, summary="End a sleep now")
+async def wake(execution: ExecutionRef, step: StepId, response: Response,
+               service: ServiceDep, key: OperateKey,
+               workflow: WorkflowFilter = None) -> SignalAccepted:
+    """A ``sleep``/``sleep_until`` step that waits ends now and the steps after it run
+    (an operator's "don't wait any longer"). 409 for a step that is not a sleep or does
+    not wait."""
+    return _accepted(response, await service.wake(execution, step, workflow=workflow,
+                                                  actor=Actor.of_key(key, "api")))
+
+
 @router.post("/executions/{id}/retry", response_model=SignalAccepted, status_code=202,
              responses=_SIGNAL, summary="Retry where the execution stopped")
 async def retry(execution: ExecutionRef, response: Response, service: ServiceDep,

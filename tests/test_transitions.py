@@ -228,3 +228,23 @@ def test_completed_steps_compensate_in_exact_reverse_order_of_completion(
     assert len(set(compensated)) == len(compensated)
     for step_id, rec in final.steps.items():
         assert (rec.state == StepState.REVERTED) == (step_id in compensated)
+
+
+def test_a_step_record_but_changes_exactly_the_fields_named() -> None:
+    """``but`` is spelled out for speed: a field added to StepRecord and forgotten there
+    would be silently reset on every transition; a misspelt field must not pass."""
+    import dataclasses
+
+    import pytest
+
+    from hub.engine.state import StepRecord
+
+    base = StepRecord()
+    for f in dataclasses.fields(StepRecord):
+        marker = object()
+        changed = base.but(**{f.name: marker})
+        for other in dataclasses.fields(StepRecord):
+            expected = marker if other is f else getattr(base, other.name)
+            assert getattr(changed, other.name) is expected, (f.name, other.name)
+    with pytest.raises(TypeError, match="no field"):
+        base.but(attempt=1)

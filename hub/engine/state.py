@@ -123,8 +123,19 @@ class StepRecord:
     unrecorded: bool = False
 
     def but(self, **changes: Any) -> StepRecord:
-        """This record with ``changes`` (a transition's new record)."""
-        return dataclasses.replace(self, **changes)
+        """This record with ``changes`` (a transition's new record). Spelled out, not
+        ``dataclasses.replace``: every step transition makes one, and this takes half the
+        time (``replace`` walks the fields' metadata on each call)."""
+        if not _STEP_FIELDS.issuperset(changes):
+            raise TypeError(f"StepRecord has no field {sorted(set(changes) - _STEP_FIELDS)}")
+        g = changes.get
+        return StepRecord(
+            g("state", self.state), g("attempts", self.attempts),
+            g("comp_attempts", self.comp_attempts), g("output", self.output),
+            g("compensate_input", self.compensate_input), g("error", self.error),
+            g("comp_error", self.comp_error), g("started_at", self.started_at),
+            g("finished_at", self.finished_at), g("compensated_at", self.compensated_at),
+            g("seq", self.seq), g("due", self.due), g("unrecorded", self.unrecorded))
 
     @property
     def settled(self) -> bool:
@@ -170,6 +181,9 @@ class StepRecord:
             due=_num(d.get("due")),
             unrecorded=bool(d.get("unrecorded")),
         )
+
+
+_STEP_FIELDS = frozenset(f.name for f in dataclasses.fields(StepRecord))
 
 
 def _num(value: Any) -> float | None:

@@ -154,12 +154,20 @@ class Change:
     notes: tuple[Note, ...] = ()
 
     @property
+    def empty(self) -> bool:
+        """Nothing happened: only the state it carries counts."""
+        return not (self.steps or self.events or self.status_changed or self.error is not None
+                    or self.launches or self.cut or self.outbox or self.notes)
+
+    @property
     def writes(self) -> bool:
         """Something here must be checkpointed."""
         return bool(self.steps) or self.status_changed or self.error is not None
 
     def then(self, later: Change) -> Change:
         """This change followed by ``later``: one checkpoint writes both."""
+        if self.empty:
+            return later
         return Change(
             state=later.state,
             steps={**self.steps, **later.steps},
@@ -351,6 +359,8 @@ def _plan_forward(d: _Draft, running: set[str]) -> None:
                 continue
             st = d.rec(node.id)
             state = st.state
+            if state in SETTLED_STEP_STATES:
+                continue  # most nodes of a running workflow: nothing to plan
             if state == StepState.NOT_STARTED:
                 if not all(d.settled(a) for a in node.after):
                     continue

@@ -51,17 +51,28 @@ class ManualClock:
         self._now = time.time() if start is None else start
         self._offset = self._now  # monotonic reads as now minus the start
         self._changed = asyncio.Condition()
+        self._sleeping = 0
 
     def now(self) -> float:
         return self._now
+
+    @property
+    def sleeping(self) -> int:
+        """Sleepers waiting for time to move: a test advances once the one it drives
+        sleeps (time moved before that would pass it by)."""
+        return self._sleeping
 
     def monotonic(self) -> float:
         return self._now - self._offset
 
     async def sleep(self, seconds: float) -> None:
         until = self._now + max(0.0, seconds)
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._now >= until)
+        self._sleeping += 1
+        try:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self._now >= until)
+        finally:
+            self._sleeping -= 1
 
     async def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds`` and wake the sleepers it reaches."""

@@ -90,6 +90,27 @@ class _Counter:
         return self.next - 1
 
 
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """An item waits for its retry longer than a lease is held (or for an operator's)."""
+
+    error: dict[str, Any]
+    delay: float | None  # None: until a manual retry
+
+
+def _yield(node: StepNode, waits: list[_Wait]) -> Outcome:
+    """The map lets its lease go until its waiting items are due: the longest wait (so no
+    item runs before the time it asked for), or a manual retry if one waits for that."""
+    manual = any(w.delay is None for w in waits)
+    delay = None if manual else max(w.delay or 0.0 for w in waits)
+    first = waits[0].error
+    until = "a manual retry" if delay is None else f"its retry in {delay:g} s"
+    return Outcome("retryable", error=first | {
+        "step": node.id, "item": first["step"],
+        "message": f"item {first['step']!r} waits for {until}: {first['message']}"},
+        retry_after=delay, yielded=True)
+
+
 class FanoutError(Exception):
     """The list cannot be fanned out (not a list, over the bound, keys clash): the map step
     fails before any item starts."""
@@ -152,14 +173,17 @@ class FanoutRunner:
         order = _Counter(1 + max((it.seq or 0 for it in state), default=0))
         queue = collections.deque(it for it in state if it.state in _RUN_AGAIN)
         failures: list[dict[str, Any]] = []
+        waits: list[_Wait] = []
         outbox: list[dict[str, Any]] = []
 
         async def work() -> None:
-            while queue and not failures:
+            while queue and not failures and not waits:
                 it = queue.popleft()
-                error = await self._run_item(ex, node, it, items[it.idx], outbox, order)
-                if error is not None:
-                    failures.append(error)
+                end = await self._run_item(ex, node, it, items[it.idx], outbox, order)
+                if isinstance(end, _Wait):
+                    waits.append(end)
+                elif end is not None:
+                    failures.append(end)
 
         workers = [asyncio.create_task(work())
                    for _ in range(min(spec.max_concurrency, len(queue)))]
@@ -175,6 +199,8 @@ class FanoutRunner:
             return Outcome("permanent", error=first | {
                 "step": node.id, "item": first["step"],
                 "message": f"item {first['step']!r}: {first['message']}"})
+        if waits:
+            return _yield(node, waits)
         results = [it.output if it.state == StepState.DONE else None for it in state]
         try:
             encode(results, f"output of map step {node.id!r}", self._settings.max_payload_bytes)
@@ -198,8 +224,9 @@ class FanoutRunner:
 
     async def _run_item(self, ex: Execution, node: StepNode, it: Item, value: Any,
                         outbox: list[dict[str, Any]], order: _Counter,
-                        ) -> dict[str, Any] | None:
-        """Run one item to an end; the error that fails the map, if it does."""
+                        ) -> dict[str, Any] | _Wait | None:
+        """Run one item to an end: the error that fails the map, if it does, or the wait
+        for its retry that the map yields to."""
         item_node = _item_node(node, it)
         opts = item_node.options
         while True:
@@ -225,7 +252,13 @@ class FanoutRunner:
             if outcome.kind == "retryable" and it.attempts <= opts.max_retries:
                 it.state = StepState.TEMP_FAILURE
                 await self._save(ex, node, it)
-                await self._clock.sleep(opts.retry_delay(it.attempts))
+                delay = (outcome.retry_after if outcome.retry_after is not None
+                         else opts.retry_delay(it.attempts))
+                if not opts.auto_retry:
+                    return _Wait(error, None)  # until an operator retries it
+                if delay > self._settings.hold_timer_seconds:
+                    return _Wait(error, delay)  # a timer, not a task holding the lease
+                await self._clock.sleep(delay)
                 continue
             if opts.skip_on_permanent_failure and not opts.continue_on_permanent_failure:
                 it.state = StepState.SKIPPED

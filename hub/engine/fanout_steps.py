@@ -38,7 +38,7 @@ def outcome_of(event: Event) -> Outcome:
         return Outcome("timeout", error=event.failure.to_json())
     if isinstance(event, StepFailed | CompensationFailed):
         return Outcome("retryable" if event.retryable else "permanent",
-                       error=event.failure.to_json())
+                       error=event.failure.to_json(), retry_after=event.retry_after)
     raise TypeError(f"an item's attempt cannot come to {type(event).__name__}")
 
 
@@ -57,6 +57,9 @@ def event_of(node: StepNode, outcome: Outcome, compensating: bool) -> Event:
                                                            "compensation")})
     if compensating:
         return CompensationFailed(node.id, failure, retryable=False)
+    if outcome.yielded:
+        return StepFailed(node.id, failure, retryable=True, retry_after=outcome.retry_after,
+                          yielded=True)
     return StepFailed(node.id, failure, retryable=False)
 
 

@@ -19,6 +19,11 @@ class Outcome:
     compensate_input: JSON = None
     error: dict[str, Any] | None = None
     outbox: tuple[dict[str, Any], ...] = ()
+    retry_after: float | None = None
+    """A retryable failure: seconds it asked to wait before the next attempt."""
+    yielded: bool = False
+    """Not a failure of the step: it waits for a retry of its own without holding the
+    lease (a map whose item waits long, or for a manual retry), until ``retry_after``."""
 
 
 def error_record(step: str, exc: BaseException | str, attempt: int,

@@ -51,6 +51,10 @@ class StepFailed:
     retryable: bool
     retry_after: float | None = None
     """Seconds the step (or the system it called) asked to wait before the next attempt."""
+    yielded: bool = False
+    """Not a failure: the step lets its lease go until ``retry_after`` (``None``: until a
+    manual retry), then runs again; the wait counts against no retry budget of its own (a
+    map whose item waits for its retry: the item keeps its own count)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,13 +450,14 @@ def _plan_compensation(d: _Draft, running: set[str]) -> None:
             d.set(step_id, "step_skipped", state=StepState.SKIPPED, finished_at=d.now, due=None)
     for step_id, st in list(d.steps.items()):
         # waiting for the outside (a payment authorised, awaiting its confirmation), or
-        # left mid-call by a worker that died: undone too, latest first
-        # and a map step that failed: the items it completed are undone
+        # left mid-call by a worker that died: undone too, latest first; and a map step
+        # that failed or waits for an item's retry: the items it completed are undone
         node = d.graph.steps[step_id]
         if (st.seq is None and compensable(node)
                 and (st.state in (StepState.WAITING, StepState.INVOKING)
                      or (node.fanout is not None
-                         and st.state in (StepState.PERMANENT_FAILURE, StepState.TIMEOUT)))):
+                         and st.state in (StepState.PERMANENT_FAILURE, StepState.TIMEOUT,
+                                          StepState.TEMP_FAILURE)))):
             d.interrupt(step_id, st.compensate_input)
     order = sorted(
         (s for s, st in d.steps.items()
@@ -513,6 +518,13 @@ def _on_invoked(d: _Draft, event: StepSucceeded | StepSkipped | StepFailed | Ste
         d.set(node.id, "step_skipped", state=StepState.SKIPPED, finished_at=now)
         return
     error = event.failure
+    if isinstance(event, StepFailed) and event.yielded:
+        due = None if event.retry_after is None else now + event.retry_after
+        d.set(node.id, "step_failure", state=StepState.TEMP_FAILURE, error=error, due=due)
+        d.note("info", "step_yielded", step=node.id, attempt=attempts,
+               delay_s=None if due is None else round(event.retry_after or 0.0, 3),
+               error=error.message[:200])
+        return
     if isinstance(event, StepFailed) and event.retryable and attempts <= opts.max_retries:
         delay = event.retry_after if event.retry_after is not None else opts.retry_delay(
             attempts)

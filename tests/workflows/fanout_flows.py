@@ -14,6 +14,7 @@ from typing import Any
 from hub import (
     PermanentStepError,
     StepContext,
+    StepError,
     StepResponse,
     WorkflowResponse,
     create_step,
@@ -164,3 +165,26 @@ async def fx_gate(inp: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
 def fx_parent_gated(inp: dict[str, Any]) -> WorkflowResponse:
     child, gate = parallelize(run_child(fx_child, inp["child"]), fx_gate(inp))
     return WorkflowResponse({"child": child, "gate": gate})
+
+
+@create_step("fx-flaky", compensate=_undo, max_retries=2, retry_interval=1000.0)
+async def fx_flaky(item: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """Fails its first attempt asking to be retried after ``retry_after`` seconds (a 429),
+    then applies; its own interval (1000 s) is what an ignored ``retry_after`` would wait."""
+    led = ledger(ctx)
+    if item.get("retry_after") is not None and ctx.attempt == 1:
+        raise StepError(f"{item['sku']}: rate limited", retry_after=item["retry_after"])
+    led.apply(ctx.idempotency_key)
+    return {"sku": item["sku"], "attempt": ctx.attempt}
+
+
+@create_workflow("fx-map-flaky")
+def fx_map_flaky(inp: dict[str, Any]) -> WorkflowResponse:
+    fx_before(inp)
+    return WorkflowResponse(map_each(inp["items"], fx_flaky, key=_sku, max_concurrency=2))
+
+
+@create_workflow("fx-map-flaky-manual")
+def fx_map_flaky_manual(inp: dict[str, Any]) -> WorkflowResponse:
+    return WorkflowResponse(map_each(inp["items"], fx_flaky.config(auto_retry=False),
+                                     key=_sku))

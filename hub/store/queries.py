@@ -182,9 +182,13 @@ WITH wid AS (
     ON CONFLICT DO NOTHING RETURNING 1
 ), ok AS (
     SELECT $11::text IS NULL OR EXISTS (SELECT 1 FROM wid) AS fresh
+), locked AS (
+    -- the row is locked before the signal draws its id, and stays locked until commit: the
+    -- signals of one execution commit in id order, so a reader that saw id N saw all below
+    SELECT id FROM {s}.execution WHERE id = $1 FOR UPDATE
 ), sig AS (
     INSERT INTO {s}.signal (execution_id, step, kind, payload)
-    SELECT $1, $2, $3, $4::jsonb FROM ok WHERE ok.fresh RETURNING id
+    SELECT $1, $2, $3, $4::jsonb FROM ok, locked WHERE ok.fresh RETURNING id
 ), aud AS (
     INSERT INTO {s}.audit (actor_id, actor_name, via, action, execution_id, target, detail)
     SELECT $5, $6, $7, $8, $1, $9, $10::jsonb FROM ok WHERE ok.fresh AND $8::text IS NOT NULL

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from hub import tracing
-from hub.tracing_sampler import StatementsInTraces
+from hub.tracing_sampler import PrimedIds, StatementsInTraces
 
 
 class _Dropped(SpanExporter):
@@ -55,7 +55,7 @@ def main() -> None:
     os.environ["OTEL_TRACES_SAMPLER_ARG"] = str(args.ratio)
     off = [_per_event_us(args.events) for _ in range(3)]
     exporter = _Dropped()
-    provider = TracerProvider(sampler=StatementsInTraces())
+    provider = TracerProvider(sampler=StatementsInTraces(), id_generator=PrimedIds())
     provider.add_span_processor(BatchSpanProcessor(exporter))
     tracing.install(provider)
     try:

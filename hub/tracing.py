@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from structlog.typing import EventDict, WrappedLogger
 
     from hub.engine.context import StepContext
+    from hub.tracing_sampler import PrimedIds
 
 log = structlog.get_logger("hub.tracing")
 
@@ -47,11 +48,16 @@ TRACE_KEY = "trace"
 
 _tracer: trace.Tracer | None = None
 _provider: TracerProvider | None = None
+_primed: PrimedIds | None = None
+"""The provider's id generator when it lets the hub sample a root before making it."""
 _OFF: contextlib.nullcontext[None] = contextlib.nullcontext()
 _W3C = TraceContextTextMapPropagator()
 _idempotency_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "hub_trace_idempotency_key", default=None)
 
+_left_out_record: contextvars.ContextVar[trace.SpanContext | None] = contextvars.ContextVar(
+    "hub_left_out_record", default=None)
+"""While a sampled-out record is handled: its context, which a start carries on as it is."""
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
@@ -105,9 +111,10 @@ def configure_tracing(service_name: str = "commerce-hub") -> bool:
         return False
     # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over our default name
     named = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
-    from hub.tracing_sampler import StatementsInTraces
+    from hub.tracing_sampler import PrimedIds, StatementsInTraces
 
-    provider = TracerProvider(resource=Resource.create(named), sampler=StatementsInTraces())
+    provider = TracerProvider(resource=Resource.create(named), sampler=StatementsInTraces(),
+                              id_generator=PrimedIds())
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     install(provider)
@@ -119,9 +126,11 @@ def configure_tracing(service_name: str = "commerce-hub") -> bool:
 def install(provider: TracerProvider) -> None:
     """Trace with ``provider`` (an embedding program's, or a test's with an in-memory
     exporter) and instrument the HTTP client and the Postgres driver with it."""
-    global _tracer, _provider
+    global _tracer, _provider, _primed
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    from hub.tracing_sampler import PrimedIds
 
     uninstall()
     HTTPXClientInstrumentor().instrument(tracer_provider=provider,
@@ -129,6 +138,8 @@ def install(provider: TracerProvider) -> None:
     AsyncPGInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
     _provider = provider
     _tracer = provider.get_tracer("hub")
+    ids = provider.id_generator
+    _primed = ids if isinstance(ids, PrimedIds) else None
 
 
 def uninstall() -> None:
@@ -141,7 +152,7 @@ def uninstall() -> None:
 
     HTTPXClientInstrumentor().uninstrument()
     AsyncPGInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
-    _tracer = _provider = None
+    _tracer = _provider = _primed = None
 
 
 def instrument_app(app: Any) -> None:
@@ -178,7 +189,7 @@ class _Consuming:
     ``start_as_current_span``: three generator context managers per record were a third of
     the cost of tracing an unsampled one."""
 
-    __slots__ = ("_args", "_span", "_token", "_tracer")
+    __slots__ = ("_args", "_left", "_span", "_token", "_tracer")
 
     def __init__(self, tracer: trace.Tracer, *args: Any) -> None:
         self._tracer = tracer
@@ -187,10 +198,15 @@ class _Consuming:
     def __enter__(self) -> trace.Span:
         topic, partition, offset, key, subscriber, group, headers, event_id = self._args
         # most records carry no trace: then the global propagators have nothing to read
-        parent = (propagate.extract(headers) if "traceparent" in headers or "baggage" in headers
-                  else None)
-        span = self._span = self._tracer.start_span(f"process {topic}", context=parent,
-                                                    kind=SpanKind.CONSUMER)
+        name = f"process {topic}"
+        if "traceparent" in headers or "baggage" in headers:
+            span = self._tracer.start_span(name, context=propagate.extract(headers),
+                                           kind=SpanKind.CONSUMER)
+        else:
+            span = _root(self._tracer, name, SpanKind.CONSUMER)
+        self._span = span
+        self._left = _left_out_record.set(None if span.is_recording()
+                                          else span.get_span_context())
         if span.is_recording():  # most are not; no sampler of ours reads these
             span.set_attributes({
                 "messaging.system": "kafka", "messaging.operation.type": "process",
@@ -208,12 +224,32 @@ class _Consuming:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: object) -> None:
         otel_context.detach(self._token)
+        _left_out_record.reset(self._left)
         span = self._span
         if exc is not None and span.is_recording():
             if isinstance(exc, Exception):
                 span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:300]))
         span.end()
+
+
+def _root(tracer: trace.Tracer, name: str, kind: SpanKind) -> trace.Span:
+    """A root span; one the sampler leaves out costs no SDK span (``PrimedIds``)."""
+    ids = _primed
+    if ids is None or _provider is None or trace.get_current_span().get_span_context().is_valid:
+        return tracer.start_span(name, kind=kind)  # (under a current span: its child)
+    trace_id = ids.generate_trace_id()
+    decision = _provider.sampler.should_sample(None, trace_id, name, kind)
+    if not decision.decision.is_sampled():  # type: ignore[no-untyped-call]
+        return trace.NonRecordingSpan(trace.SpanContext(
+            trace_id, ids.generate_span_id(), is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.RANDOM_TRACE_ID),
+            trace_state=decision.trace_state))
+    token = ids.prime(trace_id)
+    try:
+        return tracer.start_span(name, kind=kind)
+    finally:
+        ids.unprime(token)
 
 
 def _traceparent(ctx: trace.SpanContext) -> str:
@@ -233,6 +269,9 @@ def starting(trigger: dict[str, Any] | None, workflow: str, execution_id: str,
     unchanged."""
     if _tracer is None:
         return trigger
+    left = _left_out_record.get()
+    if left is not None:  # the record being handled was sampled out: so is its start
+        return {**(trigger or {}), TRACE_KEY: _traceparent(left)}
     parent = None  # what is current; else the trigger's own traceparent (a direct start)
     current = trace.get_current_span().get_span_context()
     upstream = (trigger or {}).get("traceparent")

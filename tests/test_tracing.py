@@ -13,9 +13,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel
 
@@ -30,7 +31,7 @@ from hub import (
 )
 from hub.api.console._trace import trace_url
 from hub.settings import ApiSettings
-from hub.tracing_sampler import StatementsInTraces
+from hub.tracing_sampler import PrimedIds, StatementsInTraces
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 UPSTREAM_SPAN = "00f067aa0ba902b7"
@@ -80,7 +81,7 @@ def otel_rollback(order: Order) -> WorkflowResponse:
 def spans() -> Iterator[InMemorySpanExporter]:
     """Tracing on for one test, into memory; off again after it."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=StatementsInTraces())
+    provider = TracerProvider(sampler=StatementsInTraces(), id_generator=PrimedIds())
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.install(provider)
     try:
@@ -372,3 +373,71 @@ async def test_below_an_unsampled_trace_no_span_is_made_and_its_context_is_carri
     made = [n for n in sampler.asked if n.split()[0] in ("start", "step", "compensate")]
     assert made == [], f"spans made below an unsampled trace: {made}"
     assert exporter.get_finished_spans() == ()
+
+
+class _Deciding(StatementsInTraces):
+    """A sampler whose answer the test sets, noting each trace id it is asked about."""
+
+    def __init__(self, keep: bool) -> None:
+        super().__init__(ALWAYS_ON if keep else ALWAYS_OFF)
+        self.ids: list[int] = []
+
+    def should_sample(self, parent_context: Any, trace_id: int, *args: Any,
+                      **kw: Any) -> Any:
+        self.ids.append(trace_id)
+        return super().should_sample(parent_context, trace_id, *args, **kw)
+
+
+class _Started(SpanProcessor):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.names.append(span.name)
+
+
+def _provider(keep: bool) -> tuple[TracerProvider, _Deciding, _Started]:
+    sampler, started = _Deciding(keep), _Started()
+    provider = TracerProvider(sampler=sampler, id_generator=PrimedIds())
+    provider.add_span_processor(started)
+    return provider, sampler, started
+
+
+def test_a_record_the_sampler_leaves_out_is_carried_on_with_the_id_it_was_sampled_by() -> None:
+    provider, sampler, started = _provider(keep=False)
+    tracing.install(provider)
+    try:
+        with tracing.consuming("orders", 0, 7, None, "s", "g", {}, "e-1") as span:
+            assert not span.is_recording()
+            inside = tracing.starting({"kind": "event"}, "wf", "x", "t")
+        after = tracing.starting({"kind": "api"}, "wf", "y", "u")
+    finally:
+        tracing.uninstall()
+        provider.shutdown()
+    ctx = span.get_span_context()
+    assert ctx.is_valid and sampler.ids[0] == ctx.trace_id, "asked once, about its own id"
+    assert started.names == [], "nothing recorded"
+    assert inside is not None
+    assert inside[tracing.TRACE_KEY] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-02"
+    assert after is not None and tracing.TRACE_KEY in after, "outside the record: its own"
+    assert after[tracing.TRACE_KEY] != inside[tracing.TRACE_KEY]
+
+
+def test_a_record_the_sampler_keeps_has_the_trace_id_it_was_sampled_by() -> None:
+    provider, sampler, started = _provider(keep=True)
+    tracing.install(provider)
+    try:
+        with tracing.consuming("orders", 0, 8, None, "s", "g", {}, "e-2") as span:
+            assert span.is_recording()
+        tracer = provider.get_tracer("test")
+        with tracer.start_as_current_span("outer") as outer, \
+                tracing.consuming("orders", 0, 9, None, "s", "g", {}, "e-3") as child:
+            pass
+    finally:
+        tracing.uninstall()
+        provider.shutdown()
+    assert sampler.ids[0] == sampler.ids[1] == span.get_span_context().trace_id, (
+        "the SDK's span got the id the hub asked the sampler about")
+    assert started.names[0] == "process orders"
+    assert child.get_span_context().trace_id == outer.get_span_context().trace_id, (
+        "under a current span, the record's span is its child")

@@ -426,6 +426,10 @@ async def test_an_operator_wakes_a_sleep_over_http_and_a_non_sleep_is_refused(
     assert [s["state"] for s in done["steps"]] == ["done", "done", "done"]
     again = await api.client.post(path % "sleep", headers=api.auth("operate"))
     assert again.status_code == 409, "a sleep that ended cannot be woken"
+    for hostile in ("%00", "%ED%A0%80", "%FF%FE", "x" * 5000, "sleep%00"):
+        bad = await api.client.post(path % hostile, headers=api.auth("operate"))
+        assert bad.status_code in (404, 409, 422), (hostile, bad.status_code, bad.text)
+        assert bad.json()["detail"], hostile
     actions = [e["action"] for e in await api.hub.store.audit_for_execution(uuid.UUID(ref))]
     assert "wake" in actions and "wake_refused" in actions
 

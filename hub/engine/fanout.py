@@ -177,7 +177,9 @@ class FanoutRunner:
         outbox: list[dict[str, Any]] = []
 
         async def work() -> None:
-            while queue and not failures and not waits:
+            # an item that waits for its retry does not hold the others up: the map yields
+            # once the rest have run
+            while queue and not failures:
                 it = queue.popleft()
                 end = await self._run_item(ex, node, it, items[it.idx], outbox, order)
                 if isinstance(end, _Wait):
